@@ -1,0 +1,53 @@
+# vla-stack: two commands on a fresh machine.
+#   make demo   collect demos (if absent), train the tiny preset, serve the shipped policy over ZeroMQ,
+#               evaluate it in MuJoCo through the control loop, write a report (demo_out/REPORT.md)
+#   make test   the test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export MUJOCO_GL ?= egl
+export PYTHONUNBUFFERED := 1
+
+RENDER_DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
+
+.PHONY: setup sysdeps test test-fast demo bench clean
+
+# Debian packages for headless rendering (EGL via Mesa; OSMesa as fallback). Installed only when missing.
+sysdeps:
+	@missing=""; for p in $(RENDER_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "headless rendering needs the Debian packages:$$missing"; \
+	    echo "install them as root: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (Python 3.11)"; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: the CPU wheel; a looser pin would pull a multi-GB CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test,openpi]"
+	@touch $@
+
+setup: sysdeps $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q -x --timeout=900 tests
+
+test-fast: setup
+	$(PY) -m pytest -q -x -m "not slow" tests
+
+demo: setup
+	$(PY) -m vla.demo
+
+bench: setup
+	$(PY) benchmarks/foundation.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,162 @@
+"""CapVector reproduction at our scale (docs/CAPVECTOR.md).
+
+    .venv/bin/python benchmarks/capvector.py --pretrain data/lift.hdf5 --pretrain data/stack.hdf5 \
+        --extract data/stackcolor.hdf5 --downstream data/pickcolor.hdf5 --downstream-task PickColor \
+        --seeds 3 --out benchmarks/results/capvector.json
+
+1. theta_pt: pretrain the tiny model on a multi-task mix (--pretrain files).
+2. On the extraction set (--extract, `--extract-demos` demos), finetune twice from theta_pt with the same data, steps
+   and seed: plain SFT -> theta_ft; SFT + spatial auxiliary head -> theta_ao. gamma = theta_ao - theta_ft.
+   theta_meta = theta_pt + alpha * gamma.
+3. Downstream task (held out of pretraining and extraction), `--downstream-demos` demos, four arms x seeds:
+   (a) SFT from theta_pt, (b) auxiliary SFT from theta_pt, (c) SFT from theta_meta, (d) SFT + orthogonal penalty
+   from theta_meta. Each arm saves checkpoints every `--eval-every` steps; each checkpoint is evaluated in closed
+   loop (`--episodes` fixed seeds). Step time is measured per arm (train_summary.json).
+Outputs: success-vs-steps PNG, steps to reach --threshold, step time and total compute, mean and spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sim.evaluate import evaluate_policy_dir  # noqa: E402
+from vla.capvector import extract, merge  # noqa: E402
+from vla.config import DataConfig, TrainConfig  # noqa: E402
+from vla.train import train  # noqa: E402
+
+
+def run_train(out: str, paths: list[str], steps: int, seed: int, init: str | None = None, aux: str | None = None,
+              capvector: str | None = None, orth_weight: float = 0.0, max_demos: int | None = None,
+              save_every: int = 0, lr: float = 5e-4, tasks=None) -> str:
+    policy = os.path.join(out, "policy")
+    if os.path.exists(os.path.join(policy, "config.json")):
+        return policy  # resumable benchmark: finished runs are kept
+    cfg = TrainConfig(
+        model="tiny", data=DataConfig(paths=tuple(paths), max_demos_per_task=max_demos, tasks=tasks), out_dir=out,
+        init=init, aux=aux, aux_weight=0.5, capvector=capvector, orth_weight=orth_weight, steps=steps,
+        batch_size=32, lr=lr, warmup_steps=min(50, steps // 10), log_every=25, val_every=0, save_every=save_every,
+        keep_last=100, seed=seed,
+    )
+    train(cfg, progress=False)
+    return policy
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pretrain", action="append", required=True)
+    ap.add_argument("--extract", action="append", required=True)
+    ap.add_argument("--downstream", action="append", required=True)
+    ap.add_argument("--downstream-task", required=True)
+    ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--extract-steps", type=int, default=400)
+    ap.add_argument("--extract-demos", type=int, default=50)
+    ap.add_argument("--downstream-steps", type=int, default=600)
+    ap.add_argument("--downstream-demos", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--orth-weight", type=float, default=1.0)
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--work", default="runs/capvector")
+    ap.add_argument("--out", default="benchmarks/results/capvector.json")
+    args = ap.parse_args()
+    w = args.work
+    os.makedirs(w, exist_ok=True)
+    t0 = time.time()
+    print("[capvector] 1/3 pretraining theta_pt", flush=True)
+    pt = run_train(f"{w}/pt", args.pretrain, args.pretrain_steps, seed=0)
+    print("[capvector] 2/3 extraction finetunes (SFT and auxiliary), gamma, theta_meta", flush=True)
+    ft = run_train(f"{w}/extract_sft", args.extract, args.extract_steps, seed=0, init=pt, max_demos=args.extract_demos)
+    ao = run_train(f"{w}/extract_aux", args.extract, args.extract_steps, seed=0, init=pt, aux="spatial",
+                   max_demos=args.extract_demos)
+    vec = f"{w}/gamma.safetensors"
+    _, meta = extract(ao, ft, out=vec)
+    meta_dir = f"{w}/theta_meta"
+    if not os.path.exists(os.path.join(meta_dir, "config.json")):
+        merge(pt, [vec], [args.alpha], meta_dir)
+    print("[capvector] 3/3 downstream arms", flush=True)
+    arms = {
+        "a": dict(init=pt),
+        "b": dict(init=pt, aux="spatial"),
+        "c": dict(init=meta_dir),
+        "d": dict(init=meta_dir, capvector=vec, orth_weight=args.orth_weight),
+    }
+    results: dict = {k: {"seeds": {}} for k in arms}
+    eval_steps = list(range(args.eval_every, args.downstream_steps + 1, args.eval_every))
+    for seed in range(args.seeds):
+        for arm, kw in arms.items():
+            out = f"{w}/arm_{arm}/seed{seed}"
+            run_train(out, args.downstream, args.downstream_steps, seed=seed, max_demos=args.downstream_demos,
+                      save_every=args.eval_every, **kw)
+            curve = {}
+            for s in eval_steps:
+                ck = f"{out}/checkpoints/step_{s:06d}"
+                cache = f"{ck}/eval_{args.downstream_task}_{args.episodes}.json"
+                if os.path.exists(cache):
+                    sr = json.load(open(cache))["success_rate"]
+                else:
+                    r = evaluate_policy_dir(ck, args.downstream_task, episodes=args.episodes, workers=2, videos=0)
+                    sr = r["success_rate"]
+                    json.dump(r, open(cache, "w"))
+                curve[s] = sr
+            summ = json.load(open(f"{out}/train_summary.json"))
+            results[arm]["seeds"][seed] = {"curve": curve, "step_time_s": summ["train_seconds"] / summ["steps"]}
+            print(f"[capvector] arm {arm} seed {seed}: {curve} step {results[arm]['seeds'][seed]['step_time_s']:.3f}s",
+                  flush=True)
+    summary = {"command": "python benchmarks/capvector.py " + " ".join(sys.argv[1:]), "seeds": args.seeds,
+               "gamma_total_norm": meta["total_norm"], "threshold": args.threshold, "arms": {},
+               "downstream_task": args.downstream_task, "eval_steps": eval_steps, "episodes": args.episodes}
+    for arm, r in results.items():
+        finals = [v["curve"][eval_steps[-1]] for v in r["seeds"].values()]
+        reach = []
+        for v in r["seeds"].values():
+            hit = [s for s in eval_steps if v["curve"][s] >= args.threshold]
+            reach.append(hit[0] if hit else None)
+        st = [v["step_time_s"] for v in r["seeds"].values()]
+        summary["arms"][arm] = {
+            "success_mean": float(np.mean(finals)), "success_std": float(np.std(finals)),
+            "curve_mean": {s: float(np.mean([v["curve"][s] for v in r["seeds"].values()])) for s in eval_steps},
+            "steps_to_threshold": reach, "step_time_s": float(np.mean(st)),
+            "total_compute_s": float(np.sum(st) * args.downstream_steps / len(st)),
+        }
+    summary["orth_step_time_ratio"] = summary["arms"]["d"]["step_time_s"] / summary["arms"]["c"]["step_time_s"]
+    summary["wall_minutes"] = round((time.time() - t0) / 60, 1)
+    plot(summary, os.path.join(os.path.dirname(os.path.abspath(args.out)), "capvector.png"))
+    with open(args.out, "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps(summary, indent=2))
+
+
+def plot(summary: dict, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {"a": "(a) SFT from theta_pt", "b": "(b) aux SFT from theta_pt", "c": "(c) SFT from theta_meta",
+             "d": "(d) SFT + orth from theta_meta"}
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arm, r in summary["arms"].items():
+        xs = [int(s) for s in r["curve_mean"]]
+        ax.plot(xs, list(r["curve_mean"].values()), "o-", label=names[arm])
+    ax.set_xlabel("downstream finetuning steps")
+    ax.set_ylabel(f"success ({summary['downstream_task']}, {summary['episodes']} episodes, mean of {summary['seeds']} seeds)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

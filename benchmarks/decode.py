@@ -1,0 +1,116 @@
+"""Fast-dVLA decode benchmark, like the paper's Table 1: every decoder on the same tasks, one run, one machine.
+
+    .venv/bin/python benchmarks/decode.py --teacher Lift=runs/lift/policy --student Lift=runs/lift_distill/policy \
+        --teacher PickColor=... --student PickColor=... --episodes 50 --out benchmarks/results/decode.json
+
+Rows per task: parallel (bidirectional teacher, K passes), parallel-cached (teacher, stale action KV),
+block and pipelined (distilled block-causal student), pipelined with --decode-steps m (m = the executed steps).
+Latency/tokens/NFE: batch 1 over observations from the task's demos; success: closed-loop episodes (fixed seeds).
+Optional --distill-curve DIR: a distillation run's checkpoints, evaluated to find the first step that reaches the
+teacher's success (distill_steps_fraction = that step / the teacher's training steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from latency import measure, sample_observations  # noqa: E402
+
+from sim.evaluate import evaluate_policy_dir  # noqa: E402
+from vla.policy import Policy  # noqa: E402
+
+
+def _kv(items: list[str]) -> dict[str, str]:
+    return dict(i.split("=", 1) for i in items)
+
+
+def _train_info(policy_dir: str) -> dict:
+    cfg = json.load(open(os.path.join(policy_dir, "config.json")))
+    return cfg.get("train") or {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--teacher", action="append", required=True, help="Task=bidirectional policy dir")
+    ap.add_argument("--student", action="append", required=True, help="Task=distilled block-causal policy dir")
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--k", type=int, default=None, help="parallel decoder passes (default: the teacher's config)")
+    ap.add_argument("--decode-steps", type=int, default=None, help="m for the decode-only-what-runs row (default: replan)")
+    ap.add_argument("--latency-obs", type=int, default=100)
+    ap.add_argument("--skip-success", action="store_true", help="latency rows only")
+    ap.add_argument("--out", default="benchmarks/results/decode.json")
+    args = ap.parse_args()
+    teachers, students = _kv(args.teacher), _kv(args.student)
+    rows = []
+    eval_root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "decode_eval")
+    for task, tdir in teachers.items():
+        sdir = students[task]
+        data = ((_train_info(tdir).get("data") or {}).get("paths") or [None])[0]
+        obs = sample_observations(data, n=args.latency_obs, task=task)
+        tpol = Policy.from_pretrained(tdir)
+        k = args.k or tpol.decode_cfg.steps
+        replan = tpol.n_action_steps
+        m = args.decode_steps or replan
+        variants = [
+            ("parallel", tdir, {"decoder": "parallel", "steps": k}),
+            ("parallel-cached", tdir, {"decoder": "parallel-cached", "steps": k}),
+            ("block", sdir, {"decoder": "block"}),
+            ("pipelined", sdir, {"decoder": "pipelined"}),
+        ]
+        if m < tpol.cfg.chunk_size:
+            variants.append((f"pipelined+decode_steps{m}", sdir, {"decoder": "pipelined", "decode_steps": m}))
+        for name, pdir, dec in variants:
+            pol = Policy.from_pretrained(pdir, decode=dec)
+            lat = measure(pol, obs)
+            row = {"decoder": name, "task": task, "policy": pdir, "decode": dec, **lat}
+            if not args.skip_success:
+                s = evaluate_policy_dir(pdir, task, episodes=args.episodes, decode=dec, workers=args.workers,
+                                        videos=1, out_dir=os.path.join(eval_root, name.replace("+", "_")),
+                                        replan_every=replan)
+                row["success"] = s["success_rate"]
+                row["episodes"] = s["episodes"]
+            rows.append(row)
+            print(json.dumps({k2: row[k2] for k2 in row if k2 not in ("policy",)}), flush=True)
+    base = {r["task"]: r for r in rows if r["decoder"] == "parallel"}
+    for r in rows:
+        r["speedup_tokens_per_s"] = r["tokens_per_s"] / base[r["task"]]["tokens_per_s"]
+        r["speedup_latency"] = base[r["task"]]["latency_ms_p50"] / r["latency_ms_p50"]
+    pip = [r for r in rows if r["decoder"] == "pipelined"]
+    res = {
+        "command": "python benchmarks/decode.py " + " ".join(sys.argv[1:]),
+        "rows": rows,
+        "speedup_pipelined_vs_parallel": sum(r["speedup_tokens_per_s"] for r in pip) / len(pip),
+        "pipelined_latency_ms_p50": max(r["latency_ms_p50"] for r in pip),
+    }
+    if not args.skip_success:
+        gaps = [100 * (base[r["task"]]["success"] - r["success"]) for r in pip]
+        res["success_gap_points"] = max(gaps)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    prev = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    for key in ("distill_steps_fraction", "distill_curve"):
+        if key in prev:
+            res[key] = prev[key]
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=2)
+    print(format_table(rows))
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'task':<10}{'decoder':<26}{'success':>8}{'tok/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'NFE':>6}{'speedup':>8}"
+    lines = [head]
+    for r in rows:
+        succ = f"{r['success']:.0%}" if "success" in r else "-"
+        lines.append(f"{r['task']:<10}{r['decoder']:<26}{succ:>8}{r['tokens_per_s']:>9.0f}{r['latency_ms_p50']:>8.1f}"
+                     f"{r['latency_ms_p99']:>8.1f}{r['nfe']:>6.1f}{r['speedup_tokens_per_s']:>7.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Discrete-diffusion VLA benchmarks: closed-loop success, chunk decode latency for K = 4, 8, 12, training samples/s.
+
+    .venv/bin/python benchmarks/dvla.py --policy Lift=runs/lift/policy --policy PickColor=runs/pickcolor/policy \
+        --multitask runs/multi/policy --episodes 50 --out benchmarks/results/dvla.json
+
+Success comes from `vla eval` semantics (fixed seeds, replan every n_action_steps). Decode latency is measured on
+observations from the demo files, batch 1, one process, all cores. Training throughput and minutes come from the
+runs' train_summary.json (written by `vla train`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from latency import measure, sample_observations  # noqa: E402
+
+from sim.evaluate import evaluate_policy_dir  # noqa: E402
+from sim.tasks import TASKS  # noqa: E402
+from vla.policy import Policy  # noqa: E402
+
+
+def _summary(policy_dir: str) -> dict:
+    p = os.path.join(os.path.dirname(policy_dir.rstrip("/")), "train_summary.json")
+    return json.load(open(p)) if os.path.exists(p) else {}
+
+
+def _data_paths(policy_dir: str) -> list[str]:
+    cfg = json.load(open(os.path.join(policy_dir, "config.json")))
+    return list(((cfg.get("train") or {}).get("data") or {}).get("paths") or [])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--policy", action="append", default=[], help="Task=policy_dir (single-task models)")
+    ap.add_argument("--multitask", help="policy dir of a model trained on all five tasks")
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--latency-obs", type=int, default=100)
+    ap.add_argument("--out", default="benchmarks/results/dvla.json")
+    args = ap.parse_args()
+    res: dict = {"command": "python benchmarks/dvla.py " + " ".join(sys.argv[1:]), "preset": "tiny", "tasks": {}}
+    eval_root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "dvla_eval")
+    first_policy = None
+    train_minutes, demos = [], []
+    for item in args.policy:
+        task, pdir = item.split("=", 1)
+        first_policy = first_policy or pdir
+        s = evaluate_policy_dir(pdir, task, episodes=args.episodes, workers=args.workers, videos=1,
+                                out_dir=os.path.join(eval_root, task))
+        summ = _summary(pdir)
+        res["tasks"][task] = {"success": s["success_rate"], "episodes": s["episodes"], "mean_length": s["mean_length"],
+                              "policy": pdir, "train_minutes": round(summ.get("train_seconds", 0) / 60, 1),
+                              "train_steps": summ.get("steps")}
+        train_minutes.append(summ.get("train_seconds", 0) / 60)
+        print(task, res["tasks"][task], flush=True)
+    if args.multitask:
+        per = {}
+        for task in TASKS:
+            s = evaluate_policy_dir(args.multitask, task, episodes=args.episodes, workers=args.workers, videos=1,
+                                    out_dir=os.path.join(eval_root, "multitask"))
+            per[task] = s["success_rate"]
+            print("multitask", task, s["success_rate"], flush=True)
+        summ = _summary(args.multitask)
+        res["multitask"] = {"per_task": per, "policy": args.multitask,
+                            "train_minutes": round(summ.get("train_seconds", 0) / 60, 1)}
+        res["multitask_avg"] = sum(per.values()) / len(per)
+    if train_minutes:
+        res["train_minutes"] = round(max(train_minutes), 1)
+    # decode latency for K = 4, 8, 12 (parallel decoder, batch 1)
+    if first_policy:
+        paths = _data_paths(first_policy)
+        obs = sample_observations(paths[0], n=args.latency_obs)
+        res["decode_ms_p50"], res["decode_ms_p99"], res["tokens_per_s"] = {}, {}, {}
+        for k in (4, 8, 12):
+            pol = Policy.from_pretrained(first_policy, decode={"decoder": "parallel", "steps": k})
+            m = measure(pol, obs)
+            res["decode_ms_p50"][f"K{k}"] = m["latency_ms_p50"]
+            res["decode_ms_p99"][f"K{k}"] = m["latency_ms_p99"]
+            res["tokens_per_s"][f"K{k}"] = m["tokens_per_s"]
+            print("K", k, m, flush=True)
+        summ = _summary(first_policy)
+        res["train_samples_per_s"] = summ.get("samples_per_s")
+        res["demos_per_task"] = None
+        try:
+            import h5py
+
+            with h5py.File(paths[0]) as f:
+                res["demos_per_task"] = len(f["data"].keys())
+        except Exception:
+            pass
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=2)
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

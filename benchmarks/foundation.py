@@ -1,0 +1,85 @@
+"""Foundation benchmarks: env step time, expert success per task, collection rate.
+
+    .venv/bin/python benchmarks/foundation.py [--seeds 50] [--noise 0.1] [--out benchmarks/results/foundation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sim.collect import collect  # noqa: E402
+from sim.env import VLAEnv  # noqa: E402
+from sim.experts import make_expert, run_expert_episode  # noqa: E402
+from sim.tasks import TASKS  # noqa: E402
+
+
+def step_times(task: str, cameras, n: int = 200, image_size: int = 128) -> dict:
+    env = VLAEnv(task, image_size=image_size, cameras=cameras, render_mode="rgb_array" if cameras else None)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    ts = []
+    for i in range(n + 10):
+        a = rng.uniform(-0.3, 0.3, 7)
+        t0 = time.perf_counter()
+        _, _, term, trunc, _ = env.step(a)
+        if i >= 10:
+            ts.append((time.perf_counter() - t0) * 1e3)
+        if term or trunc:
+            env.reset(seed=i)
+    env.close()
+    return {"p50": float(np.percentile(ts, 50)), "p99": float(np.percentile(ts, 99)), "n": n}
+
+
+def expert_success(task: str, seeds: int, noise: float) -> dict:
+    env = VLAEnv(task, cameras=(), render_mode=None)
+    ex = make_expert(task, noise=noise)
+    res = [run_expert_episode(env, ex, seed=s) for s in range(seeds)]
+    env.close()
+    return {"success": float(np.mean([r[0] for r in res])), "episodes": seeds,
+            "mean_steps": float(np.mean([r[1] for r in res]))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=50)
+    ap.add_argument("--noise", type=float, default=0.1)
+    ap.add_argument("--collect-demos", type=int, default=10)
+    ap.add_argument("--out", default="benchmarks/results/foundation.json")
+    args = ap.parse_args()
+    cmd = "python benchmarks/foundation.py " + " ".join(sys.argv[1:])
+    out: dict = {"command": cmd.strip(), "machine": f"{os.cpu_count()} CPU cores, MUJOCO_GL={os.environ.get('MUJOCO_GL')}"}
+    print("step times (Lift) ...", flush=True)
+    nc = step_times("Lift", ())
+    tc = step_times("Lift", ("agentview", "wrist"))
+    out["step_ms"] = {"no_camera_p50": nc["p50"], "no_camera_p99": nc["p99"],
+                      "two_cameras_128_p50": tc["p50"], "two_cameras_128_p99": tc["p99"]}
+    print(json.dumps(out["step_ms"]), flush=True)
+    out["experts"] = {}
+    for task in TASKS:
+        t0 = time.time()
+        out["experts"][task] = expert_success(task, args.seeds, args.noise)
+        print(task, out["experts"][task], f"{time.time() - t0:.0f}s", flush=True)
+    out["expert_noise"] = args.noise
+    with tempfile.TemporaryDirectory() as d:
+        res = collect("Lift", episodes=args.collect_demos, out=os.path.join(d, "c.hdf5"), image_size=128,
+                      noise=args.noise, progress=False)
+    out["collect_demos_per_min"] = res.demos_per_min
+    out["collect_note"] = f"Lift, {args.collect_demos} demos, two 128 px cameras, env creation included"
+    print("collection", res.demos_per_min, "demos/min", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

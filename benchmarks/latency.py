@@ -1,0 +1,50 @@
+"""Chunk decode latency of a policy on real observations (shared by benchmarks/dvla.py and benchmarks/decode.py).
+
+Observations come from a demo file (their images, state and instruction), so confidence patterns - and thus the
+number of passes of threshold-based decoders - are those the policy meets in closed loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+
+def sample_observations(dataset: str, n: int = 100, seed: int = 0, task: str | None = None) -> list[dict]:
+    from sim.dataset import load_demos
+
+    demos = load_demos(dataset, split=None, tasks=[task] if task else None)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        d = demos[int(rng.integers(len(demos)))]
+        t = int(rng.integers(len(d)))
+        out.append({"images": {c: im[t] for c, im in d.images.items()}, "state": d.state[t], "instruction": d.instruction})
+    return out
+
+
+def measure(policy, observations: list[dict], warmup: int = 5) -> dict:
+    """Per-chunk wall time of policy.infer (prefix + decode + detokenize), batch 1."""
+    for o in observations[:warmup]:
+        policy.infer(o)
+    lat, nfe, tokens = [], [], []
+    for o in observations:
+        policy.reset()
+        t0 = time.perf_counter()
+        r = policy.infer(o)
+        lat.append((time.perf_counter() - t0) * 1e3)
+        nfe.append(r["timing"]["nfe"])
+        tokens.append(r["timing"]["tokens"])
+    lat = np.array(lat)
+    return {
+        "latency_ms_p50": float(np.percentile(lat, 50)),
+        "latency_ms_p99": float(np.percentile(lat, 99)),
+        "latency_ms_mean": float(lat.mean()),
+        "nfe": float(np.mean(nfe)),
+        "tokens_per_chunk": float(np.mean(tokens)),
+        "tokens_per_s": float(np.sum(tokens) / (lat.sum() / 1e3)),
+        "n": len(lat),
+        "threads": torch.get_num_threads(),
+    }

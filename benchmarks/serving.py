@@ -1,0 +1,292 @@
+"""Serving benchmark: transport overhead, closed loop through the server, batching across 4 sim clients, fuzzing.
+
+    python benchmarks/serving.py --policy runs/lift_tiny/policy --episodes 50 --rate 30 \
+        --out benchmarks/results/serving.json
+    # smoke (~2 min on 2 cores):
+    python benchmarks/serving.py --episodes 1 --max-steps 40 --transport-requests 200 --rates 20,30 \
+        --rate-episodes 1 --clients-seconds 8 --fuzz 2000 --out /tmp/serving_smoke.json
+
+Servers run as `vla serve` subprocesses (as deployed), on loopback:
+  (a) transport_ms = client round trip - server-reported model time, two image_size px images, on a server
+      with --max-wait-ms 0 (a lone client gains nothing from a batching wait); p50/p99 over N requests.
+  (b) async ControlLoop at --rate Hz with a sim env over --episodes episodes: loop Hz, starvation events, p99
+      |period - 1/rate|; then --rates on --rate-episodes episodes each: the highest rate the loop sustained
+      (>= 90 % of it) with zero starvation (null when none did).
+  (c) 4 client processes, each with its own env, in sync mode (chunk, replan_every steps, chunk...) for
+      --clients-seconds against a batching server (max_batch 8, max_wait 2 ms) and an unbatched one
+      (max_batch 1): requests/s over all clients and p99 request latency.
+  (d) --fuzz malformed messages (robot_bridge.fuzz) at the batching server; server_crashes counts server
+      processes that died during the whole run (a live server must also answer a valid request after fuzzing).
+Without --policy an untrained tiny policy is saved to a temporary directory ("policy": "untrained tiny").
+Extra numbers (breakdowns, per-rate results) go to stdout and <out>.details.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from robot_bridge import fuzz  # noqa: E402
+from robot_bridge import protocol as P  # noqa: E402
+from robot_bridge.client import PolicyClient  # noqa: E402
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProc:
+    """`vla serve` in a subprocess; ready once it answers hello."""
+
+    def __init__(self, policy_dir: str, threads: int, extra: list[str], log_path: str):
+        self.address = f"tcp://127.0.0.1:{_port()}"
+        self.log = open(log_path, "w")
+        cmd = [sys.executable, "-m", "vla.cli", "serve", "--policy", policy_dir, "--bind", self.address,
+               "--threads", str(threads), *extra]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONPATH": ROOT})
+        with PolicyClient(self.address, timeout_ms=1000, retries=120) as c:
+            self.metadata = c.hello()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def _pct(x, q) -> float | None:
+    return float(np.percentile(x, q)) if len(x) else None
+
+
+def _obs(rng, size: int, meta: dict) -> dict:
+    return {"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in meta["cameras"]},
+            "state": (rng.normal(size=meta["state_dim"]) * 0.1).astype(np.float32), "instruction": "lift the cube"}
+
+
+def bench_transport(address: str, n: int, size: int, progress: bool) -> dict:
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(0)
+    with PolicyClient(address, timeout_ms=60_000) as c:
+        meta = c.hello()
+        obs = _obs(rng, size, meta)
+        for _ in range(5):
+            c.infer(obs)
+        over, rtt, server_extra = [], [], []
+        for i in tqdm(range(n), desc="(a) transport", disable=not progress):
+            t = c.infer(obs, step=i)["timing"]
+            over.append(t["rtt_ms"] - t["model_ms"])
+            rtt.append(t["rtt_ms"])
+            server_extra.append(t["server_ms"] - t["model_ms"])
+    bytes_ = len(P.pack(P.make_request("infer", 1, **P.obs_fields(obs))))
+    return {"transport_ms_p50": _pct(over, 50), "transport_ms_p99": _pct(over, 99), "rtt_ms_p50": _pct(rtt, 50),
+            "server_non_model_ms_p50": _pct(server_extra, 50), "request_bytes": bytes_, "n": n}
+
+
+def run_loop(address: str, env, rate: float, episodes: int, max_steps: int | None, seed0: int) -> dict:
+    from robot_bridge.control_loop import ControlLoop, EnvRobot, LoopConfig
+    from robot_bridge.remote_eval import aggregate_stats
+
+    with PolicyClient(address, timeout_ms=5000, retries=1) as c:
+        loop = ControlLoop(c, EnvRobot(env), LoopConfig(mode="async", rate_hz=rate))
+        logs = [loop.run_episode(seed=seed0 + i, max_steps=max_steps) for i in range(episodes)]
+        loop.close()
+    out = aggregate_stats([lg.stats for lg in logs])
+    out["success_rate"] = float(np.mean([lg.success for lg in logs]))
+    return out
+
+
+def _client_worker(idx, addresses, task, size, seconds, replan, barrier, results):
+    """One sim client process: sync chunk loop against each address in turn, for `seconds` each."""
+    from sim.env import VLAEnv
+
+    env = None
+    for addr in addresses:
+        with PolicyClient(addr, timeout_ms=60_000) as c:
+            meta = c.hello()
+            if env is None:
+                env = VLAEnv(task, image_size=size, cameras=tuple(meta["cameras"]))
+            obs, _ = env.reset(seed=idx)
+            barrier.wait()
+            lat, t0 = [], time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                t1 = time.perf_counter()
+                actions = c.infer(obs, episode_id=idx, step=len(lat))["actions"]
+                lat.append((time.perf_counter() - t1) * 1e3)
+                for a in actions[:replan]:
+                    obs, _, term, trunc, _ = env.step(a)
+                    if term or trunc:
+                        obs, _ = env.reset(seed=idx + 1000 * len(lat))
+                        break
+            results.put((addr, idx, lat, t0, time.perf_counter()))
+    env.close()
+
+
+def bench_clients(addresses: dict, task: str, size: int, seconds: float, replan: int, n: int = 4) -> dict:
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_client_worker, args=(i, list(addresses.values()), task, size, seconds, replan,
+                                                      barrier, results)) for i in range(n)]
+    [p.start() for p in procs]
+    rows = [results.get(timeout=600) for _ in range(n * len(addresses))]
+    [p.join(60) for p in procs]
+    out = {}
+    for name, addr in addresses.items():
+        mine = [r for r in rows if r[0] == addr]
+        lat = np.concatenate([r[2] for r in mine])
+        span = max(r[4] for r in mine) - min(r[3] for r in mine)
+        out[name] = {"rps": len(lat) / span, "p99_ms": _pct(lat, 99), "p50_ms": _pct(lat, 50), "requests": len(lat)}
+    return out
+
+
+def bench_fuzz(address: str, n: int, spec: P.ObsSpec, progress: bool) -> dict:
+    import msgpack
+    import zmq
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(address)
+    replies, errors, sent = 0, 0, 0
+    bar = tqdm(total=n, desc="(d) fuzz", disable=not progress)
+    while sent < n:
+        k = min(50, n - sent)
+        for i in range(k):
+            m = fuzz.malformed(spec, sent + i, rng)
+            s.send_multipart(m) if isinstance(m, list) else s.send(m)
+        for _ in range(k):
+            if not s.poll(5000):
+                break
+            r = msgpack.unpackb(s.recv())
+            replies += 1
+            errors += r.get("kind") == "error"
+        sent += k
+        bar.update(k)
+    bar.close()
+    s.close(0)
+    ctx.term()
+    return {"fuzz_messages": sent, "fuzz_replies": replies, "fuzz_error_replies": errors}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--policy", help="policy checkpoint directory (default: an untrained tiny policy)")
+    ap.add_argument("--task", default="Lift")
+    ap.add_argument("--episodes", type=int, default=50, help="(b) episodes at --rate")
+    ap.add_argument("--rate", type=float, default=30.0)
+    ap.add_argument("--rates", default="20,30,40,50", help="(b) rates tried for zero starvation")
+    ap.add_argument("--rate-episodes", type=int, default=3)
+    ap.add_argument("--max-steps", type=int, help="cap episode length (smoke runs)")
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--transport-requests", type=int, default=1000)
+    ap.add_argument("--clients-seconds", type=float, default=30.0)
+    ap.add_argument("--replan-every", type=int, help="(c) actions per chunk (default: the policy's n_action_steps)")
+    ap.add_argument("--fuzz", type=int, default=10_000)
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="server torch threads")
+    ap.add_argument("--out", default="benchmarks/results/serving.json")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    progress = not args.no_progress
+    tmp = tempfile.mkdtemp(prefix="serving_bench_")
+    policy_dir, label = args.policy, args.policy
+    if policy_dir is None:
+        import torch
+
+        from vla.policy import Policy
+
+        torch.manual_seed(0)
+        policy_dir, label = os.path.join(tmp, "untrained_tiny"), "untrained tiny"
+        Policy.untrained("tiny").save_pretrained(policy_dir)
+    details: dict = {"policy": label, "image_size": args.image_size, "task": args.task, "threads": args.threads}
+    servers = {}
+    try:
+        print("starting servers ...", flush=True)
+        servers["nowait"] = ServerProc(policy_dir, args.threads, ["--max-wait-ms", "0"], f"{tmp}/a.log")
+        servers["batched"] = ServerProc(policy_dir, args.threads, ["--max-batch", "8", "--max-wait-ms", "2"],
+                                        f"{tmp}/b.log")
+        servers["unbatched"] = ServerProc(policy_dir, args.threads, ["--max-batch", "1"], f"{tmp}/c.log")
+        meta = servers["batched"].metadata
+
+        details["a"] = bench_transport(servers["nowait"].address, args.transport_requests, args.image_size, progress)
+        print("(a)", json.dumps(details["a"]), flush=True)
+
+        from sim.env import VLAEnv
+        from sim.evaluate import EVAL_SEED_BASE
+
+        env = VLAEnv(args.task, image_size=args.image_size, cameras=tuple(meta["cameras"]))
+        details["b"] = run_loop(servers["batched"].address, env, args.rate, args.episodes, args.max_steps, EVAL_SEED_BASE)
+        print(f"(b) {args.rate} Hz", json.dumps(details["b"]), flush=True)
+        sweep = {}
+        for r in [float(x) for x in args.rates.split(",") if x]:
+            sweep[r] = run_loop(servers["batched"].address, env, r, args.rate_episodes, args.max_steps, EVAL_SEED_BASE)
+            print(f"(b) sweep {r} Hz", json.dumps(sweep[r]), flush=True)
+        env.close()
+        details["rate_sweep"] = {str(k): v for k, v in sweep.items()}
+        # a rate counts only if the loop actually ran at it (>= 90 %) and never starved
+        zero = [r for r, v in sweep.items() if v["starvation_events"] == 0 and v["loop_hz"] >= 0.9 * r]
+
+        replan = args.replan_every or int(meta["n_action_steps"])
+        details["c"] = bench_clients({"batched": servers["batched"].address, "unbatched": servers["unbatched"].address},
+                                     args.task, args.image_size, args.clients_seconds, replan)
+        print("(c)", json.dumps(details["c"]), flush=True)
+
+        details["d"] = bench_fuzz(servers["batched"].address, args.fuzz, P.ObsSpec.from_metadata(meta), progress)
+        with PolicyClient(servers["batched"].address, timeout_ms=30_000) as c:  # still serving after the fuzz
+            c.infer(_obs(np.random.default_rng(1), args.image_size, meta))
+        print("(d)", json.dumps(details["d"]), flush=True)
+    finally:
+        crashes = sum(not s.alive() for s in servers.values())
+        codes = {k: s.stop() for k, s in servers.items()}
+    details["server_exit_codes"] = codes
+    result = {
+        "transport_ms_p50": details["a"]["transport_ms_p50"],
+        "transport_ms_p99": details["a"]["transport_ms_p99"],
+        "loop_hz": details["b"]["loop_hz"],
+        "starvation_events": details["b"]["starvation_events"],
+        "jitter_ms_p99": details["b"]["jitter_ms_p99"],
+        "max_hz_zero_starvation": max(zero) if zero else None,
+        "fuzz_messages": details["d"]["fuzz_messages"],
+        "server_crashes": crashes,
+        "clients4": {"batched_rps": details["c"]["batched"]["rps"], "unbatched_rps": details["c"]["unbatched"]["rps"],
+                     "batched_p99_ms": details["c"]["batched"]["p99_ms"],
+                     "unbatched_p99_ms": details["c"]["unbatched"]["p99_ms"]},
+        "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "policy": label,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.splitext(args.out)[0] + ".details.json", "w") as f:
+        json.dump(details, f, indent=2)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

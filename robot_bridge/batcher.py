@@ -1,0 +1,178 @@
+"""Dynamic batching worker: one thread owns the policy; requests from any front end (ZeroMQ, websocket) queue here.
+
+A batch starts with the oldest waiting request and takes whatever else is queued, waiting at most `max_wait_ms`
+for more, up to `max_batch`; then one `policy.infer_batch` call answers all of them. Control jobs (reset) run
+alone, in arrival order, between batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger("robot_bridge.server")
+
+
+@dataclass
+class Job:
+    """One unit of work. on_done(result, error) is called exactly once, from the worker thread.
+
+    result for "infer": {"actions": float32 (H, D), "timing": {...}}; for "reset": {}.
+    error: (code, message) or None.
+    """
+
+    kind: str  # "infer" | "reset"
+    on_done: Callable[[dict | None, tuple[str, str] | None], None]
+    obs: dict | None = None
+    t_recv: float = field(default_factory=time.perf_counter)
+    tag: dict = field(default_factory=dict)  # ids for the timing log
+
+
+class Batcher:
+    def __init__(self, policy, max_batch: int = 8, max_wait_ms: float = 2.0, max_queue: int = 256):
+        if max_batch < 1:
+            raise ValueError(f"max_batch: expected >= 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms: expected >= 0, got {max_wait_ms}")
+        self.policy = policy
+        self.max_batch = int(max_batch)
+        self.max_wait_s = float(max_wait_ms) / 1e3
+        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=100_000)
+        self.failures = 0
+
+    # ----- lifecycle -----
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="policy-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        with self._lock:
+            if self._thread is not None:
+                self._thread.join(timeout)
+                self._thread = None
+            self._drain("server stopping")
+
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False when the queue is full or the worker is stopping (the caller answers OVERLOADED)."""
+        if self._stopping.is_set():
+            return False
+        try:
+            self._q.put_nowait(job)
+            return True
+        except queue.Full:
+            return False
+
+    @property
+    def pending(self) -> int:
+        return self._q.qsize()
+
+    # ----- worker -----
+    def _run(self) -> None:
+        carry: Job | None = None
+        while not self._stopping.is_set():
+            job = carry
+            carry = None
+            if job is None:
+                try:
+                    job = self._q.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+            if job.kind != "infer":
+                self._control(job)
+                continue
+            batch = [job]
+            deadline = time.perf_counter() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._q.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if nxt.kind != "infer":
+                    carry = nxt  # control jobs keep their place: after this batch
+                    break
+                batch.append(nxt)
+            self._infer(batch)
+        if carry is not None:
+            _finish(carry, None, ("shutting_down", "server stopping"))
+        self._drain("server stopping")
+
+    def _control(self, job: Job) -> None:
+        try:
+            if job.kind == "reset":
+                self.policy.reset()
+                _finish(job, {}, None)
+            else:
+                _finish(job, None, ("internal", f"unknown job kind {job.kind!r}"))
+        except Exception as e:  # noqa: BLE001 - the worker never dies on a request
+            log.exception("reset failed")
+            _finish(job, None, ("inference_failed", f"{type(e).__name__}: {e}"))
+
+    def _infer(self, batch: list[Job]) -> None:
+        t0 = time.perf_counter()
+        try:
+            results = self.policy.infer_batch([j.obs for j in batch])
+            errors = [None] * len(batch)
+        except Exception as e:  # noqa: BLE001
+            if len(batch) == 1:
+                results, errors = [None], [_err(e)]
+            else:  # find the culprit: run one by one so good requests still get answers
+                results, errors = [], []
+                for j in batch:
+                    try:
+                        results.append(self.policy.infer_batch([j.obs])[0])
+                        errors.append(None)
+                    except Exception as e1:  # noqa: BLE001
+                        results.append(None)
+                        errors.append(_err(e1))
+        t1 = time.perf_counter()
+        self.batch_sizes.append(len(batch))
+        for j, r, err in zip(batch, results, errors):
+            if err is not None:
+                self.failures += 1
+                _finish(j, None, err)
+                continue
+            pt = r.get("timing", {})
+            timing = {
+                "queue_ms": (t0 - j.t_recv) * 1e3,
+                "model_ms": float(pt.get("model_ms", (t1 - t0) * 1e3)),
+                "infer_ms": (t1 - t0) * 1e3,
+                "prefix_ms": float(pt.get("prefix_ms", 0.0)),
+                "decode_ms": float(pt.get("decode_ms", 0.0)),
+                "nfe": int(pt.get("nfe", 0)),
+                "batch": len(batch),
+            }
+            _finish(j, {"actions": r["actions"], "timing": timing}, None)
+
+    def _drain(self, why: str) -> None:
+        while True:
+            try:
+                job = self._q.get_nowait()
+            except queue.Empty:
+                return
+            _finish(job, None, ("shutting_down", why))
+
+
+def _err(e: Exception) -> tuple[str, str]:
+    # ValueError from the policy's own input checks names the offending key
+    code = "bad_field" if isinstance(e, ValueError) else "inference_failed"
+    if code == "inference_failed":
+        log.exception("inference failed")
+    return code, f"{type(e).__name__}: {e}"[:500]
+
+
+def _finish(job: Job, result, error) -> None:
+    try:
+        job.on_done(result, error)
+    except Exception:  # noqa: BLE001 - a broken callback must not kill the worker
+        log.exception("reply callback failed")

@@ -1,0 +1,141 @@
+"""Closed-loop evaluation through a policy server (`vla eval --server ...`).
+
+sync mode: the ControlLoop's exact mode, the same episodes, seeds and actions as local `sim.evaluate`.
+async mode: the fixed-rate loop with an asynchronous chunk queue, as a robot would run it; the summary adds
+loop statistics (rate, starvation, jitter, latency).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from robot_bridge.client import PolicyClient
+from robot_bridge.control_loop import ControlLoop, EnvRobot, LoopConfig
+
+
+def evaluate_server(
+    address: str,
+    task: str,
+    episodes: int = 50,
+    replan_every: int | None = None,
+    image_size: int = 128,
+    videos: int = 2,
+    out_dir: str | None = None,
+    mode: str = "sync",
+    rate_hz: float = 20.0,
+    seed_base: int | None = None,
+    keep_actions: bool = False,
+    progress: bool = True,
+    timeout_ms: float = 30_000.0,
+    loop: LoopConfig | None = None,
+    max_steps: int | None = None,
+) -> dict:
+    """Evaluate the policy behind `address` on `task`; returns sim.evaluate.summarize's dict (+ loop stats).
+
+    max_steps: cut episodes short (tests); default the task's horizon.
+    """
+    from sim.env import VLAEnv
+    from sim.evaluate import EVAL_SEED_BASE, summarize, write_video
+
+    seed_base = EVAL_SEED_BASE if seed_base is None else seed_base
+    client = PolicyClient(address, timeout_ms=timeout_ms, retries=2)
+    try:
+        meta = client.hello()
+        replan = int(replan_every or meta.get("n_action_steps") or meta["chunk_size"])
+        cfg = loop or LoopConfig(mode=mode, rate_hz=rate_hz, replan_every=replan,
+                                 request_timeout_ms=min(timeout_ms, 2000.0))
+        env = VLAEnv(task, image_size=image_size, cameras=tuple(meta["cameras"]))
+        robot = _GLEnvRobot(env)
+        ctl = ControlLoop(client, robot, cfg, action_dim=int(meta["action_dim"]))
+        seeds = [seed_base + i for i in range(episodes)]
+        results, stats = [], []
+        t0 = time.time()
+        bar = _progress(seeds, f"{task} via {address} ({cfg.mode})", progress)
+        for i, seed in enumerate(bar):
+            frames: list | None = [] if i < videos else None
+            on_step = None
+            if frames is not None:
+                def on_step(t, obs, a, frames=frames):
+                    frames.append(_frame(obs))
+            log = ctl.run_episode(seed=seed, max_steps=max_steps, keep_actions=keep_actions, on_step=on_step)
+            if frames is not None:
+                frames.append(_frame(robot.get_observation()))
+                if out_dir:
+                    write_video(frames, os.path.join(out_dir, "videos",
+                                                     f"{task}_seed{seed}_{'ok' if log.success else 'fail'}_{cfg.mode}.mp4"))
+            s = log.stats.summary()
+            stats.append(log.stats)
+            results.append({
+                "task": env.task.name, "seed": seed, "success": log.success, "length": log.length,
+                "instruction": log.instruction,
+                "chunk_ms_p50": float(np.median(log.chunk_ms)) if log.chunk_ms else None,
+                "nfe_mean": float(np.mean(log.nfe)) if log.nfe else None,
+                **({"loop": s} if cfg.mode == "async" else {}),
+                **({"actions": log.actions} if keep_actions else {}),
+            })
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.0%}")
+        ctl.close()
+        env.close()
+        extra = {"server": address, "model": meta.get("model"), "mode": cfg.mode, "replan_every": replan,
+                 "client": dict(client.stats)}
+        if cfg.mode == "async":
+            extra.update(rate_hz=cfg.rate_hz, loop=aggregate_stats(stats))
+        return summarize(results, task, time.time() - t0, out_dir, extra=extra)
+    finally:
+        client.close()
+
+
+class _GLEnvRobot(EnvRobot):
+    """EnvRobot that makes its env's EGL context current before rendering: robosuite renders into whichever
+    context is current, so another env created or closed in this process would otherwise corrupt its images."""
+
+    def _current(self) -> None:
+        ctx = getattr(getattr(getattr(self.env, "_rs", None), "sim", None), "_render_context_offscreen", None)
+        gl = getattr(ctx, "gl_ctx", None)
+        if gl is not None and hasattr(gl, "make_current"):
+            gl.make_current()
+
+    def reset(self, seed=None):
+        self._current()
+        return super().reset(seed)
+
+    def apply(self, action):
+        self._current()
+        super().apply(action)
+
+
+def aggregate_stats(stats: list) -> dict:
+    """LoopStats of several episodes -> one summary (periods and latencies pooled)."""
+    if not stats:
+        return {}
+    periods = np.concatenate([np.asarray(s.periods_ms) for s in stats]) if stats else np.zeros(0)
+    lat = np.concatenate([np.asarray(s.latencies_ms) for s in stats])
+    target = stats[0].target_period_ms
+    steps, secs = sum(s.steps for s in stats), sum(s.seconds for s in stats)
+    return {
+        "loop_hz": steps / secs if secs else 0.0,
+        "jitter_ms_p99": float(np.percentile(np.abs(periods - target), 99)) if len(periods) else None,
+        "period_ms_p50": float(np.median(periods)) if len(periods) else None,
+        "latency_ms_p50": float(np.median(lat)) if len(lat) else None,
+        "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
+        **{k: int(sum(getattr(s, k) for s in stats)) for k in ("steps", "chunks", "starvation_events", "stale_dropped",
+                                                               "late_discarded", "request_failures", "overruns")},
+    }
+
+
+def _frame(obs: dict) -> np.ndarray:
+    return np.concatenate([obs["images"][c] for c in sorted(obs["images"])], axis=1)
+
+
+def _progress(items, desc: str, enabled: bool):
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="ep")

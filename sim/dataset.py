@@ -1,0 +1,336 @@
+"""Demonstration datasets in robomimic's HDF5 layout.
+
+    data                         attrs: total (samples), env_args (JSON), format ("vla-stack/1"), tasks (JSON list)
+    data/demo_<i>                attrs: num_samples, instruction, task, seed, env_args (JSON)
+        obs/agentview_image      uint8   (T, S, S, 3)   upright
+        obs/wrist_image          uint8   (T, S, S, 3)
+        obs/state                float32 (T, 9)         eef pos (3), eef quat xyzw (4), gripper qpos (2)
+        obs/robot0_eef_pos       float32 (T, 3)         robomimic's low-dim keys, same numbers as `state`
+        obs/robot0_eef_quat      float32 (T, 4)
+        obs/robot0_gripper_qpos  float32 (T, 2)
+        obs/object_pos           float32 (T, 3, 3)      privileged object positions (sim.tasks.TaskSpec.object_names)
+        actions                  float32 (T, 7)
+        rewards                  float32 (T,)
+        dones                    uint8   (T,)
+        states                   float64 (T, n)         flattened MuJoCo state
+    mask/train, mask/valid       bytes   (n,)           demo names
+
+Writing is append-and-flush, one whole demo at a time: a run killed between demos leaves a valid file with
+every finished demo. The reader loads demos into memory and yields (observation, action chunk) samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+FORMAT = "vla-stack/1"
+IMAGE_KEYS = {"agentview": "agentview_image", "wrist": "wrist_image"}
+LOWDIM_KEYS = ("state", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object_pos")
+REQUIRED_DEMO_KEYS = ("actions", "obs/state")
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, corrupt, or lacks a key; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------------------
+class DemoWriter:
+    """Append demos to a robomimic-layout HDF5 file, flushing after each one.
+
+    `append=True` opens an existing file and continues numbering; otherwise an existing file is an error unless
+    `overwrite=True` (then the new file is built under a temporary name and renamed over the old one on close).
+    """
+
+    def __init__(self, path: str, env_args: dict, append: bool = False, overwrite: bool = False, valid_every: int = 10):
+        self.path = str(path)
+        self.valid_every = int(valid_every)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)) or ".", exist_ok=True)
+        self._final_path = None
+        if os.path.exists(self.path) and append:
+            check_file(self.path)
+            self.f = h5py.File(self.path, "a")
+        elif os.path.exists(self.path) and not overwrite:
+            raise FileExistsError(f"{self.path}: exists; pass append=True (--append) or overwrite=True (--overwrite)")
+        else:
+            if os.path.exists(self.path):  # overwrite: keep the old file until the new one is complete
+                self._final_path = self.path
+                self.path = self.path + ".tmp"
+            self.f = h5py.File(self.path, "w")
+            data = self.f.create_group("data")
+            data.attrs["total"] = 0
+            data.attrs["format"] = FORMAT
+            data.attrs["env_args"] = json.dumps(env_args)
+            data.attrs["tasks"] = json.dumps([])
+            self.f.create_group("mask")
+            self._write_masks([], [])
+            self.f.flush()
+        self.data = self.f["data"]
+        names = sorted(self.data.keys(), key=_demo_index)
+        self.n = (_demo_index(names[-1]) + 1) if names else 0
+        self.train = [n.decode() for n in self.f["mask/train"][()]] if "mask/train" in self.f else []
+        self.valid = [n.decode() for n in self.f["mask/valid"][()]] if "mask/valid" in self.f else []
+
+    def _write_masks(self, train: list[str], valid: list[str]) -> None:
+        for key, names in (("train", train), ("valid", valid)):
+            if key in self.f["mask"]:
+                del self.f["mask"][key]
+            self.f["mask"].create_dataset(key, data=np.array(names, dtype="S"))
+
+    def add_demo(
+        self,
+        *,
+        task: str,
+        instruction: str,
+        seed: int,
+        images: dict[str, np.ndarray],
+        state: np.ndarray,
+        actions: np.ndarray,
+        object_pos: np.ndarray,
+        sim_states: np.ndarray,
+        env_args: dict | None = None,
+    ) -> str:
+        """Write one whole demo; returns its name. Every 1-in-`valid_every` demo goes to mask/valid."""
+        T = len(actions)
+        if T == 0:
+            raise ValueError("actions: a demo needs at least one step")
+        for k, v in [("state", state), ("object_pos", object_pos), ("states", sim_states)]:
+            if len(v) != T:
+                raise ValueError(f"{k}: expected {T} rows (one per action), got {len(v)}")
+        name = f"demo_{self.n}"
+        g = self.data.create_group(name)
+        obs = g.create_group("obs")
+        for cam, arr in images.items():
+            arr = np.asarray(arr, dtype=np.uint8)
+            if arr.shape[0] != T or arr.ndim != 4:
+                raise ValueError(f"images[{cam!r}]: expected (T={T}, S, S, 3) uint8, got {arr.shape}")
+            obs.create_dataset(
+                IMAGE_KEYS.get(cam, f"{cam}_image"), data=arr, chunks=(1, *arr.shape[1:]), compression="lzf"
+            )
+        state = np.asarray(state, dtype=np.float32)
+        obs.create_dataset("state", data=state)
+        obs.create_dataset("robot0_eef_pos", data=state[:, 0:3])
+        obs.create_dataset("robot0_eef_quat", data=state[:, 3:7])
+        obs.create_dataset("robot0_gripper_qpos", data=state[:, 7:9])
+        obs.create_dataset("object_pos", data=np.asarray(object_pos, dtype=np.float32))
+        g.create_dataset("actions", data=np.asarray(actions, dtype=np.float32))
+        rewards = np.zeros(T, dtype=np.float32)
+        rewards[-1] = 1.0
+        g.create_dataset("rewards", data=rewards)
+        dones = np.zeros(T, dtype=np.uint8)
+        dones[-1] = 1
+        g.create_dataset("dones", data=dones)
+        g.create_dataset("states", data=np.asarray(sim_states, dtype=np.float64))
+        g.attrs["num_samples"] = T
+        g.attrs["instruction"] = instruction
+        g.attrs["task"] = task
+        g.attrs["seed"] = int(seed)
+        if env_args is not None:
+            g.attrs["env_args"] = json.dumps(env_args)
+        (self.valid if (self.n % self.valid_every == self.valid_every - 1) else self.train).append(name)
+        self._write_masks(self.train, self.valid)
+        self.data.attrs["total"] = int(self.data.attrs["total"]) + T
+        tasks = json.loads(self.data.attrs["tasks"])
+        if task not in tasks:
+            self.data.attrs["tasks"] = json.dumps(tasks + [task])
+        self.n += 1
+        self.f.flush()
+        return name
+
+    @property
+    def num_demos(self) -> int:
+        return len(self.data.keys())
+
+    def close(self) -> None:
+        if self.f is None:
+            return
+        self.f.flush()
+        self.f.close()
+        self.f = None
+        if self._final_path is not None:
+            os.replace(self.path, self._final_path)
+            self.path = self._final_path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _demo_index(name: str) -> int:
+    try:
+        return int(name.split("_")[-1])
+    except ValueError:
+        return -1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------------------------
+def _open(path: str) -> h5py.File:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: dataset file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from e
+
+
+def check_file(path: str) -> None:
+    """Raise DatasetError naming the file and key if `path` is not a vla-stack/robomimic demo file."""
+    with _open(path) as f:
+        if "data" not in f:
+            raise DatasetError(f"{path}: missing key 'data'")
+        for name in f["data"].keys():
+            for key in REQUIRED_DEMO_KEYS:
+                if key not in f["data"][name]:
+                    raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
+
+
+@dataclass
+class Demo:
+    name: str
+    task: str
+    instruction: str
+    images: dict[str, np.ndarray]  # camera -> uint8 (T, S, S, 3)
+    state: np.ndarray  # float32 (T, 9)
+    actions: np.ndarray  # float32 (T, 7)
+    object_pos: np.ndarray  # float32 (T, 3, 3)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    import cv2
+
+    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+
+
+def load_demos(
+    paths: str | list[str],
+    split: str | None = None,
+    cameras: tuple[str, ...] = ("agentview", "wrist"),
+    image_size: int | None = None,
+    tasks: list[str] | None = None,
+    max_demos_per_task: int | None = None,
+) -> list[Demo]:
+    """Read demos from one or several files (several files mix into one multi-task list).
+
+    split: None (all), "train" or "valid" (robomimic masks). image_size: resize on load (INTER_AREA).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [str(paths)]
+    if split not in (None, "train", "valid"):
+        raise ValueError(f"split: expected None, 'train' or 'valid', got {split!r}")
+    demos: list[Demo] = []
+    per_task: dict[str, int] = {}
+    for path in paths:
+        with _open(path) as f:
+            if "data" not in f:
+                raise DatasetError(f"{path}: missing key 'data'")
+            if split is None:
+                names = sorted(f["data"].keys(), key=_demo_index)
+            else:
+                if f"mask/{split}" not in f:
+                    raise DatasetError(f"{path}: missing key 'mask/{split}'")
+                names = [n.decode() for n in f[f"mask/{split}"][()]]
+            for name in names:
+                if name not in f["data"]:
+                    raise DatasetError(f"{path}: mask/{split} names missing demo 'data/{name}'")
+                g = f["data"][name]
+                task = str(g.attrs.get("task", json.loads(f["data"].attrs.get("env_args", "{}")).get("env_name", "")))
+                if tasks is not None and task not in tasks:
+                    continue
+                if max_demos_per_task is not None and per_task.get(task, 0) >= max_demos_per_task:
+                    continue
+                for key in REQUIRED_DEMO_KEYS:
+                    if key not in g:
+                        raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
+                images = {}
+                for cam in cameras:
+                    key = f"obs/{IMAGE_KEYS.get(cam, cam + '_image')}"
+                    if key not in g:
+                        raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
+                    arr = g[key][()]
+                    images[cam] = _resize(arr, image_size) if image_size else arr
+                T = int(g["actions"].shape[0])
+                obj = g["obs/object_pos"][()] if "obs/object_pos" in g else np.zeros((T, 3, 3), np.float32)
+                demos.append(
+                    Demo(
+                        name=f"{os.path.basename(path)}:{name}",
+                        task=task,
+                        instruction=str(g.attrs.get("instruction", "")),
+                        images=images,
+                        state=g["obs/state"][()].astype(np.float32),
+                        actions=g["actions"][()].astype(np.float32),
+                        object_pos=obj.astype(np.float32),
+                    )
+                )
+                per_task[task] = per_task.get(task, 0) + 1
+    return demos
+
+
+def compute_stats(arrays: list[np.ndarray]) -> dict[str, list[float]]:
+    """Per-dimension mean, std, min, max, q01, q99 over rows of (N_i, D) arrays."""
+    x = np.concatenate([a.reshape(len(a), -1) for a in arrays]).astype(np.float64)
+    return {
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "min": x.min(0).tolist(),
+        "max": x.max(0).tolist(),
+        "q01": np.quantile(x, 0.01, axis=0).tolist(),
+        "q99": np.quantile(x, 0.99, axis=0).tolist(),
+    }
+
+
+def dataset_stats(demos: list[Demo]) -> dict[str, dict[str, list[float]]]:
+    return {
+        "actions": compute_stats([d.actions for d in demos]),
+        "state": compute_stats([d.state for d in demos]),
+        "object_pos": compute_stats([d.object_pos.reshape(len(d), -1) for d in demos]),
+    }
+
+
+class ChunkSampler:
+    """(observation, action chunk) samples: action chunk (H, D) from step t, padded with the last action.
+
+    Also returns `is_pad` (H,) bool so losses can ignore padded steps if they wish.
+    """
+
+    def __init__(self, demos: list[Demo], horizon: int):
+        if not demos:
+            raise ValueError("demos: no demonstrations to sample from (check the path, split and task filter)")
+        self.demos = demos
+        self.horizon = int(horizon)
+        self.index = np.array([(i, t) for i, d in enumerate(demos) for t in range(len(d))], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, k: int) -> dict:
+        i, t = self.index[k]
+        d = self.demos[i]
+        T = len(d)
+        steps = np.arange(t, t + self.horizon)
+        is_pad = steps >= T
+        steps = np.minimum(steps, T - 1)
+        return {
+            "images": {c: im[t] for c, im in d.images.items()},
+            "state": d.state[t],
+            "instruction": d.instruction,
+            "task": d.task,
+            "actions": d.actions[steps],
+            "is_pad": is_pad,
+            "object_pos": d.object_pos[t],
+            "future_eef": d.state[steps, 0:3],
+        }

@@ -1,0 +1,261 @@
+"""Gymnasium environments over robosuite with the stack's one observation schema.
+
+Observation (every task, see docs/ARCHITECTURE.md):
+    {"images": {"agentview": uint8 (S, S, 3), "wrist": uint8 (S, S, 3)},   # upright
+     "state": float32 (9,),   # eef position (3), eef quaternion xyzw (4), gripper finger qpos (2)
+     "instruction": str}
+Action: float32 (7,) in [-1, 1]: delta eef position (3, x0.05 m), delta rotation axis-angle (3, x0.5 rad),
+gripper (-1 open, +1 closed). Reward: 1.0 on success, else 0. An episode terminates on success and is
+truncated at the task's horizon.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym
+import numpy as np
+
+from sim.tasks import TaskSpec, get_task
+
+STATE_DIM = 9
+ACTION_DIM = 7
+CAMERA_SOURCES = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
+DEFAULT_CAMERAS = ("agentview", "wrist")
+
+
+def _quiet_robosuite() -> None:
+    import logging
+
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+    for name in ("robosuite", "robosuite.utils.log_utils"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def validate_action(action, dim: int = ACTION_DIM) -> np.ndarray:
+    """Return the action as float64 (dim,) clipped to [-1, 1]; ValueError on wrong shape or non-finite values."""
+    try:
+        a = np.asarray(action, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"action: expected a numeric array of shape ({dim},), got {type(action).__name__}") from e
+    if a.shape != (dim,):
+        raise ValueError(f"action: expected shape ({dim},), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        bad = np.where(~np.isfinite(a))[0].tolist()
+        raise ValueError(f"action: NaN or inf at index {bad}: {a.tolist()}")
+    return np.clip(a, -1.0, 1.0)
+
+
+def configure_fast_rendering(rs_env, size: int) -> None:
+    """Reflections, shadows and MSAA off on robosuite's offscreen context; framebuffer sized to the cameras.
+
+    Measured on a 2-core CPU with Mesa llvmpipe (docs/BENCHMARKS.md): a 128 px camera frame costs ~33 ms with
+    robosuite's defaults (640x480 4x-MSAA buffer, reflections, shadows) and ~19 ms after this.
+    """
+    import mujoco
+
+    ctx = getattr(rs_env.sim, "_render_context_offscreen", None)
+    if ctx is None:
+        return
+    model = rs_env.sim.model
+    if model.vis.quality.offsamples != 0 or model.vis.global_.offwidth != size or model.vis.global_.offheight != size:
+        model.vis.global_.offwidth = size
+        model.vis.global_.offheight = size
+        model.vis.quality.offsamples = 0
+        ctx.con.free()
+        ctx._set_mujoco_context_and_buffers()
+    ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+
+
+class VLAEnv(gym.Env):
+    """One robosuite task behind the shared observation schema. Deterministic under `reset(seed=...)`."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        task: str = "Lift",
+        image_size: int = 128,
+        cameras: tuple[str, ...] | list[str] = DEFAULT_CAMERAS,
+        horizon: int | None = None,
+        colors: tuple[str, ...] | None = None,
+        render_mode: str | None = "rgb_array",
+        seed: int | None = None,
+    ):
+        super().__init__()
+        _quiet_robosuite()
+        import robosuite as suite
+
+        import sim.color_envs  # noqa: F401  (registers the colour-cube envs with robosuite)
+
+        self.spec_ = get_task(task) if isinstance(task, str) else task
+        self.task: TaskSpec = self.spec_
+        cameras = tuple(cameras)
+        unknown = [c for c in cameras if c not in CAMERA_SOURCES]
+        if unknown:
+            raise ValueError(f"cameras: unknown {unknown}; expected names from {list(CAMERA_SOURCES)}")
+        if image_size < 16 or image_size > 1024:
+            raise ValueError(f"image_size: expected 16..1024 pixels, got {image_size}")
+        self.cameras = cameras
+        self.image_size = int(image_size)
+        self.horizon = int(horizon or self.task.horizon)
+        self.render_mode = render_mode
+        kwargs = dict(self.task.env_kwargs)
+        if colors is not None:
+            if self.task.robosuite_env not in ("PickColorEnv", "StackColorEnv"):
+                raise ValueError(f"colors: only the colour tasks take colors, not {self.task.name}")
+            kwargs["colors"] = tuple(colors)
+        self._rs = suite.make(
+            self.task.robosuite_env,
+            robots="Panda",
+            has_renderer=False,
+            has_offscreen_renderer=bool(cameras) or render_mode == "rgb_array",
+            use_camera_obs=bool(cameras),
+            camera_names=[CAMERA_SOURCES[c] for c in cameras] or "agentview",
+            camera_heights=self.image_size,
+            camera_widths=self.image_size,
+            hard_reset=False,
+            ignore_done=True,
+            horizon=100_000,
+            reward_shaping=False,
+            # construction-time randomness (Lift draws its cube size from env.rng) must not differ between
+            # instances: two envs built for the same task are the same env; reset(seed) draws the episode
+            seed=0 if seed is None else seed,
+            **kwargs,
+        )
+        configure_fast_rendering(self._rs, self.image_size)
+        s = self.image_size
+        self.observation_space = gym.spaces.Dict(
+            {
+                "images": gym.spaces.Dict(
+                    {c: gym.spaces.Box(0, 255, (s, s, 3), dtype=np.uint8) for c in cameras}
+                ),
+                "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), dtype=np.float32),
+                "instruction": gym.spaces.Text(max_length=256),
+            }
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), dtype=np.float32)
+        self._t = 0
+        self._last_rs_obs: dict | None = None
+        self._has_reset = False
+
+    # ----- gymnasium API -----
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            # robosuite draws every placement and the robot's init noise from env.rng; the samplers hold the same
+            # Generator object, so reseed it in place.
+            self._rs.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
+        self._make_current()
+        self._last_rs_obs = self._rs.reset()
+        self._t = 0
+        self._has_reset = True
+        return self._make_obs(self._last_rs_obs), self._info(False)
+
+    def step(self, action):
+        if not self._has_reset:
+            raise RuntimeError("step() called before reset()")
+        a = validate_action(action)
+        self._make_current()
+        self._last_rs_obs, _, _, _ = self._rs.step(a)
+        self._t += 1
+        success = bool(self._rs._check_success())
+        truncated = self._t >= self.horizon and not success
+        return self._make_obs(self._last_rs_obs), float(success), success, truncated, self._info(success)
+
+    def _make_current(self) -> None:
+        """robosuite renders into whichever EGL context is current; with several envs in one process (or after
+        another env was closed) it must be this env's."""
+        ctx = getattr(self._rs.sim, "_render_context_offscreen", None)
+        if ctx is not None and self.cameras:
+            ctx.gl_ctx.make_current()
+
+    def render(self):
+        self._make_current()
+        if "agentview" in self.cameras and self._last_rs_obs is not None:
+            return self._last_rs_obs["agentview_image"][::-1].copy()
+        img = self._rs.sim.render(camera_name="agentview", width=self.image_size, height=self.image_size)
+        return img[::-1].copy()
+
+    def close(self):
+        if getattr(self, "_rs", None) is not None:
+            self._rs.close()
+            self._rs = None
+
+    # ----- schema -----
+    @property
+    def instruction(self) -> str:
+        return self.task.instruction or self._rs.instruction
+
+    @property
+    def t(self) -> int:
+        return self._t
+
+    def _make_obs(self, rs_obs: dict) -> dict:
+        images = {c: np.ascontiguousarray(rs_obs[f"{CAMERA_SOURCES[c]}_image"][::-1]) for c in self.cameras}
+        state = np.concatenate(
+            [rs_obs["robot0_eef_pos"], rs_obs["robot0_eef_quat"], rs_obs["robot0_gripper_qpos"]]
+        ).astype(np.float32)
+        return {"images": images, "state": state, "instruction": self.instruction}
+
+    def _info(self, success: bool) -> dict:
+        return {"success": success, "t": self._t}
+
+    # ----- privileged simulator state (experts, auxiliary targets, never the policy) -----
+    def privileged(self) -> dict:
+        """World-frame quantities the scripted experts and the auxiliary head use.
+
+        object_pos: float32 (3, 3), rows ordered as `TaskSpec.object_names` (unused rows zero).
+        """
+        rs = self._rs
+        name = self.task.robosuite_env
+        obj = np.zeros((3, 3), dtype=np.float64)
+        if name == "Lift":
+            obj[0] = rs.sim.data.body_xpos[rs.cube_body_id]
+        elif name == "Stack":
+            obj[0] = rs.sim.data.body_xpos[rs.cubeA_body_id]
+            obj[1] = rs.sim.data.body_xpos[rs.cubeB_body_id]
+        elif name == "PickPlaceCan":
+            can = rs.objects[rs.object_id]
+            obj[0] = rs.sim.data.body_xpos[rs.obj_body_id[can.name]]
+            obj[1] = rs.target_bin_placements[rs.object_id]
+        else:  # colour-cube tasks
+            obj[:] = rs.cube_positions()[rs.object_order()]
+        eef = self._last_rs_obs
+        return {
+            "object_pos": obj.astype(np.float32),
+            "eef_pos": np.asarray(eef["robot0_eef_pos"], dtype=np.float64),
+            "eef_quat": np.asarray(eef["robot0_eef_quat"], dtype=np.float64),
+            "gripper_qpos": np.asarray(eef["robot0_gripper_qpos"], dtype=np.float64),
+            "table_z": float(self._table_z()),
+            "sim_state": np.asarray(rs.sim.get_state().flatten(), dtype=np.float64),
+        }
+
+    def _table_z(self) -> float:
+        arena = self._rs.model.mujoco_arena
+        if hasattr(arena, "table_offset"):
+            return float(arena.table_offset[2])
+        return float(self._rs.bin1_pos[2])
+
+    def env_args(self) -> dict:
+        """robomimic-style description stored in datasets (`data.attrs["env_args"]`)."""
+        return {
+            "env_name": self.task.name,
+            "type": "vla-stack",
+            "env_kwargs": {
+                "robosuite_env": self.task.robosuite_env,
+                "image_size": self.image_size,
+                "cameras": list(self.cameras),
+                "horizon": self.horizon,
+                "robots": "Panda",
+                "controller": "OSC_POSE",
+                "control_freq": 20,
+            },
+        }
+
+
+def make_env(task: str, **kwargs) -> VLAEnv:
+    return VLAEnv(task=task, **kwargs)

@@ -1,0 +1,175 @@
+"""Closed-loop evaluation of a chunk policy in the simulated tasks.
+
+A policy here is anything with `reset()` and `infer(obs) -> {"actions": float32 (h, D), "timing": {...}}`:
+a local `vla.Policy` or a `robot_bridge` client talking to a policy server. Every episode seed is fixed
+(EVAL_SEED_BASE + i, disjoint from collection seeds), the policy is reset before each episode, and a chunk is
+requested every `replan_every` steps, so reruns give the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+EVAL_SEED_BASE = 1_000_000
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    seed: int
+    success: bool
+    length: int
+    instruction: str
+    chunk_ms: list[float] = field(default_factory=list)
+    nfe: list[int] = field(default_factory=list)
+    actions: list[list[float]] | None = None
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("actions")
+        d["chunk_ms_p50"] = float(np.median(self.chunk_ms)) if self.chunk_ms else None
+        d.pop("chunk_ms")
+        d["nfe_mean"] = float(np.mean(self.nfe)) if self.nfe else None
+        d.pop("nfe")
+        return d
+
+
+def rollout(env, policy, seed: int, replan_every: int, frames: list | None = None, keep_actions: bool = False,
+            max_steps: int | None = None) -> EpisodeResult:
+    obs, _ = env.reset(seed=seed)
+    policy.reset()
+    res = EpisodeResult(task=env.task.name, seed=seed, success=False, length=0, instruction=obs["instruction"],
+                        actions=[] if keep_actions else None)
+    queue: list[np.ndarray] = []
+    horizon = max_steps or env.horizon
+    for t in range(horizon):
+        if not queue:
+            t0 = time.perf_counter()
+            out = policy.infer(obs)
+            res.chunk_ms.append((time.perf_counter() - t0) * 1e3)
+            res.nfe.append(int(out.get("timing", {}).get("nfe", 0)))
+            queue = list(np.asarray(out["actions"], dtype=np.float32)[:replan_every])
+        a = queue.pop(0)
+        if keep_actions:
+            res.actions.append(a.tolist())
+        if frames is not None:
+            frames.append(np.concatenate([obs["images"][c] for c in sorted(obs["images"])], axis=1))
+        obs, _, terminated, truncated, info = env.step(a)
+        res.length = t + 1
+        if terminated:
+            res.success = True
+            break
+        if truncated:
+            break
+    if frames is not None:
+        frames.append(np.concatenate([obs["images"][c] for c in sorted(obs["images"])], axis=1))
+    return res
+
+
+def write_video(frames: list[np.ndarray], path: str, fps: int = 20) -> None:
+    import imageio
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.mp4"
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1) as w:
+        for f in frames:
+            w.append_data(f)
+    os.replace(tmp, path)
+
+
+def _worker(args) -> list[dict]:
+    (policy_path, decode, task, seeds, replan, image_size, video_seeds, out_dir, threads, keep_actions, max_steps) = args
+    import torch
+
+    torch.set_num_threads(threads)
+    from sim.env import VLAEnv
+    from vla.policy import Policy
+
+    policy = Policy.from_pretrained(policy_path, decode=decode)
+    env = VLAEnv(task, image_size=image_size, cameras=policy.cfg.cameras)
+    out = []
+    for s in seeds:
+        frames = [] if s in video_seeds else None
+        r = rollout(env, policy, s, replan, frames, keep_actions, max_steps=max_steps)
+        if frames is not None and out_dir:
+            write_video(frames, os.path.join(out_dir, "videos", f"{task}_seed{s}_{'ok' if r.success else 'fail'}.mp4"))
+        out.append({**r.summary(), **({"actions": r.actions} if keep_actions else {})})
+    env.close()
+    return out
+
+
+def evaluate_policy_dir(
+    policy_path: str,
+    task: str,
+    episodes: int = 50,
+    replan_every: int | None = None,
+    decode: dict | None = None,
+    image_size: int = 128,
+    workers: int = 1,
+    videos: int = 2,
+    out_dir: str | None = None,
+    seed_base: int = EVAL_SEED_BASE,
+    keep_actions: bool = False,
+    max_steps: int | None = None,
+    threads: int | None = None,
+) -> dict:
+    """Evaluate a saved policy; episodes split over `workers` processes, each with `threads` torch threads
+    (default: 1 per worker when several workers share the cores, else all cores). Fixed thread counts keep reruns
+    identical. max_steps cuts episodes short (smoke tests); default the task's horizon."""
+    from vla.policy import read_checkpoint_files
+
+    config, _, _ = read_checkpoint_files(policy_path)
+    replan = int(replan_every or config.get("n_action_steps") or config["model"]["chunk_size"])
+    seeds = [seed_base + i for i in range(episodes)]
+    video_seeds = set(seeds[:videos])
+    workers = max(1, min(workers, episodes))
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    chunks = [seeds[i::workers] for i in range(workers)]
+    jobs = [(policy_path, decode, task, c, replan, image_size, video_seeds, out_dir, threads, keep_actions, max_steps)
+            for c in chunks]
+    t0 = time.time()
+    if workers == 1:
+        results = _worker(jobs[0])
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            results = [r for part in pool.map(_worker, jobs) for r in part]
+    results.sort(key=lambda r: r["seed"])
+    return summarize(results, task, time.time() - t0, out_dir, extra={"policy": policy_path, "replan_every": replan,
+                                                                      "decode": decode or {}})
+
+
+def summarize(results: list[dict], task: str, seconds: float, out_dir: str | None, extra: dict | None = None) -> dict:
+    succ = [r["success"] for r in results]
+    lat = [r["chunk_ms_p50"] for r in results if r.get("chunk_ms_p50") is not None]
+    summary = {
+        "task": task,
+        "episodes": len(results),
+        "success_rate": float(np.mean(succ)) if succ else 0.0,
+        "mean_length": float(np.mean([r["length"] for r in results])) if results else 0.0,
+        "chunk_ms_p50": float(np.median(lat)) if lat else None,
+        "seconds": round(seconds, 1),
+        **(extra or {}),
+    }
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"episodes_{task}.jsonl"), "w") as f:
+            for r in results:
+                f.write(json.dumps(r) + "\n")
+        with open(os.path.join(out_dir, f"summary_{task}.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def format_table(summaries: list[dict]) -> str:
+    lines = [f"{'task':<14}{'episodes':>9}{'success':>9}{'mean len':>10}{'chunk ms p50':>14}"]
+    for s in summaries:
+        lat = f"{s['chunk_ms_p50']:.1f}" if s.get("chunk_ms_p50") is not None else "-"
+        lines.append(f"{s['task']:<14}{s['episodes']:>9}{s['success_rate']:>9.1%}{s['mean_length']:>10.1f}{lat:>14}")
+    return "\n".join(lines)

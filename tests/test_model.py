@@ -1,0 +1,207 @@
+"""The dVLA model and the Policy API on tiny real configs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from vla.config import load_model_config
+from vla.model import DVLA
+from vla.policy import CheckpointError, Policy
+
+
+def _inputs(cfg, B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    S = cfg.image_size
+    imgs = torch.rand(B, len(cfg.cameras), 3, S, S, generator=g)
+    txt = torch.randint(3, 40, (B, cfg.max_text_len), generator=g)
+    tv = torch.ones(B, cfg.max_text_len, dtype=torch.bool)
+    tv[0, 5:] = False
+    st = torch.randn(B, cfg.state_dim, generator=g)
+    toks = torch.randint(0, cfg.num_bins, (B, cfg.n_action_tokens), generator=g)
+    toks[torch.rand(toks.shape, generator=g) < 0.5] = cfg.mask_id
+    return imgs, txt, tv, st, toks
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_block"])
+def test_prefix_kv_reuse_matches_full_forward(preset):
+    cfg = load_model_config(preset)
+    torch.manual_seed(0)
+    m = DVLA(cfg, 50).eval()
+    imgs, txt, tv, st, toks = _inputs(cfg)
+    with torch.no_grad():
+        full, _ = m(imgs, txt, tv, st, toks)
+        cache = m.encode_prefix(imgs, txt, tv, st)
+        slots = torch.arange(cfg.n_action_tokens)
+        for _ in range(3):  # the cache is reused unchanged across denoising passes
+            inc = m.action_logits(cache, toks, slots)
+            torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
+        assert cache.length == cfg.prefix_len
+
+
+def test_prefix_does_not_depend_on_actions():
+    cfg = load_model_config("tiny")
+    m = DVLA(cfg, 50).eval()
+    imgs, txt, tv, st, toks = _inputs(cfg)
+    with torch.no_grad():
+        a = m.encode_prefix(imgs, txt, tv, st)
+        toks2 = torch.randint(0, cfg.num_bins, toks.shape)
+        l1 = m.action_logits(a, toks, torch.arange(cfg.n_action_tokens))
+        f1, _ = m(imgs, txt, tv, st, toks)
+        f2, _ = m(imgs, txt, tv, st, toks2)
+    torch.testing.assert_close(l1, f1, atol=1e-5, rtol=0)
+    assert not torch.allclose(f1, f2)  # actions do matter to action logits...
+
+
+def test_tiny_model_overfits_fixed_batch():
+    cfg = load_model_config("tiny", {"num_layers": 2})
+    torch.manual_seed(0)
+    m = DVLA(cfg, 50)
+    imgs, txt, tv, st, _ = _inputs(cfg, B=4)
+    target = torch.randint(0, cfg.num_bins, (4, cfg.n_action_tokens))
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    from vla.objectives import masked_ce
+
+    masked = torch.rand(target.shape, generator=torch.Generator().manual_seed(1)) < 0.6
+    noised = target.masked_fill(masked, cfg.mask_id)
+    first = None
+    for _ in range(120):
+        logits, _ = m(imgs, txt, tv, st, noised)
+        loss = masked_ce(logits, target, masked)
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 4.0 and float(loss) < 0.1
+
+
+def _obs(S=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "images": {c: rng.integers(0, 256, (S, S, 3), dtype=np.uint8) for c in ("agentview", "wrist")},
+        "state": rng.normal(size=9).astype(np.float32) * 0.1,
+        "instruction": "pick up the red cube",
+    }
+
+
+@pytest.mark.parametrize("preset,decoder", [("tiny", "parallel"), ("tiny_block", "pipelined")])
+def test_save_load_identical(tmp_path, preset, decoder):
+    p = Policy.untrained(preset, seed=3)
+    p.set_decode(decoder=decoder)
+    p.save_pretrained(str(tmp_path / "ckpt"))
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "model.safetensors", "normalization.json", "tokenizer.json"]
+    q = Policy.from_pretrained(str(tmp_path / "ckpt"))
+    assert q.decode_cfg == p.decode_cfg and q.cfg == p.cfg
+    for s in range(3):
+        p.reset(), q.reset()
+        a, b = p.predict_action_chunk(_obs(seed=s)), q.predict_action_chunk(_obs(seed=s))
+        assert a.shape == (8, 7) and a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+
+def test_select_action_queue_and_reset():
+    p = Policy.untrained("tiny")
+    p.n_action_steps = 3
+    o = _obs()
+    chunk = p.predict_action_chunk(o)
+    p.reset()
+    acts = [p.select_action(o) for _ in range(3)]
+    np.testing.assert_array_equal(np.stack(acts), chunk[:3])
+    assert len(p._queue) == 0
+    p.select_action(o)
+    p.reset()
+    assert len(p._queue) == 0
+    info = p.infer(o)
+    assert {"model_ms", "decode_ms", "prefix_ms", "total_ms", "nfe"} <= set(info["timing"])
+
+
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda o: o["images"].pop("wrist"), "wrist"),
+        (lambda o: o.pop("state"), "state"),
+        (lambda o: o.__setitem__("state", np.zeros(5, np.float32)), "(9,)"),
+        (lambda o: o["images"].__setitem__("agentview", np.zeros((64, 64, 3), np.float32)), "agentview"),
+        (lambda o: o["images"].__setitem__("agentview", np.zeros((64, 64), np.uint8)), "(H, W, 3)"),
+        (lambda o: o["state"].__setitem__(2, np.nan), "NaN"),
+        (lambda o: o.__setitem__("instruction", 3), "instruction"),
+    ],
+)
+def test_bad_observations(mutate, needle):
+    p = Policy.untrained("tiny")
+    o = _obs()
+    mutate(o)
+    with pytest.raises(ValueError) as e:
+        p.infer(o)
+    assert needle in str(e.value)
+
+
+def test_checkpoint_errors(tmp_path):
+    p = Policy.untrained("tiny")
+    d = str(tmp_path / "c")
+    p.save_pretrained(d)
+    os.remove(os.path.join(d, "normalization.json"))
+    with pytest.raises(CheckpointError, match="normalization.json"):
+        Policy.from_pretrained(d)
+    p.save_pretrained(d)
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    cfg["format_version"] = 99
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    with pytest.raises(CheckpointError, match="format_version"):
+        Policy.from_pretrained(d)
+    with pytest.raises(FileNotFoundError):
+        Policy.from_pretrained(str(tmp_path / "missing"))
+
+
+def test_unknown_config_suggests_closest():
+    with pytest.raises(ValueError) as e:
+        load_model_config("tinny")
+    assert "tiny" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        load_model_config("tiny", {"hiden_size": 3})
+    assert "hidden_size" in str(e.value)
+
+
+def test_local_hf_checkpoint(tmp_path):
+    """A user's local Hugging Face model dir (written here: tiny Llama + a word-level fast tokenizer)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from vla.config import TrainConfig, DataConfig
+    from vla.model import config_from_hf
+
+    hf_dir = str(tmp_path / "hf")
+    words = ["[PAD]", "[UNK]", "[BOS]", "pick", "up", "the", "red", "green", "blue", "cube", "lift"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]")
+    fast.save_pretrained(hf_dir)
+    lcfg = LlamaConfig(vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(lcfg).save_pretrained(hf_dir)
+    ref = LlamaForCausalLM.from_pretrained(hf_dir).model.layers[0].self_attn.q_proj.weight
+
+    mcfg = config_from_hf(load_model_config("tiny", {"backbone_path": hf_dir, "text_tokenizer": "hf"}), hf_dir)
+    assert mcfg.hidden_size == 64 and mcfg.num_layers == 2 and mcfg.num_kv_heads == 2
+    from vla.tokenizers import HFTokenizer
+
+    tok = HFTokenizer(hf_dir)
+    m = DVLA(mcfg, tok.vocab_size)
+    torch.testing.assert_close(m.backbone.layers[0].self_attn.q_proj.weight, ref)  # weights came from the dir
+    ids, valid = tok.encode("pick up the red cube", 8)
+    assert valid.sum() == 5 and ids[0] == words.index("pick")
+    # a policy built on it saves and reloads with no reference to the original directory
+    from vla.normalization import StateNormalizer
+    from vla.tokenizers import ActionTokenizer
+
+    p = Policy(m, ActionTokenizer(-np.ones(7), np.ones(7)), StateNormalizer(-np.ones(9), np.ones(9)), tok)
+    out = str(tmp_path / "policy")
+    p.save_pretrained(out)
+    import shutil
+
+    shutil.rmtree(hf_dir)
+    q = Policy.from_pretrained(out)
+    np.testing.assert_array_equal(q.predict_action_chunk(_obs()), p.predict_action_chunk(_obs()))

@@ -1,0 +1,222 @@
+"""Franka end to end against franky-sim (libfranka's network protocol served from MuJoCo, started here):
+policy server -> control loop -> robot server -> franka adapter (franky) -> libfranka -> franky-sim.
+
+franky-sim's physics can run well below real time on a loaded machine, and it may abort a motion with a reflex
+under CPU load; the adapter's auto_recover (on here, counted and reported) recovers and retries once. Every check
+is on what the simulated arm measured, not on what was sent.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from bridge_helpers import free_port  # noqa: F401  (sets torch threads)
+from robot_helpers import ScriptedPolicy, stream, wait_at_rest
+
+pytest.importorskip("franky", reason="franky-control is in the `test` extra: pip install -e '.[test]'")
+pytest.importorskip("franky_sim", reason="franky-sim is in the `test` extra: pip install -e '.[test]'")
+
+from robot_bridge.cameras import SimCamera  # noqa: E402
+from robot_bridge.client import PolicyClient  # noqa: E402
+from robot_bridge.control_loop import ControlLoop, LoopConfig  # noqa: E402
+from robot_bridge.robot_client import RemoteRobot, RobotClient  # noqa: E402
+from robot_bridge.robot_server import RobotServer  # noqa: E402
+from robot_bridge.robots.franka import FrankaConfig, FrankaRobot  # noqa: E402
+from robot_bridge.robots.franky_sim import FrankySim  # noqa: E402
+from robot_bridge.safety import SafetyConfig  # noqa: E402
+from robot_bridge.server import PolicyServer  # noqa: E402
+
+HOME = (0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785)  # eef about (0.45, 0, 0.45), gripper down
+WATCHDOG_MS, PERIOD_MS = 100.0, 50.0  # control loop at 20 Hz
+
+
+@pytest.fixture(scope="module")
+def franky_sim():
+    with FrankySim("127.0.0.1") as sim:
+        yield sim
+
+
+def _franka(cameras=False, safety: SafetyConfig | None = None, control: str = "cartesian") -> FrankaRobot:
+    cams = {"agentview": SimCamera("fr3-front", (64, 64)), "wrist": SimCamera("fr3-wrist", (64, 64))} if cameras else None
+    cfg = FrankaConfig(host="127.0.0.1", realtime=False, relative_dynamics_factor=1.0, auto_recover=True,
+                       home_joints=HOME, control=control)
+    return FrankaRobot(cfg, cameras=cams, safety=safety)
+
+
+class Rig:
+    """A robot server on the franka adapter plus a client, the arm homed."""
+
+    def __init__(self, cameras=False, safety=None, control="cartesian"):
+        self.robot = _franka(cameras, safety, control)
+        self.server = RobotServer(self.robot, bind="tcp://127.0.0.1:0", watchdog_ms=WATCHDOG_MS).start()
+        self.client = RobotClient(self.server.address, timeout_ms=20_000)
+        self.meta = self.client.hello()
+        self.client.reset()  # home (joint motion), gripper open
+        self.start = wait_at_rest(self.client)
+
+    def close(self):
+        self.client.close()
+        self.server.stop()
+        print(f"[franky-sim] recoveries {self.robot.recoveries}, counters {dict(self.server.counts)}")
+
+    def applied_delta(self, since: int = 0) -> np.ndarray:
+        """Sum of the applied translations (m) of the commands applied from index `since` of the log."""
+        acts = [e["applied"] for e in list(self.server.applied_log)[since:]]
+        return np.sum(np.asarray(acts)[:, :3], axis=0) * self.robot.action_spec.pos_scale_m if acts else np.zeros(3)
+
+
+def test_policy_server_control_loop_robot_server_franky_sim(franky_sim):
+    """The whole chain, with a scripted policy: the measured pose ends where the applied deltas put it."""
+    up = np.zeros((8, 7), np.float32)
+    up[:, 0], up[:, 2] = 0.05, -0.03  # 2.5 mm +x, 1.5 mm -z per step (franky-sim may run at 1/4 real time)
+    policy = ScriptedPolicy([up, up, up])  # three chunks of motion, then zeros
+    psrv = PolicyServer(policy, bind="tcp://127.0.0.1:0").start()
+    rig = Rig(cameras=True)
+    pclient = PolicyClient(psrv.address, timeout_ms=3000)
+    remote = RemoteRobot(rig.client, instruction="move forward and down")
+    try:
+        n0 = len(rig.server.applied_log)
+        loop = ControlLoop(pclient, remote, LoopConfig(mode="async", rate_hz=20, request_below=4))
+        log = loop.run_episode(max_steps=40, keep_actions=True)
+        loop.close()
+        end = wait_at_rest(rig.client, keepalive=True)
+        moved, want = end - rig.start, rig.applied_delta(n0)
+        st = rig.client.status()
+    finally:
+        rig.close()
+        pclient.close()
+        psrv.stop()
+    assert log.length == 40 and log.stats.chunks >= 3
+    assert policy.calls >= 3  # the policy saw images from the robot side's cameras (checked in infer_batch)
+    assert np.linalg.norm(want) > 0.04  # it really moved (about 7 cm commanded)
+    assert rig.robot.lead_capped == 0  # the arm kept up: every delta counts
+    np.testing.assert_allclose(moved, want, atol=3e-3, err_msg=f"measured {moved}, applied deltas sum {want}")
+    assert st["counters"]["applied"] >= 40 and st["safety"]["intervened"] == 0
+
+
+def test_untrained_model_drives_franky_sim_with_sim_cameras(franky_sim):
+    """The real (untrained) model through the chain: images from sim cameras, actions clipped by safety."""
+    from vla.policy import Policy
+
+    psrv = PolicyServer(Policy.untrained("tiny"), bind="tcp://127.0.0.1:0").start()
+    rig = Rig(cameras=True)
+    pclient = PolicyClient(psrv.address, timeout_ms=5000)
+    try:
+        obs = rig.client.observe()
+        for c in ("agentview", "wrist"):
+            im = obs["images"][c]
+            assert im.dtype == np.uint8 and im.shape == (64, 64, 3) and im.std() > 5  # a rendered scene
+        np.testing.assert_allclose(obs["state"][:3], rig.start, atol=2e-3)
+        loop = ControlLoop(pclient, RemoteRobot(rig.client, instruction="pick up the red cube"),
+                           LoopConfig(mode="async", rate_hz=20))
+        log = loop.run_episode(max_steps=24)
+        loop.close()
+        n = rig.server.counts["applied"]
+        safety = rig.robot.safety.summary()
+        pos = wait_at_rest(rig.client)
+    finally:
+        rig.close()
+        pclient.close()
+        psrv.stop()
+    assert log.length == 24 and log.stats.chunks >= 2 and n >= 20
+    assert safety["commands"] == n and safety["max_translation"] + safety["max_rotation"] > 0  # random actions: clipped
+    assert np.linalg.norm(pos - rig.start) <= 0.01 * 24 + 0.03 + 2e-3  # per-step limit x steps + max lead
+
+
+def test_watchdog_holds_the_arm_when_commands_stop(franky_sim):
+    rig = Rig()
+    try:
+        a = np.zeros(7, np.float32)
+        a[1] = 0.2  # 1 cm per step along +y: the target runs ahead of the arm
+        last = stream(rig.client, a, steps=10)
+        st = rig.client.wait_state(lambda s: s["mode"] == "holding", 2.0)
+        assert st is not None, "the watchdog never fired"
+        pos = wait_at_rest(rig.client, timeout_s=10.0)
+        n_applied = rig.server.counts["applied"]
+        time.sleep(0.5)
+        later = np.asarray(rig.client.latest_state(100)["state"][:3])
+    finally:
+        rig.close()
+    w = st["watchdog"]
+    assert st["hold_reason"] == "watchdog" and w["events"] == 1
+    assert WATCHDOG_MS <= w["last_reaction_ms"] <= WATCHDOG_MS + PERIOD_MS, w  # measured by the server
+    assert (w["t_hold"] - last) * 1e3 <= WATCHDOG_MS + PERIOD_MS, (w["t_hold"] - last)  # same machine clock
+    c = rig.server.counts  # a late tick can put two commands in one batch: the older is superseded
+    assert c["applied"] == n_applied and n_applied + c["dropped_superseded"] == 10 and n_applied >= 8
+    assert pos[1] - rig.start[1] > 0.01  # it moved, then stopped...
+    assert np.linalg.norm(later - pos) < 5e-4  # ...and stays stopped
+
+
+def test_command_outside_workspace_is_clipped(franky_sim):
+    probe = _franka()  # only for the default box; the rig's box ends 2 cm above the home pose
+    box_top = None
+    try:
+        rig0 = Rig()
+        box_top = float(rig0.start[2]) + 0.02
+        rig0.close()
+        lo, hi = probe.default_safety().workspace_low, list(probe.default_safety().workspace_high)
+        hi[2] = box_top
+        rig = Rig(safety=SafetyConfig(workspace_low=lo, workspace_high=tuple(hi)))
+        a = np.zeros(7, np.float32)
+        a[2] = 0.2  # +1 cm per step, 8 cm in all: 6 cm beyond the box
+        stream(rig.client, a, steps=8)
+        pos = wait_at_rest(rig.client, keepalive=True)
+        safety = rig.robot.safety.summary()
+        recent = [e for e in rig.robot.safety.recent if e.rule == "workspace"]
+    finally:
+        rig.close()
+    assert safety["workspace"] >= 6 and recent  # counted and logged
+    assert pos[2] <= box_top + 2e-3, (pos[2], box_top)
+    assert pos[2] >= box_top - 3e-3  # it went up to the box edge
+
+
+def test_estop_stops_the_arm_and_release_resumes(franky_sim):
+    rig = Rig()
+    try:
+        a = np.zeros(7, np.float32)
+        a[0] = 0.15
+        stream(rig.client, a, steps=6)
+        rep = rig.client.estop("test")
+        assert rep["status"]["mode"] == "estopped"
+        stopped = wait_at_rest(rig.client)
+        n = rig.server.counts["applied"]
+        stream(rig.client, a, steps=6)  # refused while e-stopped
+        r = rig.client.command(a)
+        assert r["kind"] == "dropped" and r["reason"] == "estopped"
+        time.sleep(0.5)
+        still = np.asarray(rig.client.latest_state(100)["state"][:3])
+        c = rig.server.counts
+        assert c["applied"] == n and c["dropped_estopped"] >= 2 and c["dropped_estopped"] + c["dropped_superseded"] >= 7
+        assert np.linalg.norm(still - stopped) < 5e-4
+        rel = rig.client.release()
+        assert rel["status"]["mode"] == "idle"
+        r = rig.client.command(a)
+        assert r["kind"] == "applied"
+        stream(rig.client, a, steps=6)
+        moved = wait_at_rest(rig.client, keepalive=True)
+    finally:
+        rig.close()
+    assert stopped[0] - rig.start[0] > 0.005  # moved before the e-stop
+    assert moved[0] - still[0] > 0.01  # and again after release
+
+
+def test_impedance_control_follows_deltas_within_its_compliance(franky_sim):
+    """control="impedance": franky's Cartesian impedance tracker (torque control at 1 kHz in franky's thread)."""
+    rig = Rig(control="impedance")
+    try:
+        a = np.zeros(7, np.float32)
+        a[0], a[2] = 0.05, -0.03  # 2.5 mm +x, 1.5 mm -z per step
+        stream(rig.client, a, steps=24)
+        end = wait_at_rest(rig.client, keepalive=True)
+        moved, want = end - rig.start, rig.applied_delta()
+        rig.client.estop("test")
+        stopped = wait_at_rest(rig.client)
+    finally:
+        rig.close()
+    np.testing.assert_allclose(want, [0.06, 0.0, -0.036], atol=1e-6)
+    # a spring of 600 N/m against joint friction: millimetres short of the target, never past it
+    np.testing.assert_allclose(moved, want, atol=8e-3)
+    assert moved[0] > 0.045 and moved[2] < -0.025
+    assert np.linalg.norm(stopped - end) < 2e-3  # the e-stop ends the torque controller without a jump

@@ -1,0 +1,133 @@
+"""The training loop: exact resume, a 2-process torchrun (DDP over gloo), metrics and checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sim.dataset import DemoWriter
+from vla.config import DataConfig, TrainConfig
+from vla.policy import Policy
+from vla.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Small synthetic demo file (random images, smooth actions) in the real robomimic layout."""
+    path = str(tmp_path_factory.mktemp("data") / "demos.hdf5")
+    rng = np.random.default_rng(0)
+    with DemoWriter(path, {"env_name": "Lift"}, valid_every=4) as w:
+        for i in range(8):
+            T = 12
+            t = np.linspace(0, 1, T)[:, None]
+            w.add_demo(
+                task="Lift" if i % 2 else "PickColor",
+                instruction="lift the cube" if i % 2 else "pick up the red cube",
+                seed=i,
+                images={c: rng.integers(0, 256, (T, 32, 32, 3), dtype=np.uint8) for c in ("agentview", "wrist")},
+                state=rng.normal(size=(T, 9)).astype(np.float32),
+                actions=np.clip(np.sin(t * (1 + np.arange(7)) + i), -1, 1).astype(np.float32),
+                object_pos=rng.normal(size=(T, 3, 3)).astype(np.float32),
+                sim_states=np.zeros((T, 4)),
+            )
+    return path
+
+
+def _cfg(dataset, out, **kw):
+    base = dict(
+        model="tiny",
+        model_overrides={"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
+        data=DataConfig(paths=(dataset,), augment_shift=2),
+        out_dir=str(out),
+        steps=4,
+        batch_size=4,
+        warmup_steps=2,
+        log_every=1,
+        val_every=2,
+        val_batches=1,
+        save_every=0,
+        seed=7,
+        threads=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_is_exact(dataset, tmp_path):
+    straight = _cfg(dataset, tmp_path / "straight")
+    train(straight, progress=False)
+    paused = _cfg(dataset, tmp_path / "paused")
+    train(paused, progress=False, stop_after=2)
+    assert not os.path.exists(tmp_path / "paused" / "policy")
+    assert open(tmp_path / "paused" / "checkpoints" / "LATEST").read() == "step_000002"
+    train(paused, resume=True, progress=False)
+    a = load_file(str(tmp_path / "straight" / "policy" / "model.safetensors"))
+    b = load_file(str(tmp_path / "paused" / "policy" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+    # the final checkpoint equals the policy; the step-2 one differs (training moved the weights)
+    c4 = load_file(str(tmp_path / "paused" / "checkpoints" / "step_000004" / "model.safetensors"))
+    torch.testing.assert_close(c4["head.weight"], b["head.weight"], atol=0, rtol=0)
+    c2 = load_file(str(tmp_path / "paused" / "checkpoints" / "step_000002" / "model.safetensors"))
+    assert not torch.equal(c2["head.weight"], b["head.weight"])
+    rows = open(tmp_path / "paused" / "metrics.csv").read().strip().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("step")  # header + steps 1..4, no duplicates after resume
+    assert os.path.exists(tmp_path / "straight" / "loss.png")
+    state = json.load(open(tmp_path / "paused" / "checkpoints" / "step_000004" / "train_state.json"))
+    assert state["step"] == 4
+
+
+def test_checkpoint_is_a_policy_and_no_pickle(dataset, tmp_path):
+    train(_cfg(dataset, tmp_path / "r", steps=2, save_every=1, keep_last=1), progress=False)
+    ckpts = sorted(os.listdir(tmp_path / "r" / "checkpoints"))
+    assert ckpts == ["LATEST", "step_000002"]  # keep_last=1 pruned step 1
+    p = Policy.from_pretrained(str(tmp_path / "r" / "checkpoints" / "step_000002"))
+    obs = {"images": {c: np.zeros((32, 32, 3), np.uint8) for c in ("agentview", "wrist")},
+           "state": np.zeros(9, np.float32), "instruction": "lift the cube"}
+    assert p.predict_action_chunk(obs).shape == (8, 7)
+    for root, _, files in os.walk(tmp_path / "r"):
+        for f in files:
+            assert not f.endswith((".pt", ".pth", ".pkl", ".bin")), f
+
+
+def test_torchrun_two_processes(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(
+        "model: tiny\n"
+        "model_overrides: {num_layers: 1, image_size: 32, vision_channels: [8, 16, 32]}\n"
+        f"data: {{paths: [{dataset}], augment_shift: 2}}\n"
+        f"out_dir: {out}\n"
+        "steps: 3\nbatch_size: 2\nwarmup_steps: 1\nlog_every: 1\nval_every: 0\nsave_every: 0\nthreads: 1\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "vla.cli", "train", "--config", str(cfg_path), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "world size 2" in r.stdout
+    state = json.load(open(out / "checkpoints" / "step_000003" / "train_state.json"))
+    assert state["world"] == 2
+    assert sorted(f for f in os.listdir(out / "checkpoints" / "step_000003") if f.startswith("rng_rank")) == [
+        "rng_rank0.safetensors", "rng_rank1.safetensors"]
+    Policy.from_pretrained(str(out / "policy"))
+
+
+def test_train_config_errors(dataset, tmp_path):
+    with pytest.raises(ValueError, match="objective"):
+        _cfg(dataset, tmp_path, objective="difusion")
+    from vla.config import load_train_config
+
+    with pytest.raises(ValueError) as e:
+        load_train_config("lift_tiyn")
+    assert "lift_tiny" in str(e.value)

@@ -1,0 +1,92 @@
+"""`vla distill` and `vla capvector ...` subcommands (registered in vla/commands.py)."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_distill(sub) -> None:
+    s = sub.add_parser("distill", help="asymmetric distillation: bidirectional teacher -> block-causal student (Fast-dVLA)")
+    s.add_argument("--teacher", required=True, help="finetuned bidirectional policy checkpoint")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--config", default="distill_tiny", help="training config (configs/train/<name>.yaml)")
+    s.add_argument("--data", action="append", help="dataset file(s); default: the teacher's training data")
+    s.add_argument("--steps", type=int)
+    s.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank instead of all weights")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_distill)
+
+
+def _cmd_distill(args) -> int:
+    from vla.commands import _train_config_from_args
+    from vla.policy import read_checkpoint_files
+    from vla.train import train
+
+    config, _, _ = read_checkpoint_files(args.teacher)
+    if config["model"].get("attention") != "bidirectional":
+        raise ValueError(f"--teacher: {args.teacher} is not a bidirectional model (attention={config['model'].get('attention')})")
+    extra = {"objective": "distill", "teacher": args.teacher, "init": args.teacher,
+             "model_overrides": {"attention": "block_causal"},
+             "decode": {"decoder": "pipelined"}}
+    if not args.data:
+        paths = ((config.get("train") or {}).get("data") or {}).get("paths")
+        if not paths:
+            raise ValueError("--data: the teacher records no training data; pass --data <file.hdf5>")
+        extra["data"] = {"paths": list(paths)}
+    if args.lora_rank:
+        extra["lora_rank"] = args.lora_rank
+    args.init = None
+    args.capvector = None
+    args.orth_weight = None
+    cfg = _train_config_from_args(args, extra=extra)
+    out = train(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"[vla distill] block-causal student written to {out}")
+    return 0
+
+
+def add_capvector(sub) -> None:
+    s = sub.add_parser("capvector", help="capability vectors: extract, merge, inspect")
+    cs = s.add_subparsers(dest="capvector_command", metavar="action")
+    e = cs.add_parser("extract", help="gamma = theta_aux - theta_sft")
+    e.add_argument("--aux", required=True, help="checkpoint finetuned with the auxiliary objective")
+    e.add_argument("--sft", required=True, help="checkpoint finetuned with plain SFT (same base, data, settings)")
+    e.add_argument("--out", required=True, help="output .safetensors")
+    e.set_defaults(func=_cmd_extract)
+    m = cs.add_parser("merge", help="theta_meta = theta_base + alpha * gamma")
+    m.add_argument("--base", required=True)
+    m.add_argument("--vector", action="append", required=True, help="repeat to merge several vectors")
+    m.add_argument("--alpha", action="append", help="scalar, or 'pattern=value,...' (fnmatch on parameter names); one or one per vector")
+    m.add_argument("--out", required=True)
+    m.set_defaults(func=_cmd_merge)
+    i = cs.add_parser("inspect", help="norms per layer, cosine with another vector, a PNG")
+    i.add_argument("vector")
+    i.add_argument("--other", help="another vector to compare with (cosine)")
+    i.add_argument("--png", help="write a bar chart of where the vector lives")
+    i.set_defaults(func=_cmd_inspect)
+    s.set_defaults(func=lambda a: (s.print_help(), 2)[1])
+
+
+def _cmd_extract(args) -> int:
+    from vla.capvector import extract
+
+    _, meta = extract(args.aux, args.sft, out=args.out)
+    print(json.dumps({"out": args.out, "tensors": len(meta["norms"]), "total_norm": meta["total_norm"],
+                      "skipped": meta["skipped"]}, indent=2))
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from vla.capvector import merge
+
+    report = merge(args.base, args.vector, args.alpha, args.out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from vla.capvector import inspect
+
+    print(json.dumps(inspect(args.vector, other=args.other, png=args.png), indent=2))
+    return 0

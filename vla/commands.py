@@ -1,0 +1,162 @@
+"""Subcommands beyond `envs` and `collect`: one registrar per command, each importing lazily."""
+
+from __future__ import annotations
+
+import json
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """["steps=100", "data.paths=[a.hdf5]"] -> nested dict, values parsed as YAML."""
+    import yaml
+
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, val = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    s = sub.add_parser("train", help="finetune a policy on demonstrations (masked discrete diffusion)")
+    s.add_argument("--config", required=True, help="configs/train/<name>.yaml or a preset name")
+    s.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/LATEST")
+    s.add_argument("--out", help="output directory (overrides out_dir)")
+    s.add_argument("--steps", type=int)
+    s.add_argument("--init", help="start from this checkpoint's weights")
+    s.add_argument("--capvector", help="capability vector (.safetensors) for the orthogonal penalty")
+    s.add_argument("--orth-weight", type=float)
+    s.add_argument("--data", action="append", help="dataset file(s), replacing data.paths")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (YAML value)")
+    s.add_argument("--stop-after", type=int, help="pause at this step (checkpoint written; continue with --resume)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_train)
+
+
+def _train_config_from_args(args, extra: dict | None = None):
+    import yaml
+
+    from vla.config import ModelConfig, TrainConfig, from_dict, resolve_config_path
+
+    with open(resolve_config_path(args.config, "train")) as f:
+        data = yaml.safe_load(f) or {}
+    over = parse_overrides(args.set)
+    for key, val in (("out_dir", args.out), ("steps", args.steps), ("init", getattr(args, "init", None)),
+                     ("capvector", getattr(args, "capvector", None)), ("orth_weight", getattr(args, "orth_weight", None))):
+        if val is not None:
+            over[key] = val
+    if getattr(args, "data", None):
+        over.setdefault("data", {})["paths"] = list(args.data)
+    _merge(data, over)
+    _merge(data, extra or {})
+    if isinstance(data.get("model"), dict):
+        data["model"] = from_dict(ModelConfig, data["model"], where="model.")
+    return from_dict(TrainConfig, data)
+
+
+def _cmd_train(args) -> int:
+    from vla.train import train
+
+    cfg = _train_config_from_args(args)
+    out = train(cfg, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    if args.stop_after is None or args.stop_after >= cfg.steps:
+        print(f"[vla train] policy written to {out}")
+    else:
+        print(f"[vla train] paused at step {args.stop_after}; continue with --resume")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _add_eval(sub) -> None:
+    s = sub.add_parser("eval", help="closed-loop evaluation in simulation (local policy or a policy server)")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--policy", help="policy checkpoint directory")
+    g.add_argument("--server", help="policy server address, e.g. tcp://127.0.0.1:5555")
+    s.add_argument("--task", action="append", required=True, help="task name; repeat or comma-separate")
+    s.add_argument("--episodes", type=int, default=50)
+    s.add_argument("--replan-every", type=int, help="actions executed per chunk (default: the policy's n_action_steps)")
+    s.add_argument("--decoder", help="parallel | parallel-cached | block | pipelined")
+    s.add_argument("--decode-steps", type=int, help="decode only the first m timesteps (block-causal models)")
+    s.add_argument("--steps-k", type=int, dest="k", help="forward passes of the parallel decoder")
+    s.add_argument("--image-size", type=int, default=128)
+    s.add_argument("--workers", type=int, default=1, help="parallel episode processes")
+    s.add_argument("--videos", type=int, default=2, help="episodes per task to record as MP4")
+    s.add_argument("--out", default=None, help="directory for per-episode JSON, summaries and videos")
+    s.add_argument("--seed-base", type=int, default=None)
+    s.add_argument("--mode", choices=["sync", "async"], default="sync", help="control loop mode (with --server)")
+    s.add_argument("--rate", type=float, default=20.0, help="control rate in Hz (async mode)")
+    s.set_defaults(func=_cmd_eval)
+
+
+def decode_overrides(args) -> dict:
+    d = {}
+    if getattr(args, "decoder", None):
+        d["decoder"] = args.decoder
+    if getattr(args, "decode_steps", None):
+        d["decode_steps"] = args.decode_steps
+    if getattr(args, "k", None):
+        d["steps"] = args.k
+    return d
+
+
+def _cmd_eval(args) -> int:
+    from sim.evaluate import EVAL_SEED_BASE, evaluate_policy_dir, format_table
+
+    tasks = [t for item in args.task for t in item.split(",") if t]
+    from sim.tasks import get_task
+
+    for t in tasks:
+        get_task(t)
+    out = args.out or (f"{args.policy}/eval" if args.policy else "eval")
+    summaries = []
+    for task in tasks:
+        if args.policy:
+            s = evaluate_policy_dir(args.policy, task, episodes=args.episodes, replan_every=args.replan_every,
+                                    decode=decode_overrides(args) or None, image_size=args.image_size,
+                                    workers=args.workers, videos=args.videos, out_dir=out,
+                                    seed_base=args.seed_base if args.seed_base is not None else EVAL_SEED_BASE)
+        else:
+            from robot_bridge.remote_eval import evaluate_server
+
+            s = evaluate_server(args.server, task, episodes=args.episodes, replan_every=args.replan_every,
+                                image_size=args.image_size, videos=args.videos, out_dir=out, mode=args.mode,
+                                rate_hz=args.rate,
+                                seed_base=args.seed_base if args.seed_base is not None else EVAL_SEED_BASE)
+        summaries.append(s)
+    print(format_table(summaries))
+    print(json.dumps({"summaries": summaries, "out": out}, indent=2))
+    return 0
+
+
+def _add_distill(sub) -> None:
+    from vla.cli_extra import add_distill
+
+    add_distill(sub)
+
+
+def _add_capvector(sub) -> None:
+    from vla.cli_extra import add_capvector
+
+    add_capvector(sub)
+
+
+REGISTRARS: list = [_add_train, _add_eval, _add_distill, _add_capvector]
+REGISTRARS.append(lambda sub: __import__("robot_bridge.cli", fromlist=["add_serve"]).add_serve(sub))  # `vla serve`, imported lazily
+REGISTRARS.append(lambda sub: __import__("robot_bridge.robot_cli", fromlist=["x"]).add_robot_server(sub))  # `vla robot-server`
+REGISTRARS.append(lambda sub: __import__("robot_bridge.robot_cli", fromlist=["x"]).add_run(sub))  # `vla run`
+REGISTRARS.append(lambda sub: __import__("robot_bridge.robot_cli", fromlist=["x"]).add_keys(sub))  # `vla keys generate`

@@ -1,0 +1,284 @@
+"""Typed configs: model presets and training runs. YAML in, frozen dataclasses out, saved with every checkpoint.
+
+Unknown keys and unknown preset names are errors that suggest the closest valid name (openpi's habit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _closest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a dict, refusing unknown keys (with a suggestion) and converting nested types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"{where}{key}: unknown {cls.__name__} field.{_closest(key, known)}")
+        f = known[key]
+        sub = _dataclass_type(f.type)
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value, where=f"{where}{key}.")
+        elif isinstance(value, list) and "tuple" in str(f.type):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _dataclass_type(t):
+    if isinstance(t, str):
+        return _NESTED.get(t)
+    return t if dataclasses.is_dataclass(t) else None
+
+
+def to_dict(obj) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    """The discrete-diffusion VLA. Sequence: [vision (n_cam * g*g) | text (max_text_len) | state (1) | actions (H*D)]."""
+
+    type: str = "dvla"
+    backbone: str = "llama"  # "llama" | "qwen2": the transformers decoder class built from these sizes
+    backbone_path: str | None = None  # local Hugging Face model dir: its config, weights and tokenizer win
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 768
+    rope_theta: float = 10000.0
+    # vision: a conv stem per camera, image (S, S, 3) -> grid (S/stride)^2 tokens
+    cameras: tuple[str, ...] = ("agentview", "wrist")
+    image_size: int = 64
+    vision_channels: tuple[int, ...] = (32, 64, 128)
+    vision_stride: int = 16  # total downsampling of the stem; grid = image_size // vision_stride
+    # language
+    text_tokenizer: str = "word"  # "word" (vocabulary saved with the checkpoint) | "byte" | "hf" (backbone_path)
+    max_text_len: int = 12
+    # state
+    state_dim: int = 9
+    # actions
+    action_dim: int = 7  # D
+    chunk_size: int = 8  # H
+    num_bins: int = 256
+    block_size: int = 7  # tokens per block for block-causal attention (a multiple of action_dim)
+    attention: str = "bidirectional"  # "bidirectional" | "block_causal"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.attention not in ("bidirectional", "block_causal"):
+            raise ValueError(f"attention: expected 'bidirectional' or 'block_causal', got {self.attention!r}")
+        if self.backbone not in ("llama", "qwen2"):
+            raise ValueError(f"backbone: expected 'llama' or 'qwen2', got {self.backbone!r}")
+        if self.block_size % self.action_dim or self.block_size <= 0:
+            raise ValueError(f"block_size: expected a positive multiple of action_dim={self.action_dim}, got {self.block_size}")
+        if (self.chunk_size * self.action_dim) % self.block_size:
+            raise ValueError(f"block_size: {self.block_size} must divide chunk_size*action_dim={self.chunk_size * self.action_dim}")
+        if self.image_size % self.vision_stride:
+            raise ValueError(f"image_size: {self.image_size} must be a multiple of vision_stride={self.vision_stride}")
+        if self.text_tokenizer not in ("word", "byte", "hf"):
+            raise ValueError(f"text_tokenizer: expected 'word', 'byte' or 'hf', got {self.text_tokenizer!r}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.vision_stride
+
+    @property
+    def n_vision_tokens(self) -> int:
+        return len(self.cameras) * self.grid * self.grid
+
+    @property
+    def prefix_len(self) -> int:
+        return self.n_vision_tokens + self.max_text_len + 1
+
+    @property
+    def n_action_tokens(self) -> int:
+        return self.chunk_size * self.action_dim
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_action_tokens // self.block_size
+
+    @property
+    def mask_id(self) -> int:
+        return self.num_bins
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How a chunk is decoded at inference. `decoder`: parallel | parallel-cached | block | pipelined."""
+
+    decoder: str = "parallel"
+    steps: int = 8  # K forward passes of the parallel decoder
+    schedule: str = "cosine"  # parallel reveal schedule: cosine | linear
+    temperature: float = 0.0  # 0 = argmax
+    tau_add: float = 0.5  # pipelined: add a new block once the newest is this far decoded
+    tau_act: float = 0.7  # pipelined: a semi-active block becomes fully active once its predecessor is this far
+    tau_conf: float = 0.5  # confidence threshold to reveal a token
+    n: int = 2  # a fully active block reveals at least 1/n of its remaining tokens per pass
+    decode_steps: int | None = None  # decode only the first m timesteps (block-causal models only)
+    cache_refresh: int = 0  # parallel-cached: recompute the cached action KV every this many passes (0 = never)
+
+    def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder: expected one of {DECODERS}, got {self.decoder!r}.{_closest(self.decoder, DECODERS)}")
+        if self.steps < 1:
+            raise ValueError(f"steps: expected >= 1, got {self.steps}")
+        if self.n < 1:
+            raise ValueError(f"n: expected >= 1, got {self.n}")
+        if self.schedule not in ("cosine", "linear"):
+            raise ValueError(f"schedule: expected 'cosine' or 'linear', got {self.schedule!r}")
+
+
+DECODERS = ("parallel", "parallel-cached", "block", "pipelined")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    paths: tuple[str, ...] = ()
+    tasks: tuple[str, ...] | None = None  # filter; None = every task in the files
+    max_demos_per_task: int | None = None
+    augment_shift: int = 4  # pixels of random shift (pad + random crop), 0 = off
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. `objective`: diffusion | diffusion_forcing | distill (see vla/objectives.py)."""
+
+    model: str | ModelConfig = "tiny"  # preset name (configs/model/<name>.yaml) or a full ModelConfig
+    model_overrides: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    out_dir: str = "runs/default"
+    init: str | None = None  # start from this checkpoint's weights (finetune / distill student / capvector meta)
+    objective: str = "diffusion"
+    eps: float = 1e-3  # mask prob = (1 - eps) * t + eps
+    # diffusion forcing
+    df_first: tuple[float, float] = (0.2, 0.7)  # first block's mask ratio ~ U(a, b)
+    df_max_increment: float = 0.3  # per-block non-negative increments ~ U(0, this), capped at 1
+    df_clean_past_prob: float = 0.5  # chance of the inference pattern: clean past, current masked, future all masked
+    # distillation
+    teacher: str | None = None
+    distill_ce_weight: float = 0.0  # optional CE on ground truth beside the KL
+    distill_temperature: float = 1.0
+    # auxiliary objective (CapVector)
+    aux: str | None = None  # None | "spatial" (object positions) | "eef_future" (eef position k steps ahead)
+    aux_weight: float = 0.5
+    aux_layer: int = 2  # backbone layer whose vision-token hidden states feed the head
+    aux_future_steps: int = 4
+    # capability-vector orthogonal regularisation
+    capvector: str | None = None
+    orth_weight: float = 0.0
+    orth_form: str = "cosine"  # cosine (squared cosine) | inner (squared inner product)
+    # LoRA (optional, distillation / capvector)
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    # optimisation
+    steps: int = 2000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 25
+    val_every: int = 250
+    val_batches: int = 4
+    save_every: int = 500
+    keep_last: int = 2
+    threads: int | None = None
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}.{_closest(self.objective, OBJECTIVES)}")
+        if self.objective == "distill" and not (self.teacher or self.init):
+            raise ValueError("teacher: the distill objective needs a teacher checkpoint")
+        if self.aux not in (None, "spatial", "eef_future"):
+            raise ValueError(f"aux: expected null, 'spatial' or 'eef_future', got {self.aux!r}")
+        if self.orth_form not in ("cosine", "inner"):
+            raise ValueError(f"orth_form: expected 'cosine' or 'inner', got {self.orth_form!r}")
+        if self.grad_accum < 1 or self.batch_size < 1:
+            raise ValueError("batch_size and grad_accum: expected >= 1")
+
+
+OBJECTIVES = ("diffusion", "diffusion_forcing", "distill")
+_NESTED = {"DataConfig": DataConfig, "DecodeConfig": DecodeConfig, "ModelConfig": ModelConfig}
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _load_yaml(path: Path) -> dict:
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML mapping at the top level")
+    return data
+
+
+def list_presets(kind: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str, kind: str) -> Path:
+    """`tiny` -> configs/<kind>/tiny.yaml; a path is used as is. Unknown names suggest the closest preset."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not p.exists():
+            stem_hint = _closest(p.stem, list_presets(kind))
+            raise FileNotFoundError(f"{name_or_path}: config file not found.{stem_hint}")
+        return p
+    cand = CONFIG_DIR / kind / f"{name_or_path}.yaml"
+    if not cand.exists():
+        raise ValueError(
+            f"unknown {kind} config {name_or_path!r}; known: {', '.join(list_presets(kind))}.{_closest(name_or_path, list_presets(kind))}"
+        )
+    return cand
+
+
+def load_model_config(name_or_path: str | ModelConfig, overrides: dict | None = None) -> ModelConfig:
+    if isinstance(name_or_path, ModelConfig):
+        base = to_dict(name_or_path)
+    else:
+        base = _load_yaml(resolve_config_path(name_or_path, "model"))
+    base.update(overrides or {})
+    return from_dict(ModelConfig, base, where="model.")
+
+
+def load_train_config(name_or_path: str, overrides: dict | None = None) -> TrainConfig:
+    data = _load_yaml(resolve_config_path(name_or_path, "train"))
+    data.update(overrides or {})
+    if isinstance(data.get("model"), dict):
+        data["model"] = from_dict(ModelConfig, data["model"], where="model.")
+    return from_dict(TrainConfig, data)
+
+
+def replace(obj, **kw):
+    return dataclasses.replace(obj, **kw)
+
+
+def as_jsonable(x: Any) -> Any:
+    if dataclasses.is_dataclass(x):
+        return to_dict(x)
+    return x

@@ -1,0 +1,110 @@
+"""Training batches from demonstration files: everything in memory as flat arrays, sampled with a torch Generator
+(its state is saved in checkpoints, so a resumed run draws exactly the batches it would have drawn)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sim.dataset import Demo, dataset_stats, load_demos
+from vla.config import DataConfig, ModelConfig
+from vla.normalization import StateNormalizer
+from vla.tokenizers import ActionTokenizer, TextTokenizer
+
+
+class DemoBatches:
+    """Flat arrays over all demos: images per camera (N, S, S, 3) uint8, state (N, 9), chunk index (N, H)."""
+
+    def __init__(
+        self,
+        demos: list[Demo],
+        model_cfg: ModelConfig,
+        action_tok: ActionTokenizer,
+        state_norm: StateNormalizer,
+        text_tok: TextTokenizer,
+        object_stats: dict | None = None,
+    ):
+        if not demos:
+            raise ValueError("data: no demonstrations matched (check data.paths, the split masks and data.tasks)")
+        H = model_cfg.chunk_size
+        self.cfg = model_cfg
+        self.images = {c: np.concatenate([d.images[c] for d in demos]) for c in model_cfg.cameras}
+        self.state = state_norm.normalize(np.concatenate([d.state for d in demos]))  # (N, S) normalized
+        self.eef = np.concatenate([d.state[:, :3] for d in demos]).astype(np.float32)  # (N, 3) raw
+        actions = np.concatenate([d.actions for d in demos])  # (N, D)
+        obj = np.concatenate([d.object_pos.reshape(len(d), -1) for d in demos]).astype(np.float32)  # (N, 9)
+        self.obj_valid = np.abs(obj) > 0  # unused object rows are exactly zero
+        if object_stats is None:
+            object_stats = {"mean": obj.mean(0).tolist(), "std": (obj.std(0) + 1e-3).tolist()}
+        self.object_stats = object_stats
+        self.obj = (obj - np.array(object_stats["mean"], np.float32)) / np.array(object_stats["std"], np.float32)
+        chunk_idx, demo_of, end_of = [], [], []
+        start = 0
+        for i, d in enumerate(demos):
+            T = len(d)
+            steps = np.minimum(np.arange(T)[:, None] + np.arange(H)[None], T - 1) + start  # (T, H)
+            chunk_idx.append(steps)
+            demo_of.append(np.full(T, i))
+            end_of.append(np.full(T, start + T - 1))
+            start += T
+        self.chunk_idx = np.concatenate(chunk_idx)  # (N, H) global step indices
+        self.demo_of = np.concatenate(demo_of)
+        self.end_of = np.concatenate(end_of)
+        self.action_tokens = action_tok.tokenize(actions[self.chunk_idx])  # (N, H*D)
+        ids, valid = text_tok.encode_batch([d.instruction for d in demos], model_cfg.max_text_len)
+        self.text_ids, self.text_valid = ids, valid  # (n_demos, L)
+        self.tasks = [d.task for d in demos]
+        self.n = len(self.state)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, idx: np.ndarray, augment_shift: int = 0, generator: torch.Generator | None = None,
+              future_steps: int = 4) -> dict[str, torch.Tensor]:
+        imgs = np.stack([self.images[c][idx] for c in self.cfg.cameras], axis=1)  # (B, n_cam, S, S, 3)
+        images = torch.from_numpy(imgs).permute(0, 1, 4, 2, 3).float().div_(255.0)  # (B, n_cam, 3, S, S)
+        if augment_shift > 0:
+            images = random_shift(images, augment_shift, generator)
+        d = self.demo_of[idx]
+        fut = np.minimum(idx + future_steps, self.end_of[idx])
+        return {
+            "images": images,
+            "text_ids": torch.from_numpy(self.text_ids[d]),
+            "text_valid": torch.from_numpy(self.text_valid[d]),
+            "state": torch.from_numpy(self.state[idx]),
+            "action_tokens": torch.from_numpy(self.action_tokens[idx]),
+            "object_pos": torch.from_numpy(self.obj[idx]),
+            "object_valid": torch.from_numpy(self.obj_valid[idx]),
+            "eef_future": torch.from_numpy(self.eef[fut]),
+        }
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
+    """DrQ-style augmentation: replicate-pad by `pad` and crop back at a random offset, per sample.
+    images (B, n_cam, 3, S, S) -> same shape."""
+    B, C, ch, S, _ = images.shape
+    x = images.reshape(B * C, ch, S, S)
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    off = torch.randint(0, 2 * pad + 1, (B * C, 2), generator=generator)
+    out = torch.empty(B * C, ch, S, S, dtype=images.dtype)
+    for i in range(B * C):
+        oy, ox = int(off[i, 0]), int(off[i, 1])
+        out[i] = x[i, :, oy : oy + S, ox : ox + S]
+    return out.reshape(B, C, ch, S, S)
+
+
+def load_training_data(data_cfg: DataConfig, model_cfg: ModelConfig):
+    """-> (train demos, valid demos, stats). Valid falls back to empty if no file has a mask/valid entry."""
+    paths = list(data_cfg.paths)
+    if not paths:
+        raise ValueError("data.paths: expected at least one dataset file")
+    kw = dict(
+        cameras=tuple(model_cfg.cameras),
+        image_size=model_cfg.image_size,
+        tasks=list(data_cfg.tasks) if data_cfg.tasks else None,
+        max_demos_per_task=data_cfg.max_demos_per_task,
+    )
+    train = load_demos(paths, split="train", **kw)
+    valid = load_demos(paths, split="valid", **kw)
+    stats = dataset_stats(train)
+    return train, valid, stats

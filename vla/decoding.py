@@ -1,0 +1,281 @@
+"""Chunk decoders: iterative unmasking of H*D action tokens against a cached prefix.
+
+    parallel         bidirectional baseline: K passes over every action token, confidence-ordered reveals on a
+                     cosine (or linear) schedule; nothing of the action part is cached.
+    parallel-cached  Fast-dLLM-style approximation: after the first pass, revealed tokens keep the KV computed
+                     when they were still masked (refreshed every `cache_refresh` passes); only masked tokens
+                     are recomputed. Cheaper, not exact under bidirectional attention.
+    block            block by block (block-causal models): each block is unmasked on its own, revealing at
+                     least 1/n of its remaining tokens per pass; a finished block joins the cache.
+    pipelined        Fast-dVLA (DESIGN.md section 3, the paper's Algorithm 1): several blocks in flight;
+                     a new block is appended (semi-active) once the newest is tau_add decoded; it becomes fully
+                     active once its predecessor is tau_act decoded; semi-active blocks reveal tokens with
+                     confidence >= tau_conf, fully active ones at least max(1, ceil(remaining / n)).
+
+KV commit rule (block and pipelined): a block whose tokens are all revealed is fed as clean tokens in the next
+pass, at the front of the query, and the KV of that pass is committed. Blocks are committed strictly in order:
+a finished block behind an unfinished one stays in flight. So the cache always equals what an uncached
+block-causal forward over the same tokens computes.
+
+Every decoder returns token ids (B, A') and stats {"nfe": action passes, "prefix_passes": 1, "tokens": A'}.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vla.config import DecodeConfig
+from vla.kv_cache import KVCache
+
+
+def _confidence(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
+    """logits (B, Q, V) -> predictions (B, Q) and their probabilities (B, Q)."""
+    logits = logits.float()
+    if temperature > 0:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        pred = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+        conf = probs.gather(-1, pred[..., None])[..., 0]
+    else:
+        probs = torch.softmax(logits, dim=-1)
+        conf, pred = probs.max(dim=-1)
+    return pred, conf
+
+
+def _reveal_top(tokens, revealed, pred, conf, counts):
+    """Reveal, per row b, the counts[b] most confident still-masked positions. All tensors (B, Q)."""
+    score = conf.masked_fill(revealed, -1.0)
+    order = score.argsort(dim=1, descending=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    chosen = (rank < counts[:, None]) & ~revealed
+    tokens[chosen] = pred[chosen]
+    revealed |= chosen
+    return chosen
+
+
+def _reveal_fully_active(tokens, revealed, pred, conf, tau_conf: float, n: int):
+    """Fully active rule on one block (B, D'): threshold = min(tau_conf, k-th best confidence), k = max(1, ceil(rem/n))."""
+    remaining = (~revealed).sum(dim=1)  # (B,)
+    k = torch.clamp(torch.ceil(remaining.float() / n).long(), min=1)
+    k = torch.minimum(k, remaining)
+    score = conf.masked_fill(revealed, -1.0)
+    sorted_scores = score.sort(dim=1, descending=True).values  # (B, D')
+    kth = sorted_scores.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]  # (B,)
+    thr = torch.minimum(kth, torch.full_like(kth, tau_conf))
+    chosen = (score >= thr[:, None]) & ~revealed & (remaining > 0)[:, None]
+    tokens[chosen] = pred[chosen]
+    revealed |= chosen
+    return chosen
+
+
+def _n_tokens(model_cfg, dcfg: DecodeConfig) -> int:
+    A = model_cfg.n_action_tokens
+    if dcfg.decode_steps is None:
+        return A
+    m = int(dcfg.decode_steps)
+    if not 1 <= m <= model_cfg.chunk_size:
+        raise ValueError(f"decode_steps: expected 1..{model_cfg.chunk_size}, got {m}")
+    if model_cfg.attention != "block_causal" and m < model_cfg.chunk_size:
+        raise ValueError(
+            "decode_steps: only a block-causal model can stop early exactly (a bidirectional model's early tokens "
+            "attend to later ones)"
+        )
+    n = m * model_cfg.action_dim
+    bs = model_cfg.block_size
+    return min(A, ((n + bs - 1) // bs) * bs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+def decode_parallel(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
+    cfg = model.cfg
+    B = cache.prefix_valid.shape[0]
+    A = _n_tokens(cfg, dcfg)
+    dev = cache.prefix_valid.device
+    tokens = torch.full((B, A), cfg.mask_id, dtype=torch.long, device=dev)
+    revealed = torch.zeros(B, A, dtype=torch.bool, device=dev)
+    slots = torch.arange(A, device=dev)
+    K = dcfg.steps
+    nfe = 0
+    for s in range(K):
+        if bool(revealed.all()):
+            break
+        logits = model.action_logits(cache, tokens, slots)
+        nfe += 1
+        pred, conf = _confidence(logits, dcfg.temperature, generator)
+        frac = (s + 1) / K
+        keep_masked = A * (math.cos(math.pi / 2 * frac) if dcfg.schedule == "cosine" else 1.0 - frac)
+        target_masked = 0 if s == K - 1 else int(math.floor(keep_masked))
+        masked_now = (~revealed).sum(dim=1)
+        counts = torch.clamp(masked_now - target_masked, min=1)
+        _reveal_top(tokens, revealed, pred, conf, counts)
+    return tokens, {"nfe": nfe, "prefix_passes": 1, "tokens": A}
+
+
+def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
+    """Approximate cache under bidirectional attention: revealed tokens keep stale KV between refreshes."""
+    cfg = model.cfg
+    B = cache.prefix_valid.shape[0]
+    A = _n_tokens(cfg, dcfg)
+    dev = cache.prefix_valid.device
+    tokens = torch.full((B, A), cfg.mask_id, dtype=torch.long, device=dev)
+    revealed = torch.zeros(B, A, dtype=torch.bool, device=dev)
+    K = dcfg.steps
+    nfe = 0
+    base_len = cache.length
+    base_slots = cache.slots
+    for s in range(K):
+        if bool(revealed.all()):
+            break
+        refresh = s == 0 or (dcfg.cache_refresh and s % dcfg.cache_refresh == 0) or B > 1
+        if refresh:
+            # full pass; keep every token's KV as the stale cache for the next passes
+            _crop(cache, base_len, base_slots)
+            slots = torch.arange(A, device=dev)
+            logits_all = model.action_logits(cache, tokens, slots, mode="bidirectional", commit=A)
+            q_slots = slots
+            logits = logits_all
+        else:
+            # query only masked slots (same set for the single sample); keys: prefix + stale KV of all A slots
+            q_slots = (~revealed[0]).nonzero()[:, 0]
+            logits = model.action_logits(cache, tokens[:, q_slots], q_slots, mode="bidirectional")
+        nfe += 1
+        pred, conf = _confidence(logits, dcfg.temperature, generator)
+        frac = (s + 1) / K
+        keep_masked = A * (math.cos(math.pi / 2 * frac) if dcfg.schedule == "cosine" else 1.0 - frac)
+        target_masked = 0 if s == K - 1 else int(math.floor(keep_masked))
+        masked_now = (~revealed).sum(dim=1)
+        counts = torch.clamp(masked_now - target_masked, min=1)
+        sub_tok, sub_rev = tokens[:, q_slots].clone(), revealed[:, q_slots].clone()
+        _reveal_top(sub_tok, sub_rev, pred, conf, counts)
+        tokens[:, q_slots], revealed[:, q_slots] = sub_tok, sub_rev
+    _crop(cache, base_len, base_slots)
+    return tokens, {"nfe": nfe, "prefix_passes": 1, "tokens": A}
+
+
+def _crop(cache: KVCache, length: int, slots: torch.Tensor) -> None:
+    for i in range(len(cache.keys)):
+        cache.keys[i] = cache.keys[i][:, :, :length]
+        cache.values[i] = cache.values[i][:, :, :length]
+    cache.slots = slots
+
+
+# --------------------------------------------------------------------------------------------------------------
+def decode_block(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
+    """Block by block (the paper's BlockDiff row). Requires a block-causal model."""
+    cfg = model.cfg
+    _require_block_causal(cfg, "block")
+    B = cache.prefix_valid.shape[0]
+    A = _n_tokens(cfg, dcfg)
+    bs = cfg.block_size
+    dev = cache.prefix_valid.device
+    tokens = torch.full((B, A), cfg.mask_id, dtype=torch.long, device=dev)
+    revealed = torch.zeros(B, A, dtype=torch.bool, device=dev)
+    nfe = 0
+    pending = None  # a finished block to commit in the next pass
+    for j in range(A // bs):
+        cur = torch.arange(j * bs, (j + 1) * bs, device=dev)
+        while not bool(revealed[:, cur].all()):
+            if pending is not None:
+                slots = torch.cat([pending, cur])
+                logits = model.action_logits(cache, tokens[:, slots], slots, commit=bs)[:, bs:]
+                pending = None
+            else:
+                logits = model.action_logits(cache, tokens[:, cur], cur)
+            nfe += 1
+            pred, conf = _confidence(logits, dcfg.temperature, generator)
+            t, r = tokens[:, cur].clone(), revealed[:, cur].clone()
+            _reveal_fully_active(t, r, pred, conf, dcfg.tau_conf, dcfg.n)
+            tokens[:, cur], revealed[:, cur] = t, r
+        pending = cur
+    return tokens, {"nfe": nfe, "prefix_passes": 1, "tokens": A}
+
+
+def decode_pipelined(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
+    """Fast-dVLA inter-block pipelined decoding (batched in lockstep; each row keeps its own block states)."""
+    cfg = model.cfg
+    _require_block_causal(cfg, "pipelined")
+    B = cache.prefix_valid.shape[0]
+    A = _n_tokens(cfg, dcfg)
+    bs = cfg.block_size
+    nb = A // bs
+    dev = cache.prefix_valid.device
+    tokens = torch.full((B, A), cfg.mask_id, dtype=torch.long, device=dev)
+    revealed = torch.zeros(B, A, dtype=torch.bool, device=dev)
+    INACTIVE, SEMI, FULL = 0, 1, 2
+    status = torch.zeros(B, nb, dtype=torch.long, device=dev)
+    status[:, 0] = FULL
+    committed = 0  # blocks [0, committed) are in the cache
+    nfe = 0
+    while committed < nb:
+        done = revealed.view(B, nb, bs).all(dim=2)  # (B, nb)
+        # leading blocks finished in every row: fed clean at the front of this pass, then committed
+        n_commit = 0
+        while committed + n_commit < nb and bool(done[:, committed + n_commit].all()):
+            n_commit += 1
+        active_any = (status > INACTIVE).any(dim=0)  # (nb,)
+        last = int(active_any.nonzero().max()) if bool(active_any.any()) else committed
+        if committed + n_commit >= nb:
+            break  # everything decoded; nothing left to run (commit of the tail is not needed for the output)
+        hi = max(last + 1, committed + n_commit + 1)
+        slots = torch.arange(committed * bs, hi * bs, device=dev)
+        logits = model.action_logits(cache, tokens[:, slots], slots, commit=n_commit * bs)
+        nfe += 1
+        committed += n_commit
+        pred, conf = _confidence(logits, dcfg.temperature, generator)
+        off = (committed - n_commit) * bs
+        for j in range(committed, hi):
+            blk = slots[(j * bs - off):((j + 1) * bs - off)]
+            if blk.numel() == 0:
+                continue
+            q = slice(j * bs - off, (j + 1) * bs - off)
+            t, r = tokens[:, blk].clone(), revealed[:, blk].clone()
+            st = status[:, j]
+            p, c = pred[:, q], conf[:, q]
+            full_rows = st == FULL
+            semi_rows = st == SEMI
+            if bool(full_rows.any()):
+                tf, rf = t[full_rows], r[full_rows]
+                _reveal_fully_active(tf, rf, p[full_rows], c[full_rows], dcfg.tau_conf, dcfg.n)
+                t[full_rows], r[full_rows] = tf, rf
+            if bool(semi_rows.any()):
+                chosen = (c >= dcfg.tau_conf) & ~r & semi_rows[:, None]
+                t[chosen] = p[chosen]
+                r |= chosen
+            tokens[:, blk], revealed[:, blk] = t, r
+        # state transitions, per row
+        frac = revealed.view(B, nb, bs).float().mean(dim=2)  # (B, nb)
+        for b in range(B):
+            active = (status[b] > INACTIVE).nonzero()[:, 0]
+            newest = int(active.max())
+            if newest + 1 < nb and frac[b, newest] >= dcfg.tau_add:
+                status[b, newest + 1] = SEMI
+            for j in range(1, nb):
+                if status[b, j] == SEMI and (frac[b, j - 1] >= dcfg.tau_act or frac[b, j - 1] >= 1.0):
+                    status[b, j] = FULL
+            # never stall: when every active block is finished, the next block starts fully active
+            if newest + 1 < nb and status[b, newest + 1] == INACTIVE and bool((frac[b, : newest + 1] >= 1.0).all()):
+                status[b, newest + 1] = FULL
+    return tokens, {"nfe": nfe, "prefix_passes": 1, "tokens": A}
+
+
+def _require_block_causal(cfg, name: str) -> None:
+    if cfg.attention != "block_causal":
+        raise ValueError(
+            f"decoder: {name!r} needs a block-causal model (attention: block_causal); this one is bidirectional. "
+            "Use decoder 'parallel', or distill a block-causal student (vla distill)."
+        )
+
+
+DECODER_FNS = {
+    "parallel": decode_parallel,
+    "parallel-cached": decode_parallel_cached,
+    "block": decode_block,
+    "pipelined": decode_pipelined,
+}
+
+
+def decode(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
+    return DECODER_FNS[dcfg.decoder](model, cache, dcfg, generator)

@@ -1,0 +1,199 @@
+"""The discrete-diffusion VLA, top to bottom.
+
+    images (B, n_cam, 3, S, S) ──conv stem per camera──► (B, n_cam*g*g, d)   g = S / vision_stride
+    text ids (B, L)            ──backbone.embed_tokens──► (B, L, d)
+    state (B, state_dim)       ──MLP──────────────────► (B, 1, d)
+    action ids (B, A)          ──embed + slot embed───► (B, A, d)          A = H * D, id num_bins = [MASK]
+    [prefix (P) | actions (A)] ──transformers decoder layers, explicit 4D float mask + position ids──► (B, P+A, d)
+    action hidden              ──norm (backbone) + linear──► logits (B, A, num_bins)
+
+The prefix never attends to action tokens (vla.masks), so its KV is computed once per chunk (`encode_prefix`)
+and every denoising pass runs only the action tokens it needs against that cache (`action_logits`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from vla.config import ModelConfig
+from vla.kv_cache import KVCache
+from vla.masks import full_mask, query_mask
+
+
+def backbone_config(cfg: ModelConfig, vocab_size: int):
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=max(512, cfg.prefix_len + cfg.n_action_tokens),
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        attention_dropout=cfg.dropout,
+        tie_word_embeddings=False,
+    )
+    if cfg.backbone == "qwen2":
+        return Qwen2Config(**common)
+    return LlamaConfig(**common)
+
+
+def config_from_hf(cfg: ModelConfig, path: str) -> ModelConfig:
+    """Take the backbone's sizes from a local Hugging Face model directory."""
+    import dataclasses
+
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(path, local_files_only=True)
+    kind = getattr(hf, "model_type", "")
+    if kind not in ("llama", "qwen2"):
+        raise ValueError(f"backbone_path: {path} holds a {kind!r} model; expected a 'llama' or 'qwen2' decoder")
+    return dataclasses.replace(
+        cfg,
+        backbone=kind,
+        hidden_size=hf.hidden_size,
+        intermediate_size=hf.intermediate_size,
+        num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        num_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
+        rope_theta=float((getattr(hf, "rope_parameters", None) or {}).get("rope_theta", cfg.rope_theta)),
+    )
+
+
+class ConvStem(nn.Module):
+    """(B, 3, S, S) in [0, 1] -> (B, g*g, d). Stride-2 convs with GroupNorm + GELU; last conv maps to d."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n_down = cfg.vision_stride.bit_length() - 1
+        if 2**n_down != cfg.vision_stride:
+            raise ValueError(f"vision_stride: expected a power of two, got {cfg.vision_stride}")
+        chans = list(cfg.vision_channels)
+        chans = (chans + [chans[-1]] * n_down)[: n_down - 1] if n_down > 1 else []
+        layers, c_in = [], 3
+        for c in chans:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.GELU()]
+            c_in = c
+        layers += [nn.Conv2d(c_in, cfg.hidden_size, 3, stride=2, padding=1)]
+        self.net = nn.Sequential(*layers)
+        self.pos = nn.Parameter(torch.randn(cfg.grid * cfg.grid, cfg.hidden_size) * 0.02)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.net((img - 0.5) / 0.5)  # (B, d, g, g)
+        return x.flatten(2).transpose(1, 2) + self.pos  # (B, g*g, d)
+
+
+class DVLA(nn.Module):
+    def __init__(self, cfg: ModelConfig, text_vocab_size: int):
+        super().__init__()
+        from transformers import AutoModel, LlamaModel, Qwen2Model
+
+        self.cfg = cfg
+        if cfg.backbone_path:
+            self.backbone = AutoModel.from_pretrained(cfg.backbone_path, local_files_only=True, attn_implementation="sdpa")
+            if self.backbone.config.hidden_size != cfg.hidden_size:
+                raise ValueError("backbone_path: hidden_size differs from the model config; build it with config_from_hf")
+        else:
+            bcfg = backbone_config(cfg, text_vocab_size)
+            bcfg._attn_implementation = "sdpa"
+            self.backbone = (Qwen2Model if cfg.backbone == "qwen2" else LlamaModel)(bcfg)
+        d = cfg.hidden_size
+        self.vision = nn.ModuleList([ConvStem(cfg) for _ in cfg.cameras])
+        self.camera_embed = nn.Parameter(torch.randn(len(cfg.cameras), d) * 0.02)
+        self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.action_embed = nn.Embedding(cfg.num_bins + 1, d)  # id num_bins = [MASK]
+        self.action_slot = nn.Parameter(torch.randn(cfg.n_action_tokens, d) * 0.02)  # which (step, dim)
+        self.head = nn.Linear(d, cfg.num_bins)
+        nn.init.normal_(self.action_embed.weight, std=0.02)
+
+    # ----- embeddings -----
+    def embed_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """images (B, n_cam, 3, S, S) float [0,1]; text_ids (B, L); state (B, state_dim) normalized -> (B, P, d)."""
+        vis = [stem(images[:, i]) + self.camera_embed[i] for i, stem in enumerate(self.vision)]  # n_cam x (B, g*g, d)
+        txt = self.backbone.embed_tokens(text_ids)  # (B, L, d)
+        st = self.state_proj(state)[:, None]  # (B, 1, d)
+        return torch.cat(vis + [txt, st], dim=1)
+
+    def embed_actions(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """tokens (B, Q) ids, slots (Q,) positions within the chunk -> (B, Q, d)."""
+        return self.action_embed(tokens) + self.action_slot[slots]
+
+    # ----- the stack -----
+    def run_layers(self, h, mask, position_ids, cache: KVCache | None = None, capture_layer: int | None = None):
+        """h (B, Q, d), mask (B, 1, Q, K), position_ids (B, Q) -> (normed hidden (B, Q, d), captured hidden or None)."""
+        pos_emb = self.backbone.rotary_emb(h, position_ids=position_ids)
+        captured = None
+        for i, layer in enumerate(self.backbone.layers):
+            h = layer(h, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=cache is not None,
+                      position_embeddings=pos_emb)
+            if capture_layer is not None and i + 1 == capture_layer:
+                captured = h
+        return self.backbone.norm(h), captured
+
+    def prefix_valid(self, text_valid: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool -> (B, P) bool: vision and state tokens always valid, text padding not."""
+        B = text_valid.shape[0]
+        ones_v = torch.ones(B, self.cfg.n_vision_tokens, dtype=torch.bool, device=text_valid.device)
+        ones_s = torch.ones(B, 1, dtype=torch.bool, device=text_valid.device)
+        return torch.cat([ones_v, text_valid, ones_s], dim=1)
+
+    def forward(self, images, text_ids, text_valid, state, action_tokens, mode: str | None = None,
+                capture_layer: int | None = None):
+        """Full forward (training). action_tokens (B, A) with [MASK] ids where noised.
+
+        Returns logits (B, A, num_bins) and, if capture_layer, that layer's vision-token hidden (B, n_vis, d).
+        """
+        cfg = self.cfg
+        mode = mode or cfg.attention
+        prefix = self.embed_prefix(images, text_ids, state)  # (B, P, d)
+        slots = torch.arange(cfg.n_action_tokens, device=prefix.device)
+        h = torch.cat([prefix, self.embed_actions(action_tokens, slots)], dim=1)  # (B, P+A, d)
+        P = prefix.shape[1]
+        mask = full_mask(self.prefix_valid(text_valid), cfg.n_action_tokens, cfg.block_size, mode, h.dtype)
+        pos = torch.arange(P + cfg.n_action_tokens, device=h.device)[None].expand(h.shape[0], -1)
+        out, captured = self.run_layers(h, mask, pos, capture_layer=capture_layer)
+        logits = self.head(out[:, P:])  # (B, A, bins)
+        vis = captured[:, : cfg.n_vision_tokens] if captured is not None else None
+        return logits, vis
+
+    # ----- cached inference -----
+    @torch.no_grad()
+    def encode_prefix(self, images, text_ids, text_valid, state) -> KVCache:
+        """Run the prefix once; its KV stays in the returned cache for every denoising pass of this chunk."""
+        prefix = self.embed_prefix(images, text_ids, state)  # (B, P, d)
+        B, P, _ = prefix.shape
+        pv = self.prefix_valid(text_valid)
+        cache = KVCache(prefix_valid=pv, n_layers=len(self.backbone.layers))
+        mask = full_mask(pv, 0, self.cfg.block_size, "bidirectional", prefix.dtype)  # (B, 1, P, P)
+        pos = torch.arange(P, device=prefix.device)[None].expand(B, -1)
+        self.run_layers(prefix, mask, pos, cache=cache)
+        cache.commit(P)
+        return cache
+
+    @torch.no_grad()
+    def action_logits(self, cache: KVCache, tokens: torch.Tensor, slots: torch.Tensor, mode: str | None = None,
+                      commit: int = 0) -> torch.Tensor:
+        """One denoising pass for action `slots` (Q,) holding `tokens` (B, Q) against the cache.
+
+        Keys: prefix + committed action slots + these Q slots. The KV of the first `commit` query tokens is
+        appended to the cache afterwards (finished blocks, fed as clean tokens in this very pass).
+        Returns logits (B, Q, num_bins).
+        """
+        cfg = self.cfg
+        mode = mode or cfg.attention
+        h = self.embed_actions(tokens, slots)  # (B, Q, d)
+        mask = query_mask(cache.prefix_valid, cache.slots, slots, cfg.block_size, mode, h.dtype)
+        pos = (cache.prefix_len + slots)[None].expand(h.shape[0], -1)
+        out, _ = self.run_layers(h, mask, pos, cache=cache)
+        if commit:
+            cache.commit(commit, slots[:commit])
+        else:
+            cache.discard()
+        return self.head(out)  # (B, Q, bins)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,102 @@
+"""Noising and losses. One training loop (vla/train.py) composes these.
+
+diffusion          t ~ U(0, 1) per sample; each action token masked with prob (1 - eps) t + eps; CE on masked tokens.
+diffusion_forcing  one mask ratio per block, non-decreasing along the chunk (t1 ~ U(a, b), non-negative capped
+                   increments). With prob `df_clean_past_prob` the inference pattern instead: blocks before a
+                   random block j clean, block j partly masked, blocks after j fully masked.
+distill            the same noised input to a frozen bidirectional teacher and the block-causal student; KL(teacher
+                   || student) on masked positions (optionally plus CE on the ground truth).
+aux                an MLP head on vision-token hidden states of one layer: object positions ("spatial") or the end
+                   effector's position k steps ahead ("eef_future"); MSE, weight `aux_weight`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vla.config import ModelConfig, TrainConfig
+
+
+def mask_uniform(tokens: torch.Tensor, mask_id: int, eps: float, g: torch.Generator | None):
+    """tokens (B, A) -> (noised (B, A), masked (B, A) bool)."""
+    B, A = tokens.shape
+    t = torch.rand(B, 1, generator=g)
+    p = (1 - eps) * t + eps
+    masked = torch.rand(B, A, generator=g) < p
+    return tokens.masked_fill(masked, mask_id), masked
+
+
+def block_ratios(B: int, nb: int, cfg: TrainConfig, g: torch.Generator | None) -> torch.Tensor:
+    """(B, nb) per-block mask ratios, non-decreasing along the chunk."""
+    a, b = cfg.df_first
+    first = a + (b - a) * torch.rand(B, 1, generator=g)
+    inc = cfg.df_max_increment * torch.rand(B, nb - 1, generator=g)
+    ratios = torch.cat([first, first + inc.cumsum(dim=1)], dim=1).clamp(max=1.0)
+    # the inference pattern: clean past, current block partly masked, future fully masked
+    pattern = torch.rand(B, generator=g) < cfg.df_clean_past_prob
+    if bool(pattern.any()):
+        j = torch.randint(0, nb, (B,), generator=g)
+        cur = cfg.eps + (1 - cfg.eps) * torch.rand(B, generator=g)
+        blk = torch.arange(nb)[None]
+        pat = torch.where(blk < j[:, None], 0.0, torch.where(blk == j[:, None], cur[:, None], 1.0))
+        ratios = torch.where(pattern[:, None], pat, ratios)
+    return ratios
+
+
+def mask_blockwise(tokens: torch.Tensor, mask_id: int, block_size: int, cfg: TrainConfig, g):
+    B, A = tokens.shape
+    nb = A // block_size
+    ratios = block_ratios(B, nb, cfg, g).repeat_interleave(block_size, dim=1)  # (B, A)
+    masked = torch.rand(B, A, generator=g) < ratios
+    # at least one masked token per sample, so every sample contributes to the loss
+    none = ~masked.any(dim=1)
+    if bool(none.any()):
+        masked[none, -1] = True
+    return tokens.masked_fill(masked, mask_id), masked
+
+
+def noise(tokens: torch.Tensor, model_cfg: ModelConfig, cfg: TrainConfig, g):
+    if cfg.objective == "diffusion" and model_cfg.attention == "bidirectional":
+        return mask_uniform(tokens, model_cfg.mask_id, cfg.eps, g)
+    return mask_blockwise(tokens, model_cfg.mask_id, model_cfg.block_size, cfg, g)
+
+
+def masked_ce(logits: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """logits (B, A, V), target (B, A), masked (B, A) bool -> mean CE over masked positions."""
+    if not bool(masked.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[masked].float(), target[masked])
+
+
+def masked_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, masked: torch.Tensor, T: float = 1.0):
+    """KL(teacher || student) per masked position, averaged. Zero when the two distributions agree."""
+    if not bool(masked.any()):
+        return student_logits.sum() * 0.0
+    t = F.log_softmax(teacher_logits[masked].float() / T, dim=-1)
+    s = F.log_softmax(student_logits[masked].float() / T, dim=-1)
+    return (t.exp() * (t - s)).sum(-1).mean() * (T * T)
+
+
+class AuxHead(nn.Module):
+    """Vision-token hidden states (B, n_vis, d) -> targets (B, out). Exists only while training with `aux`."""
+
+    def __init__(self, n_vis: int, d: int, out: int, width: int = 64):
+        super().__init__()
+        self.proj = nn.Linear(d, width)
+        self.mlp = nn.Sequential(nn.Linear(n_vis * width, 256), nn.GELU(), nn.Linear(256, out))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.mlp(F.gelu(self.proj(h)).flatten(1))
+
+
+def aux_loss(head: AuxHead, vis_hidden: torch.Tensor, batch: dict, kind: str, eef_stats: dict | None = None):
+    pred = head(vis_hidden)
+    if kind == "spatial":
+        target, valid = batch["object_pos"], batch["object_valid"].float()
+        return ((pred - target) ** 2 * valid).sum() / valid.sum().clamp(min=1.0)
+    target = batch["eef_future"]  # (B, 3) metres; centre/scale with dataset stats
+    mean = torch.tensor(eef_stats["mean"][:3]) if eef_stats else 0.0
+    std = torch.tensor(eef_stats["std"][:3]) + 1e-3 if eef_stats else 1.0
+    return F.mse_loss(pred, (target - mean) / std)

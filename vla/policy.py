@@ -1,0 +1,301 @@
+"""`vla.Policy`: observation in, action chunk out. Checkpoints are directories:
+
+    config.json          {"type": "dvla", "format_version": 1, "model": {...}, "decode": {...}, "n_action_steps": N}
+    model.safetensors    weights (no pickle anywhere)
+    normalization.json   action tokenizer (q01/q99, bins), state normalizer, dataset statistics
+    tokenizer.json       text tokenizer (word vocabulary, byte, or a pointer to text_tokenizer/ for "hf")
+
+`Policy.from_pretrained(dir)` rebuilds everything from these files alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from vla.config import DecodeConfig, ModelConfig, from_dict, to_dict
+from vla.decoding import decode
+from vla.model import DVLA
+from vla.normalization import StateNormalizer
+from vla.tokenizers import ActionTokenizer, TextTokenizer, text_tokenizer_from_json
+
+FORMAT_VERSION = 1
+POLICY_TYPE = "dvla"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "normalization.json", "tokenizer.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing a file or was written by an incompatible version."""
+
+
+class Policy:
+    def __init__(
+        self,
+        model: DVLA,
+        action_tokenizer: ActionTokenizer,
+        state_normalizer: StateNormalizer,
+        text_tokenizer: TextTokenizer,
+        decode_cfg: DecodeConfig | None = None,
+        n_action_steps: int | None = None,
+        stats: dict | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ):
+        self.model = model.eval()
+        self.cfg: ModelConfig = model.cfg
+        self.action_tokenizer = action_tokenizer
+        self.state_normalizer = state_normalizer
+        self.text_tokenizer = text_tokenizer
+        self.decode_cfg = decode_cfg or DecodeConfig(decoder="pipelined" if self.cfg.attention == "block_causal" else "parallel")
+        self.n_action_steps = int(n_action_steps or self.cfg.chunk_size)
+        self.stats = stats or {}
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.seed = seed
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self._queue: collections.deque = collections.deque()
+
+    # ----- metadata -----
+    @property
+    def metadata(self) -> dict:
+        c = self.cfg
+        return {
+            "policy_type": POLICY_TYPE,
+            "attention": c.attention,
+            "decoder": self.decode_cfg.decoder,
+            "action_dim": c.action_dim,
+            "chunk_size": c.chunk_size,
+            "n_action_steps": self.n_action_steps,
+            "cameras": {cam: [c.image_size, c.image_size, 3] for cam in c.cameras},
+            "state_dim": c.state_dim,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+    def set_decode(self, **kw) -> None:
+        """Change decoding at inference (decoder, steps, thresholds, decode_steps...)."""
+        self.decode_cfg = replace(self.decode_cfg, **kw)
+
+    # ----- input checking -----
+    def _check_obs(self, obs: dict) -> None:
+        if not isinstance(obs, dict):
+            raise ValueError(f"obs: expected a dict with 'images', 'state', 'instruction', got {type(obs).__name__}")
+        for key in ("images", "state", "instruction"):
+            if key not in obs:
+                raise ValueError(f"obs: missing key {key!r}")
+        images = obs["images"]
+        if not isinstance(images, dict):
+            raise ValueError("obs['images']: expected a dict camera -> uint8 (H, W, 3)")
+        for cam in self.cfg.cameras:
+            if cam not in images:
+                raise ValueError(f"obs['images']: missing camera {cam!r}; expected cameras {list(self.cfg.cameras)}")
+            im = np.asarray(images[cam])
+            if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+                raise ValueError(
+                    f"obs['images'][{cam!r}]: expected uint8 (H, W, 3) (model size {self.cfg.image_size}), "
+                    f"got {im.dtype} {im.shape}"
+                )
+        state = np.asarray(obs["state"])
+        if state.shape != (self.cfg.state_dim,) or not np.issubdtype(state.dtype, np.number):
+            raise ValueError(f"obs['state']: expected float ({self.cfg.state_dim},), got {state.dtype} {state.shape}")
+        if not np.all(np.isfinite(state)):
+            raise ValueError(f"obs['state']: NaN or inf at index {np.where(~np.isfinite(state))[0].tolist()}")
+        if not isinstance(obs["instruction"], str):
+            raise ValueError(f"obs['instruction']: expected str, got {type(obs['instruction']).__name__}")
+
+    def preprocess(self, obs_list: list[dict]) -> dict[str, torch.Tensor]:
+        """list of observations -> model tensors: images (B, n_cam, 3, S, S) float [0,1], text, state."""
+        import cv2
+
+        S = self.cfg.image_size
+        imgs = []
+        for obs in obs_list:
+            self._check_obs(obs)
+            per_cam = []
+            for cam in self.cfg.cameras:
+                im = np.asarray(obs["images"][cam])
+                if im.shape[0] != S or im.shape[1] != S:
+                    im = cv2.resize(im, (S, S), interpolation=cv2.INTER_AREA)
+                per_cam.append(im)
+            imgs.append(np.stack(per_cam))
+        images = torch.from_numpy(np.stack(imgs)).permute(0, 1, 4, 2, 3).float().div_(255.0)  # (B, n_cam, 3, S, S)
+        ids, valid = self.text_tokenizer.encode_batch([o["instruction"] for o in obs_list], self.cfg.max_text_len)
+        state = self.state_normalizer.normalize(np.stack([np.asarray(o["state"], dtype=np.float32) for o in obs_list]))
+        dev = self.device
+        return {
+            "images": images.to(dev),
+            "text_ids": torch.from_numpy(ids).to(dev),
+            "text_valid": torch.from_numpy(valid).to(dev),
+            "state": torch.from_numpy(state).to(dev),
+        }
+
+    # ----- inference -----
+    @torch.no_grad()
+    def infer_batch(self, obs_list: list[dict]) -> list[dict]:
+        """Decode one chunk per observation. Each result: actions float32 (H', D) and timings in ms."""
+        t0 = time.perf_counter()
+        x = self.preprocess(obs_list)
+        t1 = time.perf_counter()
+        cache = self.model.encode_prefix(x["images"], x["text_ids"], x["text_valid"], x["state"])
+        t2 = time.perf_counter()
+        tokens, stats = decode(self.model, cache, self.decode_cfg, self.generator)
+        t3 = time.perf_counter()
+        ids = tokens.cpu().numpy()
+        steps = ids.shape[1] // self.cfg.action_dim
+        actions = self.action_tokenizer.detokenize(ids).reshape(len(obs_list), steps, self.cfg.action_dim)
+        if self.decode_cfg.decode_steps is not None:
+            actions = actions[:, : self.decode_cfg.decode_steps]
+        t4 = time.perf_counter()
+        timing = {
+            "preprocess_ms": (t1 - t0) * 1e3,
+            "prefix_ms": (t2 - t1) * 1e3,
+            "decode_ms": (t3 - t2) * 1e3,
+            "model_ms": (t3 - t1) * 1e3,
+            "total_ms": (t4 - t0) * 1e3,
+            "nfe": stats["nfe"],
+            "tokens": stats["tokens"],
+            "batch": len(obs_list),
+        }
+        return [{"actions": np.ascontiguousarray(a, dtype=np.float32), "timing": timing} for a in actions]
+
+    def infer(self, obs: dict) -> dict:
+        return self.infer_batch([obs])[0]
+
+    def predict_action_chunk(self, obs: dict) -> np.ndarray:
+        """-> float32 (H, D) (or (m, D) with decode_steps m)."""
+        return self.infer(obs)["actions"]
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        """One action per call; a new chunk is decoded every `n_action_steps` calls."""
+        if not self._queue:
+            chunk = self.predict_action_chunk(obs)
+            self._queue.extend(chunk[: self.n_action_steps])
+        return self._queue.popleft()
+
+    def reset(self) -> None:
+        self._queue.clear()
+        self.generator.manual_seed(self.seed)
+
+    # ----- persistence -----
+    def save_pretrained(self, path: str, extra: dict | None = None) -> None:
+        """Write the checkpoint files into `path` (each to a temporary name, then renamed)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        config = {
+            "type": POLICY_TYPE,
+            "format_version": FORMAT_VERSION,
+            "vla_stack_version": _version(),
+            "model": to_dict(self.cfg),
+            "decode": to_dict(self.decode_cfg),
+            "n_action_steps": self.n_action_steps,
+        }
+        if extra:
+            config.update(extra)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
+        _atomic(os.path.join(path, "model.safetensors"), lambda p: save_file(state, p, metadata={"format": "pt"}))
+        norm = {"action": self.action_tokenizer.to_json(), "state": self.state_normalizer.to_json(), "stats": self.stats}
+        _atomic_json(os.path.join(path, "normalization.json"), norm)
+        tok = self.text_tokenizer.to_json()
+        if tok.get("type") == "hf":
+            self.text_tokenizer.tok.save_pretrained(os.path.join(path, "text_tokenizer"))
+            tok = {"type": "hf", "path": "text_tokenizer"}
+        _atomic_json(os.path.join(path, "tokenizer.json"), tok)
+        _atomic_json(os.path.join(path, "config.json"), config)  # last: its presence marks a complete checkpoint
+
+    @classmethod
+    def untrained(cls, model: str = "tiny", seed: int = 0, **overrides) -> "Policy":
+        """A randomly initialised policy of a preset (tests, serving smoke runs): real model, no training.
+
+        Normalization spans the action space [-1, 1] and a typical Panda state range.
+        """
+        from vla.config import load_model_config
+        from vla.tokenizers import WordTokenizer, instruction_vocabulary
+
+        mcfg = load_model_config(model, overrides)
+        torch.manual_seed(seed)
+        text_tok = WordTokenizer.fit(instruction_vocabulary())
+        net = DVLA(mcfg, text_tok.vocab_size)
+        act = ActionTokenizer(low=-np.ones(mcfg.action_dim), high=np.ones(mcfg.action_dim), num_bins=mcfg.num_bins)
+        low = np.array([-0.3, -0.4, 0.8, -1, -1, -1, -1, -0.01, -0.05])[: mcfg.state_dim]
+        high = np.array([0.3, 0.4, 1.2, 1, 1, 1, 1, 0.05, 0.01])[: mcfg.state_dim]
+        return cls(net, act, StateNormalizer(low, high), text_tok, seed=seed)
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "cpu", decode: dict | None = None, **kw) -> "Policy":
+        from safetensors.torch import load_file
+
+        config, norm, tok = read_checkpoint_files(path)
+        mcfg = from_dict(ModelConfig, config["model"], where="config.json: model.")
+        mcfg = replace(mcfg, backbone_path=None)  # weights come from model.safetensors, not the original HF dir
+        dcfg = from_dict(DecodeConfig, {**config.get("decode", {}), **(decode or {})}, where="decode.")
+        if tok.get("type") == "hf":
+            tok = {"type": "hf", "path": os.path.join(path, tok.get("path", "text_tokenizer"))}
+        text_tok = text_tokenizer_from_json(tok, checkpoint_dir=path)
+        model = DVLA(mcfg, text_tok.vocab_size)
+        state = load_file(os.path.join(path, "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}/model.safetensors: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        return cls(
+            model,
+            ActionTokenizer.from_json(norm["action"]),
+            StateNormalizer.from_json(norm["state"]),
+            text_tok,
+            decode_cfg=dcfg,
+            n_action_steps=kw.pop("n_action_steps", None) or config.get("n_action_steps"),
+            stats=norm.get("stats"),
+            device=device,
+            **kw,
+        )
+
+
+def read_checkpoint_files(path: str) -> tuple[dict, dict, dict]:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: checkpoint directory not found")
+    for name in CHECKPOINT_FILES:
+        if not os.path.exists(os.path.join(path, name)):
+            raise CheckpointError(f"{path}: checkpoint is missing {name}")
+    out = []
+    for name in ("config.json", "normalization.json", "tokenizer.json"):
+        try:
+            with open(os.path.join(path, name)) as f:
+                out.append(json.load(f))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}/{name}: not valid JSON ({e})") from e
+    config = out[0]
+    if config.get("type") != POLICY_TYPE:
+        raise CheckpointError(f"{path}/config.json: type {config.get('type')!r} is not {POLICY_TYPE!r}")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}/config.json: format_version {config.get('format_version')!r} is incompatible with this "
+            f"vla-stack (reads version {FORMAT_VERSION})"
+        )
+    return out[0], out[1], out[2]
+
+
+def _version() -> str:
+    from vla import __version__
+
+    return __version__
+
+
+def _atomic(path: str, write) -> None:
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: str, obj) -> None:
+    def w(p):
+        with open(p, "w") as f:
+            json.dump(obj, f, indent=2)
+
+    _atomic(path, w)

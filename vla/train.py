@@ -1,0 +1,496 @@
+"""The one training loop: masked-diffusion finetuning, diffusion forcing, distillation, auxiliary objectives and
+capability-vector regularisation are all options of it (vla/objectives.py, vla/capvector.py).
+
+    vla train --config configs/train/<name>.yaml [--resume] [key=value overrides]
+    torchrun --nproc_per_node 2 -m vla.cli train --config ...      (DDP: gloo on CPU, nccl on GPU)
+
+Checkpoints: <out_dir>/checkpoints/step_<N>/ hold a loadable policy (vla.Policy.from_pretrained) plus
+train_state.json, optimizer.safetensors and rng_rank<r>.safetensors, so `--resume` continues exactly
+(optimizer, scheduler, every RNG, step). <out_dir>/policy is the final policy; metrics.csv and loss.png beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from vla.config import ModelConfig, TrainConfig, load_model_config, to_dict
+from vla.data import DemoBatches, load_training_data
+from vla.model import DVLA, count_parameters
+from vla.normalization import StateNormalizer
+from vla.objectives import AuxHead, aux_loss, masked_ce, masked_kl, noise
+from vla.policy import Policy, _atomic, _atomic_json
+from vla.tokenizers import ActionTokenizer, ByteTokenizer, HFTokenizer, WordTokenizer, instruction_vocabulary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# distributed helpers
+# --------------------------------------------------------------------------------------------------------------
+def _dist_setup() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# building the policy pieces
+# --------------------------------------------------------------------------------------------------------------
+def build_components(cfg: TrainConfig, train_demos, stats):
+    """-> (model, action tokenizer, state normalizer, text tokenizer). From `cfg.init` when given."""
+    if cfg.init:
+        base = Policy.from_pretrained(cfg.init)
+        mcfg = replace(base.cfg, **cfg.model_overrides) if cfg.model_overrides else base.cfg
+        if isinstance(cfg.model, ModelConfig):
+            mcfg = cfg.model
+        model = DVLA(mcfg, base.text_tokenizer.vocab_size)
+        model.load_state_dict(base.model.state_dict())
+        return model, base.action_tokenizer, base.state_normalizer, base.text_tokenizer
+    mcfg = load_model_config(cfg.model, cfg.model_overrides)
+    if mcfg.backbone_path:
+        from vla.model import config_from_hf
+
+        mcfg = config_from_hf(mcfg, mcfg.backbone_path)
+    if mcfg.text_tokenizer == "hf":
+        if not mcfg.backbone_path:
+            raise ValueError("text_tokenizer: 'hf' needs model.backbone_path (a local Hugging Face model dir)")
+        text_tok = HFTokenizer(mcfg.backbone_path)
+    elif mcfg.text_tokenizer == "byte":
+        text_tok = ByteTokenizer()
+    else:
+        text_tok = WordTokenizer.fit([d.instruction for d in train_demos], instruction_vocabulary())
+    model = DVLA(mcfg, text_tok.vocab_size)
+    action_tok = ActionTokenizer.from_stats(stats["actions"], num_bins=mcfg.num_bins)
+    state_norm = StateNormalizer.from_stats(stats["state"])
+    return model, action_tok, state_norm, text_tok
+
+
+def _param_groups(modules: list[torch.nn.Module], weight_decay: float):
+    decay, no_decay = [], []
+    for m in modules:
+        for name, p in m.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        prog = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+
+    return f
+
+
+# --------------------------------------------------------------------------------------------------------------
+# optimizer state <-> safetensors (no pickle)
+# --------------------------------------------------------------------------------------------------------------
+def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, idx, k = key.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    for key, v in meta.get("scalars", {}).items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# --------------------------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.resume = resume
+        self.progress = progress
+        self.rank, self.world, self.device = _dist_setup()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        train, valid, stats = load_training_data(cfg.data, self._data_model_cfg())
+        self.stats = stats
+        model, self.action_tok, self.state_norm, self.text_tok = build_components(cfg, train, stats)
+        self.model = model.to(self.device)
+        self.mcfg: ModelConfig = model.cfg
+        self.train_data = DemoBatches(train, self.mcfg, self.action_tok, self.state_norm, self.text_tok)
+        self.stats["object_pos_norm"] = self.train_data.object_stats
+        self.valid_data = (
+            DemoBatches(valid, self.mcfg, self.action_tok, self.state_norm, self.text_tok, self.train_data.object_stats)
+            if valid else None
+        )
+        self.tasks = sorted(set(self.train_data.tasks))
+        # objective pieces
+        self.teacher = None
+        if cfg.objective == "distill":
+            teacher = Policy.from_pretrained(cfg.teacher or cfg.init)
+            self.teacher = teacher.model.to(self.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        self.aux_head = None
+        if cfg.aux:
+            out = 9 if cfg.aux == "spatial" else 3
+            self.aux_head = AuxHead(self.mcfg.n_vision_tokens, self.mcfg.hidden_size, out).to(self.device)
+        self.orth = None
+        if cfg.capvector:
+            from vla.capvector import OrthogonalPenalty, load_vector
+
+            gamma, _ = load_vector(cfg.capvector)
+            self.orth = OrthogonalPenalty(self.model, gamma, form=cfg.orth_form)
+        if cfg.lora_rank > 0:
+            from vla.lora import apply_lora
+
+            apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha)
+        self.ddp_model = self.model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
+        mods = [self.model] + ([self.aux_head] if self.aux_head is not None else [])
+        self.opt = torch.optim.AdamW(_param_groups(mods, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
+        self.step = 0
+        self.train_seconds = 0.0  # wall time spent in train() across resumes
+        self._t_start: float | None = None
+        self.ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+        if self.rank == 0:
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+        if resume:
+            self._load_latest()
+
+    def _data_model_cfg(self) -> ModelConfig:
+        """The model config the data must be prepared for (cameras, image size) before the model exists."""
+        if self.cfg.init:
+            from vla.config import from_dict
+            from vla.policy import read_checkpoint_files
+
+            config, _, _ = read_checkpoint_files(self.cfg.init)
+            return from_dict(ModelConfig, config["model"])
+        return self.cfg.model if isinstance(self.cfg.model, ModelConfig) else load_model_config(self.cfg.model, self.cfg.model_overrides)
+
+    # ----- one step -----
+    def compute_loss(self, batch: dict, gen: torch.Generator | None, train: bool = True) -> tuple[torch.Tensor, dict]:
+        cfg, mcfg = self.cfg, self.mcfg
+        target = batch["action_tokens"]
+        noised, masked = noise(target, mcfg, cfg, gen)
+        model = self.ddp_model if train else self.model
+        capture = cfg.aux_layer if (self.aux_head is not None and train) else None
+        logits, vis = model(batch["images"], batch["text_ids"], batch["text_valid"], batch["state"], noised,
+                            capture_layer=capture)
+        metrics = {}
+        ce = masked_ce(logits, target, masked)
+        metrics["ce"] = float(ce.detach())
+        if cfg.objective == "distill" and train:
+            with torch.no_grad():
+                t_logits, _ = self.teacher(batch["images"], batch["text_ids"], batch["text_valid"], batch["state"],
+                                           noised, mode="bidirectional")
+            kl = masked_kl(t_logits, logits, masked, cfg.distill_temperature)
+            metrics["kl"] = float(kl.detach())
+            loss = kl + cfg.distill_ce_weight * ce
+        else:
+            loss = ce
+        if capture is not None:
+            a = aux_loss(self.aux_head, vis, batch, cfg.aux, self.stats["state"])
+            metrics["aux"] = float(a.detach())
+            loss = loss + cfg.aux_weight * a
+        if self.orth is not None and train and cfg.orth_weight > 0:
+            o = self.orth(self.model)
+            metrics["orth"] = float(o.detach())
+            loss = loss + cfg.orth_weight * o
+        metrics["loss"] = float(loss.detach())
+        return loss, metrics
+
+    def _batch(self, data: DemoBatches, gen: torch.Generator, augment: bool) -> dict:
+        idx = torch.randint(0, len(data), (self.cfg.batch_size,), generator=gen).numpy()
+        b = data.batch(idx, self.cfg.data.augment_shift if augment else 0, gen, self.cfg.aux_future_steps)
+        return {k: v.to(self.device) for k, v in b.items()}
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        if self.valid_data is None or self.cfg.val_batches <= 0:
+            return None
+        self.model.eval()
+        g = torch.Generator().manual_seed(12345)
+        losses = [float(self.compute_loss(self._batch(self.valid_data, g, False), g, train=False)[1]["ce"])
+                  for _ in range(self.cfg.val_batches)]
+        self.model.train()
+        return float(np.mean(losses))
+
+    def train(self, stop_after: int | None = None) -> str:
+        """Run to cfg.steps (or pause at step `stop_after`: checkpoint written, no final policy)."""
+        cfg = self.cfg
+        self.model.train()
+        if self.rank == 0:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            _atomic_json(os.path.join(cfg.out_dir, "train_config.json"), to_dict(cfg))
+            n_params = count_parameters(self.model)
+            print(f"[vla train] {n_params / 1e6:.2f}M parameters, {len(self.train_data)} train samples over "
+                  f"{len(self.tasks)} task(s) {self.tasks}, world size {self.world}, device {self.device}", flush=True)
+        logger = MetricsLogger(cfg.out_dir, enabled=self.rank == 0, resume_step=self.step if self.resume else None)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _null()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress or self.rank != 0,
+                   dynamic_ncols=True)
+        t_last, n_last = time.time(), 0
+        t_start = time.time()
+        self._t_start = t_start
+        interrupted = False
+        try:
+            while self.step < cfg.steps and (stop_after is None or self.step < stop_after):
+                self.opt.zero_grad(set_to_none=True)
+                agg: dict[str, float] = {}
+                for micro in range(cfg.grad_accum):
+                    batch = self._batch(self.train_data, self.gen, augment=True)
+                    sync = micro == cfg.grad_accum - 1 or self.world == 1
+                    ctx = self.ddp_model.no_sync() if (self.world > 1 and not sync) else _null()
+                    with ctx, autocast:
+                        loss, m = self.compute_loss(batch, self.gen)
+                        (loss / cfg.grad_accum).backward()
+                    for k, v in m.items():
+                        agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
+                params = [p for g in self.opt.param_groups for p in g["params"]]
+                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+                self.opt.step()
+                self.sched.step()
+                self.step += 1
+                n_last += cfg.batch_size * cfg.grad_accum * self.world
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    dt = time.time() - t_last
+                    row = {"step": self.step, "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm),
+                           "samples_per_s": n_last / max(dt, 1e-9), **agg}
+                    if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                        row["val_ce"] = self.validate()
+                    logger.log(row)
+                    bar.set_postfix(loss=f"{agg['loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
+                    t_last, n_last = time.time(), 0
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            interrupted = True
+            if self.rank == 0:
+                print(f"\n[vla train] interrupted at step {self.step}; saving a checkpoint to resume from", flush=True)
+        bar.close()
+        self.save_checkpoint()
+        final = os.path.join(cfg.out_dir, "policy")
+        paused = self.step < cfg.steps
+        if self.rank == 0 and not interrupted and not paused:
+            self.train_seconds += time.time() - t_start
+            _atomic_json(os.path.join(cfg.out_dir, "train_summary.json"), {
+                "steps": self.step, "train_seconds": round(self.train_seconds, 1),
+                "samples_seen": self.step * cfg.batch_size * cfg.grad_accum * self.world,
+                "samples_per_s": self.step * cfg.batch_size * cfg.grad_accum * self.world / max(self.train_seconds, 1e-9),
+                "threads": torch.get_num_threads(), "world": self.world, "tasks": self.tasks,
+                "train_samples": len(self.train_data), "parameters": count_parameters(self.model)})
+            self.policy().save_pretrained(final + ".tmp", extra={"train": to_dict(cfg), "tasks": self.tasks})
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(final + ".tmp", final)
+            logger.plot()
+        logger.close()
+        _barrier(self.world)
+        if interrupted:
+            raise KeyboardInterrupt
+        return final
+
+    # ----- checkpoints -----
+    def policy(self) -> Policy:
+        model = self.model
+        if self.cfg.lora_rank > 0:
+            from vla.lora import merged_copy
+
+            model = merged_copy(self.model)
+        return Policy(model, self.action_tok, self.state_norm, self.text_tok, decode_cfg=self.cfg.decode,
+                      stats=self.stats)
+
+    def save_checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        d = os.path.join(self.ckpt_dir, f"step_{self.step:06d}")
+        if self.rank == 0:
+            tmp = d + ".tmp"
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp)
+            self.policy().save_pretrained(tmp, extra={"train": to_dict(self.cfg), "tasks": self.tasks})
+            tensors, meta = optimizer_to_files(self.opt)
+            save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
+            state = {"step": self.step, "scheduler": self.sched.state_dict(), "optimizer": meta, "world": self.world,
+                     "train_seconds": self.train_seconds + (time.time() - self._t_start if self._t_start else 0.0)}
+            _atomic_json(os.path.join(tmp, "train_state.json"), _jsonable(state))
+            if self.aux_head is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.aux_head.state_dict().items()},
+                          os.path.join(tmp, "aux_head.safetensors"))
+        _barrier(self.world)
+        # every rank writes its own RNG state
+        rng = {"generator": self.gen.get_state(), "torch": torch.get_rng_state()}
+        save_file(rng, os.path.join(d + ".tmp", f"rng_rank{self.rank}.safetensors"))
+        _barrier(self.world)
+        if self.rank == 0:
+            if os.path.isdir(d):
+                shutil.rmtree(d)
+            os.replace(d + ".tmp", d)
+            _atomic(os.path.join(self.ckpt_dir, "LATEST"), lambda p: open(p, "w").write(os.path.basename(d)))
+            kept = sorted(x for x in os.listdir(self.ckpt_dir) if x.startswith("step_") and not x.endswith(".tmp"))
+            for old in kept[: -self.cfg.keep_last] if self.cfg.keep_last > 0 else []:
+                shutil.rmtree(os.path.join(self.ckpt_dir, old), ignore_errors=True)
+        _barrier(self.world)
+
+    def _load_latest(self) -> None:
+        from safetensors.torch import load_file
+
+        latest = os.path.join(self.ckpt_dir, "LATEST")
+        if not os.path.exists(latest):
+            if self.rank == 0:
+                print("[vla train] --resume: no checkpoint yet, starting from scratch", flush=True)
+            return
+        d = os.path.join(self.ckpt_dir, open(latest).read().strip())
+        state = json.load(open(os.path.join(d, "train_state.json")))
+        if state.get("world", 1) != self.world:
+            raise ValueError(f"{d}: written by {state.get('world')} processes; resume with the same number")
+        weights = load_file(os.path.join(d, "model.safetensors"))
+        self.model.load_state_dict(weights)
+        optimizer_from_files(self.opt, load_file(os.path.join(d, "optimizer.safetensors")), state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.aux_head is not None and os.path.exists(os.path.join(d, "aux_head.safetensors")):
+            self.aux_head.load_state_dict(load_file(os.path.join(d, "aux_head.safetensors")))
+        rng = load_file(os.path.join(d, f"rng_rank{self.rank}.safetensors"))
+        self.gen.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        if self.rank == 0:
+            print(f"[vla train] resumed from {d} at step {self.step}", flush=True)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if torch.is_tensor(x):
+        return x.item() if x.numel() == 1 else x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class MetricsLogger:
+    """metrics.csv (always), TensorBoard (if installed), loss.png on plot()."""
+
+    def __init__(self, out_dir: str, enabled: bool = True, resume_step: int | None = None):
+        self.enabled = enabled
+        self.path = os.path.join(out_dir, "metrics.csv")
+        self.out_dir = out_dir
+        self.rows: list[dict] = []
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and os.path.exists(self.path):
+            with open(self.path) as f:
+                self.rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
+        elif os.path.exists(self.path):
+            os.remove(self.path)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(out_dir, "tb"))
+        except Exception:  # tensorboard not installed: CSV and PNG only
+            self.tb = None
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.rows.append({k: ("" if v is None else v) for k, v in row.items()})
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+
+        def w(p):
+            with open(p, "w", newline="") as f:
+                wr = csv.DictWriter(f, fieldnames=keys)
+                wr.writeheader()
+                wr.writerows(self.rows)
+
+        _atomic(self.path, w)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def plot(self) -> None:
+        if not self.enabled or not self.rows:
+            return
+        plot_metrics(self.rows, os.path.join(self.out_dir, "loss.png"))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_metrics(rows: list[dict], out_png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key):
+        pts = [(float(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        return zip(*pts) if pts else ([], [])
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in (("loss", "-"), ("ce", "--"), ("val_ce", "o-"), ("kl", ":"), ("aux", "-.")):
+        xs, ys = series(key)
+        xs, ys = list(xs), list(ys)
+        if xs and (key != "ce" or any(r.get("kl") not in (None, "") for r in rows)):
+            ax.plot(xs, ys, style, label=key, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> str:
+    trainer = Trainer(cfg, resume=resume, progress=progress)
+    return trainer.train(stop_after=stop_after)
