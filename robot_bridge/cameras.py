@@ -21,6 +21,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 log = logging.getLogger("robot_bridge.cameras")
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for SimCamera; must precede mujoco's first import
 
 
 class CameraError(RuntimeError):
@@ -256,7 +257,6 @@ class SimCamera:
     def _setup(self):
         import mujoco
 
-        os.environ.setdefault("MUJOCO_GL", "egl")
         model = mujoco.MjModel.from_xml_string(_scene_xml(self.xml))
         # MSAA, shadows and reflections dominate the cost of a software (llvmpipe) render: off
         model.vis.quality.offsamples = 0

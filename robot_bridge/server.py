@@ -9,7 +9,6 @@ never the server.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import zmq
 
 from robot_bridge import protocol as P
 from robot_bridge.batcher import Batcher, Job
+from robot_bridge.security import is_loopback
 
 log = logging.getLogger("robot_bridge.server")
 
@@ -51,18 +51,6 @@ class ServerConfig:
         ServerKeys.from_args(self.server_secret_key, self.authorized_keys)  # both or neither
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes: expected >= 1024, got {self.max_message_bytes}")
-
-
-def is_loopback(endpoint: str) -> bool:
-    if not endpoint.startswith("tcp://"):
-        return True  # ipc/inproc never leave the machine
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # "*", interface names, hostnames
 
 
 class PolicyServer:

@@ -45,23 +45,22 @@ class DemoWriter:
     """Append demos to a robomimic-layout HDF5 file, flushing after each one.
 
     `append=True` opens an existing file and continues numbering; otherwise an existing file is an error unless
-    `overwrite=True` (then the new file is built under a temporary name and renamed over the old one on close).
+    `overwrite=True` (the old file is removed first). Either way the file on disk is valid after every demo, so a
+    run that dies - even without a chance to clean up - keeps every demo it finished; `append=True` continues it.
     """
 
     def __init__(self, path: str, env_args: dict, append: bool = False, overwrite: bool = False, valid_every: int = 10):
         self.path = str(path)
         self.valid_every = int(valid_every)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)) or ".", exist_ok=True)
-        self._final_path = None
         if os.path.exists(self.path) and append:
             check_file(self.path)
             self.f = h5py.File(self.path, "a")
         elif os.path.exists(self.path) and not overwrite:
             raise FileExistsError(f"{self.path}: exists; pass append=True (--append) or overwrite=True (--overwrite)")
         else:
-            if os.path.exists(self.path):  # overwrite: keep the old file until the new one is complete
-                self._final_path = self.path
-                self.path = self.path + ".tmp"
+            if os.path.exists(self.path):
+                os.remove(self.path)
             self.f = h5py.File(self.path, "w")
             data = self.f.create_group("data")
             data.attrs["total"] = 0
@@ -153,9 +152,6 @@ class DemoWriter:
         self.f.flush()
         self.f.close()
         self.f = None
-        if self._final_path is not None:
-            os.replace(self.path, self._final_path)
-            self.path = self._final_path
 
     def __enter__(self):
         return self

@@ -83,7 +83,8 @@ def write_video(frames: list[np.ndarray], path: str, fps: int = 20) -> None:
 
 
 def _worker(args) -> list[dict]:
-    (policy_path, decode, task, seeds, replan, image_size, video_seeds, out_dir, threads, keep_actions, max_steps) = args
+    (policy_path, decode, task, seeds, replan, image_size, video_seeds, out_dir, threads, keep_actions, max_steps,
+     progress) = args
     import torch
 
     torch.set_num_threads(threads)
@@ -93,7 +94,9 @@ def _worker(args) -> list[dict]:
     policy = Policy.from_pretrained(policy_path, decode=decode)
     env = VLAEnv(task, image_size=image_size, cameras=policy.cfg.cameras)
     out = []
-    for s in seeds:
+    from tqdm import tqdm
+
+    for s in tqdm(seeds, desc=f"eval {task}", unit="ep", disable=not progress, leave=False):
         frames = [] if s in video_seeds else None
         r = rollout(env, policy, s, replan, frames, keep_actions, max_steps=max_steps)
         if frames is not None and out_dir:
@@ -117,6 +120,7 @@ def evaluate_policy_dir(
     keep_actions: bool = False,
     max_steps: int | None = None,
     threads: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Evaluate a saved policy; episodes split over `workers` processes, each with `threads` torch threads
     (default: 1 per worker when several workers share the cores, else all cores). Fixed thread counts keep reruns
@@ -130,8 +134,8 @@ def evaluate_policy_dir(
     workers = max(1, min(workers, episodes))
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     chunks = [seeds[i::workers] for i in range(workers)]
-    jobs = [(policy_path, decode, task, c, replan, image_size, video_seeds, out_dir, threads, keep_actions, max_steps)
-            for c in chunks]
+    jobs = [(policy_path, decode, task, c, replan, image_size, video_seeds, out_dir, threads, keep_actions, max_steps,
+             progress and i == 0) for i, c in enumerate(chunks)]
     t0 = time.time()
     if workers == 1:
         results = _worker(jobs[0])

@@ -165,9 +165,11 @@ def test_command_outside_workspace_is_clipped(franky_sim):
         pos = wait_at_rest(rig.client, keepalive=True)
         safety = rig.robot.safety.summary()
         recent = [e for e in rig.robot.safety.recent if e.rule == "workspace"]
+        n_up = sum(1 for e in rig.server.applied_log if e["requested"][2] > 0)
     finally:
         rig.close()
-    assert safety["workspace"] >= 6 and recent  # counted and logged
+    # 8 commands of +1 cm, the box 2 cm up: every one applied after the second is clipped (a late tick may supersede one)
+    assert n_up >= 6 and safety["workspace"] >= n_up - 2 and recent  # counted and logged
     assert pos[2] <= box_top + 2e-3, (pos[2], box_top)
     assert pos[2] >= box_top - 3e-3  # it went up to the box edge
 
@@ -176,8 +178,14 @@ def test_estop_stops_the_arm_and_release_resumes(franky_sim):
     rig = Rig()
     try:
         a = np.zeros(7, np.float32)
-        a[0] = 0.15
-        stream(rig.client, a, steps=6)
+        a[0] = 0.15  # 7.5 mm per step: the target runs ahead of the arm
+        t0 = time.perf_counter()
+        for i in range(100):  # stream until the arm is under way (franky-sim may run at 1/4 real time)
+            rig.client.send_command(a)
+            st = rig.client.latest_state()
+            if st is not None and st["state"][0] - rig.start[0] > 0.01:
+                break
+            time.sleep(max(0.0, t0 + (i + 1) * 0.05 - time.perf_counter()))
         rep = rig.client.estop("test")
         assert rep["status"]["mode"] == "estopped"
         stopped = wait_at_rest(rig.client)
@@ -198,8 +206,8 @@ def test_estop_stops_the_arm_and_release_resumes(franky_sim):
         moved = wait_at_rest(rig.client, keepalive=True)
     finally:
         rig.close()
-    assert stopped[0] - rig.start[0] > 0.005  # moved before the e-stop
-    assert moved[0] - still[0] > 0.01  # and again after release
+    assert stopped[0] - rig.start[0] > 0.01  # moved before the e-stop
+    assert moved[0] - still[0] > 0.02  # and again after release (7 steps of 7.5 mm)
 
 
 def test_impedance_control_follows_deltas_within_its_compliance(franky_sim):
@@ -215,8 +223,8 @@ def test_impedance_control_follows_deltas_within_its_compliance(franky_sim):
         stopped = wait_at_rest(rig.client)
     finally:
         rig.close()
-    np.testing.assert_allclose(want, [0.06, 0.0, -0.036], atol=1e-6)
-    # a spring of 600 N/m against joint friction: millimetres short of the target, never past it
+    assert np.linalg.norm(want - [0.06, 0.0, -0.036]) < 0.008  # 24 steps (a late tick may supersede one or two)
+    # a spring of 600 N/m against joint friction: millimetres short of the target
     np.testing.assert_allclose(moved, want, atol=8e-3)
-    assert moved[0] > 0.045 and moved[2] < -0.025
+    assert moved[0] > 0.04 and moved[2] < -0.02
     assert np.linalg.norm(stopped - end) < 2e-3  # the e-stop ends the torque controller without a jump

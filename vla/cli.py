@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--noise", type=float, default=0.05, help="std of Gaussian noise on the expert's arm actions")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--append", action="store_true", help="add demos to an existing file")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing file (atomically, on completion)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing file")
     s.set_defaults(func=_cmd_collect)
 
     for register in _EXTRA_COMMANDS:

@@ -69,6 +69,8 @@ class ModelConfig:
     image_size: int = 64
     vision_channels: tuple[int, ...] = (32, 64, 128)
     vision_stride: int = 16  # total downsampling of the stem; grid = image_size // vision_stride
+    vision_keypoints: int = 32  # spatial-softmax keypoints -> one extra token per camera (0 = off)
+    vision_coords: bool = True  # append x/y coordinate channels to the image (CoordConv)
     # language
     text_tokenizer: str = "word"  # "word" (vocabulary saved with the checkpoint) | "byte" | "hf" (backbone_path)
     max_text_len: int = 12
@@ -102,7 +104,7 @@ class ModelConfig:
 
     @property
     def n_vision_tokens(self) -> int:
-        return len(self.cameras) * self.grid * self.grid
+        return len(self.cameras) * (self.grid * self.grid + (1 if self.vision_keypoints else 0))
 
     @property
     def prefix_len(self) -> int:

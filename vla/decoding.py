@@ -56,6 +56,15 @@ def _reveal_top(tokens, revealed, pred, conf, counts):
     return chosen
 
 
+def _schedule_counts(revealed: torch.Tensor, s: int, K: int, A: int, schedule: str) -> torch.Tensor:
+    """Tokens to reveal per row at parallel step s of K: down to A*cos(pi/2*(s+1)/K) still masked (or linear);
+    everything at the last step; at least one."""
+    frac = (s + 1) / K
+    keep_masked = A * (math.cos(math.pi / 2 * frac) if schedule == "cosine" else 1.0 - frac)
+    target_masked = 0 if s == K - 1 else int(math.floor(keep_masked))
+    return torch.clamp((~revealed).sum(dim=1) - target_masked, min=1)
+
+
 def _reveal_fully_active(tokens, revealed, pred, conf, tau_conf: float, n: int):
     """Fully active rule on one block (B, D'): threshold = min(tau_conf, k-th best confidence), k = max(1, ceil(rem/n))."""
     remaining = (~revealed).sum(dim=1)  # (B,)
@@ -105,12 +114,7 @@ def decode_parallel(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
         logits = model.action_logits(cache, tokens, slots)
         nfe += 1
         pred, conf = _confidence(logits, dcfg.temperature, generator)
-        frac = (s + 1) / K
-        keep_masked = A * (math.cos(math.pi / 2 * frac) if dcfg.schedule == "cosine" else 1.0 - frac)
-        target_masked = 0 if s == K - 1 else int(math.floor(keep_masked))
-        masked_now = (~revealed).sum(dim=1)
-        counts = torch.clamp(masked_now - target_masked, min=1)
-        _reveal_top(tokens, revealed, pred, conf, counts)
+        _reveal_top(tokens, revealed, pred, conf, _schedule_counts(revealed, s, K, A, dcfg.schedule))
     return tokens, {"nfe": nfe, "prefix_passes": 1, "tokens": A}
 
 
@@ -143,11 +147,7 @@ def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=
             logits = model.action_logits(cache, tokens[:, q_slots], q_slots, mode="bidirectional")
         nfe += 1
         pred, conf = _confidence(logits, dcfg.temperature, generator)
-        frac = (s + 1) / K
-        keep_masked = A * (math.cos(math.pi / 2 * frac) if dcfg.schedule == "cosine" else 1.0 - frac)
-        target_masked = 0 if s == K - 1 else int(math.floor(keep_masked))
-        masked_now = (~revealed).sum(dim=1)
-        counts = torch.clamp(masked_now - target_masked, min=1)
+        counts = _schedule_counts(revealed, s, K, A, dcfg.schedule)
         sub_tok, sub_rev = tokens[:, q_slots].clone(), revealed[:, q_slots].clone()
         _reveal_top(sub_tok, sub_rev, pred, conf, counts)
         tokens[:, q_slots], revealed[:, q_slots] = sub_tok, sub_rev

@@ -1,6 +1,6 @@
 """The discrete-diffusion VLA, top to bottom.
 
-    images (B, n_cam, 3, S, S) ──conv stem per camera──► (B, n_cam*g*g, d)   g = S / vision_stride
+    images (B, n_cam, 3, S, S) ──conv stem per camera──► (B, n_cam*(g*g+1), d)  g = S / vision_stride, +1 keypoints
     text ids (B, L)            ──backbone.embed_tokens──► (B, L, d)
     state (B, state_dim)       ──MLP──────────────────► (B, 1, d)
     action ids (B, A)          ──embed + slot embed───► (B, A, d)          A = H * D, id num_bins = [MASK]
@@ -64,26 +64,62 @@ def config_from_hf(cfg: ModelConfig, path: str) -> ModelConfig:
 
 
 class ConvStem(nn.Module):
-    """(B, 3, S, S) in [0, 1] -> (B, g*g, d). Stride-2 convs with GroupNorm + GELU; last conv maps to d."""
+    """(B, 3, S, S) in [0, 1] -> (B, g*g [+1], d).
+
+    Stride-2 conv stages (GroupNorm + GELU, a stride-1 conv in the second) on the image plus two coordinate
+    channels; the last conv maps to d at stride `vision_stride` (grid tokens). With `vision_keypoints` K > 0, a
+    spatial softmax over the stride-4 feature map gives K expected (x, y) keypoints (robomimic's localisation
+    trick), projected to one extra token: cheap, and far more precise than a coarse grid for "where is the cube".
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         n_down = cfg.vision_stride.bit_length() - 1
-        if 2**n_down != cfg.vision_stride:
-            raise ValueError(f"vision_stride: expected a power of two, got {cfg.vision_stride}")
+        if 2**n_down != cfg.vision_stride or n_down < 2:
+            raise ValueError(f"vision_stride: expected a power of two >= 4, got {cfg.vision_stride}")
         chans = list(cfg.vision_channels)
-        chans = (chans + [chans[-1]] * n_down)[: n_down - 1] if n_down > 1 else []
-        layers, c_in = [], 3
-        for c in chans:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.GELU()]
+        chans = (chans + [chans[-1]] * n_down)[: n_down - 1]
+        c_in = 3 + (2 if cfg.vision_coords else 0)
+        self.coords = cfg.vision_coords
+        self.stages = nn.ModuleList()
+        for i, c in enumerate(chans):
+            layers = [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.GELU()]
+            if i == 1:  # the keypoint map's stage gets a second conv
+                layers += [nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(min(8, c), c), nn.GELU()]
+            self.stages.append(nn.Sequential(*layers))
             c_in = c
-        layers += [nn.Conv2d(c_in, cfg.hidden_size, 3, stride=2, padding=1)]
-        self.net = nn.Sequential(*layers)
+        self.out = nn.Conv2d(c_in, cfg.hidden_size, 3, stride=2, padding=1)
         self.pos = nn.Parameter(torch.randn(cfg.grid * cfg.grid, cfg.hidden_size) * 0.02)
+        self.n_kp = cfg.vision_keypoints
+        if self.n_kp:
+            self.kp_conv = nn.Conv2d(chans[1], self.n_kp, 1)
+            self.kp_temp = nn.Parameter(torch.zeros(()))  # log temperature of the spatial softmax
+            self.kp_proj = nn.Sequential(nn.Linear(2 * self.n_kp, cfg.hidden_size), nn.GELU(),
+                                         nn.Linear(cfg.hidden_size, cfg.hidden_size))
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = self.net((img - 0.5) / 0.5)  # (B, d, g, g)
-        return x.flatten(2).transpose(1, 2) + self.pos  # (B, g*g, d)
+        x = (img - 0.5) / 0.5  # (B, 3, S, S)
+        B, _, S, _ = x.shape
+        if self.coords:
+            lin = torch.linspace(-1, 1, S, device=x.device, dtype=x.dtype)
+            yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+            x = torch.cat([x, xx.expand(B, 1, S, S), yy.expand(B, 1, S, S)], dim=1)  # (B, 5, S, S)
+        kp_feat = None
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i == 1:
+                kp_feat = x  # (B, C, S/4, S/4)
+        tokens = self.out(x).flatten(2).transpose(1, 2) + self.pos  # (B, g*g, d)
+        if not self.n_kp:
+            return tokens
+        h = self.kp_conv(kp_feat)  # (B, K, H', W')
+        Hf, Wf = h.shape[-2:]
+        attn = torch.softmax(h.flatten(2) * torch.exp(-self.kp_temp), dim=-1)  # (B, K, H'W')
+        ly = torch.linspace(-1, 1, Hf, device=h.device, dtype=h.dtype)
+        lx = torch.linspace(-1, 1, Wf, device=h.device, dtype=h.dtype)
+        gy, gx = torch.meshgrid(ly, lx, indexing="ij")
+        kp = torch.stack([(attn * gx.flatten()).sum(-1), (attn * gy.flatten()).sum(-1)], dim=-1)  # (B, K, 2)
+        return torch.cat([tokens, self.kp_proj(kp.flatten(1))[:, None]], dim=1)  # (B, g*g + 1, d)
 
 
 class DVLA(nn.Module):

@@ -13,6 +13,7 @@ arm keep the default (True) and a realtime kernel.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,7 @@ class FrankaConfig:
     gripper: bool = True
     gripper_threshold: float = 0.5  # hysteresis: > +t grasps, < -t opens, in between keeps the last command
     gripper_speed: float = 0.05  # m/s
+    gripper_poll_s: float = 0.05  # the opening width is read on a thread of its own (a read can block ~100 ms)
     grasp_force: float = 20.0  # N
     translational_stiffness: float = 600.0  # impedance control, N/m
     rotational_stiffness: float = 30.0  # impedance control, Nm/rad
@@ -79,6 +81,10 @@ class FrankaRobot(Robot):
         self._grip_pending = 0
         self._width = 0.08
         self._q = np.zeros(9)
+        self._max_width = 0.08
+        self._grip_thread: threading.Thread | None = None
+        self._grip_stop = threading.Event()
+        self.gripper_error: str | None = None
         self.recoveries = 0
         self.lead_capped = 0  # commands whose start was pulled back towards a lagging arm
         self.last_error: str | None = None
@@ -100,6 +106,8 @@ class FrankaRobot(Robot):
             if c.gripper:
                 self.gripper = fr.Gripper(c.host)
                 self._width = float(self.gripper.width)
+                self._max_width = float(self.gripper.max_width)
+                self._start_gripper_reader()
         except Exception as e:  # noqa: BLE001 - franky raises its own exception types
             raise RobotError(f"franka at {c.host}: could not connect ({type(e).__name__}: {e})") from e
         self.get_state()
@@ -108,6 +116,10 @@ class FrankaRobot(Robot):
         """Brake, wait for the motion to end, then drop the connection. franky's motion thread must not outlive its
         Robot object (that crashes the process): a robot still in control is kept alive instead of destroyed."""
         r, g = self.robot, self.gripper
+        self._grip_stop.set()
+        if self._grip_thread is not None:
+            self._grip_thread.join(2.0)
+            self._grip_thread = None
         try:
             if r is not None:
                 self._hold()
@@ -136,11 +148,7 @@ class FrankaRobot(Robot):
         self._check_errors()
         pos, quat = self._pose()
         if self.gripper is not None:
-            self._poll_gripper()
-            try:
-                self._width = float(self.gripper.width)
-            except Exception as e:  # noqa: BLE001
-                raise RobotError(f"franka gripper: {type(e).__name__}: {e}") from e
+            self._poll_gripper()  # width: cached by the gripper thread, never a blocking read here
         q = np.asarray(self.robot.current_joint_state.position, np.float64)
         self._q = np.concatenate([q, [self._width / 2, self._width / 2]])
         return np.concatenate([pos, quat, [self._width / 2, -self._width / 2]]).astype(np.float32)
@@ -159,7 +167,8 @@ class FrankaRobot(Robot):
         return self._anchor
 
     def status(self) -> dict:
-        return {"recoveries": self.recoveries, "lead_capped": self.lead_capped, "robot_error": self.last_error, "gripper_width": self._width,
+        return {"recoveries": self.recoveries, "lead_capped": self.lead_capped, "robot_error": self.last_error,
+                "gripper_error": self.gripper_error, "gripper_width": self._width,
                 "control": self.config.control}
 
     # ----- actions -----
@@ -280,6 +289,21 @@ class FrankaRobot(Robot):
         self._grip_pending = want
         self._poll_gripper()
 
+    def _start_gripper_reader(self) -> None:
+        g, period = self.gripper, self.config.gripper_poll_s
+        self._grip_stop.clear()
+
+        def run() -> None:
+            while not self._grip_stop.wait(period):
+                try:
+                    self._width = float(g.width)  # franky releases the GIL while it waits for the gripper
+                    self.gripper_error = None
+                except Exception as e:  # noqa: BLE001 - reported in the state, the arm keeps working
+                    self.gripper_error = f"{type(e).__name__}: {e}"[:200]
+
+        self._grip_thread = threading.Thread(target=run, name="franka-gripper-state", daemon=True)
+        self._grip_thread.start()
+
     def _poll_gripper(self) -> None:
         """Start the pending gripper command once the previous one finished (gripper commands do not preempt)."""
         f = self._grip_future
@@ -293,5 +317,5 @@ class FrankaRobot(Robot):
             self._grip_future = self.gripper.grasp_async(0.0, c.gripper_speed, c.grasp_force, epsilon_inner=0.1,
                                                          epsilon_outer=0.1)
         else:
-            self._grip_future = self.gripper.move_async(self.gripper.max_width, c.gripper_speed)
+            self._grip_future = self.gripper.move_async(self._max_width, c.gripper_speed)
         self._grip_pending = 0

@@ -1,0 +1,36 @@
+"""The `vla` console script: help, task listing, and errors that name what was wrong."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _vla(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "vla.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_help_lists_commands():
+    r = _vla("--help")
+    assert r.returncode == 0
+    for cmd in ("envs", "collect", "train", "eval", "serve", "distill", "capvector"):
+        assert cmd in r.stdout
+
+
+def test_envs_lists_tasks():
+    r = _vla("envs")
+    assert r.returncode == 0
+    for task in ("Lift", "Stack", "PickPlaceCan", "PickColor", "StackColor"):
+        assert task in r.stdout
+
+
+def test_errors_are_named(tmp_path):
+    r = _vla("collect", "--task", "Lfit", "--episodes", "1", "--out", str(tmp_path / "x.hdf5"))
+    assert r.returncode == 2 and "unknown task 'Lfit'" in r.stderr and "Did you mean 'Lift'" in r.stderr
+    r = _vla("train", "--config", "lift_tinny")
+    assert r.returncode == 2 and "lift_tiny" in r.stderr
+    r = _vla("eval", "--policy", str(tmp_path / "missing"), "--task", "Lift", "--episodes", "1")
+    assert r.returncode == 2 and "missing" in r.stderr
