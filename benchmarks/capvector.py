@@ -51,7 +51,8 @@ def run_train(out: str, paths: list[str], steps: int, seed: int, init: str | Non
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pretrain", action="append", required=True)
+    ap.add_argument("--pretrain", action="append", default=[])
+    ap.add_argument("--pt", help="use this existing policy as theta_pt instead of pretraining one")
     ap.add_argument("--extract", action="append", required=True)
     ap.add_argument("--downstream", action="append", required=True)
     ap.add_argument("--downstream-task", required=True)
@@ -72,8 +73,13 @@ def main() -> None:
     w = args.work
     os.makedirs(w, exist_ok=True)
     t0 = time.time()
-    print("[capvector] 1/3 pretraining theta_pt", flush=True)
-    pt = run_train(f"{w}/pt", args.pretrain, args.pretrain_steps, seed=0)
+    if args.pt:
+        pt = args.pt
+    elif args.pretrain:
+        print("[capvector] 1/3 pretraining theta_pt", flush=True)
+        pt = run_train(f"{w}/pt", args.pretrain, args.pretrain_steps, seed=0)
+    else:
+        ap.error("--pretrain FILE (one or more) or --pt POLICY_DIR is required")
     print("[capvector] 2/3 extraction finetunes (SFT and auxiliary), gamma, theta_meta", flush=True)
     ft = run_train(f"{w}/extract_sft", args.extract, args.extract_steps, seed=0, init=pt, max_demos=args.extract_demos)
     ao = run_train(f"{w}/extract_aux", args.extract, args.extract_steps, seed=0, init=pt, aux="spatial",

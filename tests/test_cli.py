@@ -16,7 +16,7 @@ def _vla(*args, timeout=300):
 def test_help_lists_commands():
     r = _vla("--help")
     assert r.returncode == 0
-    for cmd in ("envs", "collect", "train", "eval", "serve", "distill", "capvector"):
+    for cmd in ("envs", "collect", "train", "eval", "serve", "distill", "capvector", "export"):
         assert cmd in r.stdout
 
 
@@ -34,3 +34,18 @@ def test_errors_are_named(tmp_path):
     assert r.returncode == 2 and "lift_tiny" in r.stderr
     r = _vla("eval", "--policy", str(tmp_path / "missing"), "--task", "Lift", "--episodes", "1")
     assert r.returncode == 2 and "missing" in r.stderr
+
+
+def test_export_half_precision_keeps_notes(tmp_path):
+    import json
+
+    from vla.policy import Policy
+
+    Policy.untrained("tiny").save_pretrained(str(tmp_path / "p"), extra={"train": {"steps": 5}})
+    r = _vla("export", "--policy", str(tmp_path / "p"), "--out", str(tmp_path / "q"), "--note", "reproduce=vla train x")
+    assert r.returncode == 0, r.stderr
+    cfg = json.load(open(tmp_path / "q" / "config.json"))
+    assert cfg["reproduce"] == "vla train x" and cfg["train"] == {"steps": 5}
+    assert json.loads(r.stdout)["model_bytes"] < 0.55 * os.path.getsize(tmp_path / "p" / "model.safetensors")
+    r = _vla("export", "--policy", str(tmp_path / "p"), "--out", str(tmp_path / "z"), "--note", "oops")
+    assert r.returncode == 2 and "--note" in r.stderr

@@ -59,9 +59,11 @@ def test_server_killed_mid_episode_loop_holds_then_resumes(policy, env, hold):
     loop = ControlLoop(client, EnvRobot(env), LoopConfig(rate_hz=10, on_starvation=hold, request_below=6,
                                                          request_timeout_ms=800, retry_interval_s=0.05))
     marks: dict = {}
+    started = threading.Event()  # the outage is timed from the episode's 5th step: a cold first reset can take 15 s
 
     def outage():
-        time.sleep(1.5)
+        started.wait(120)
+        time.sleep(1.0)
         srv.stop()  # the server dies mid-episode...
         marks["down"] = time.monotonic()
         time.sleep(2.5)
@@ -70,10 +72,15 @@ def test_server_killed_mid_episode_loop_holds_then_resumes(policy, env, hold):
 
     th = threading.Thread(target=outage)
     stamps = []
+
+    def on_step(t, obs, a):
+        stamps.append(time.monotonic())
+        if t >= 5:
+            started.set()
+
     th.start()
     try:
-        log = loop.run_episode(seed=11, max_steps=70, keep_actions=True,
-                               on_step=lambda t, obs, a: stamps.append(time.monotonic()))
+        log = loop.run_episode(seed=11, max_steps=70, keep_actions=True, on_step=on_step)
     finally:
         th.join()
         loop.close()

@@ -101,6 +101,25 @@ def test_save_load_identical(tmp_path, preset, decoder):
         np.testing.assert_array_equal(a, b)
 
 
+def test_half_precision_checkpoint(tmp_path):
+    """A float16 checkpoint is half the size and loads back into a float32 model with every weight rounded."""
+    from safetensors.torch import load_file
+
+    p = Policy.untrained("tiny", seed=4)
+    p.save_pretrained(str(tmp_path / "f32"))
+    p.save_pretrained(str(tmp_path / "f16"), dtype="float16")
+    s32, s16 = (os.path.getsize(tmp_path / d / "model.safetensors") for d in ("f32", "f16"))
+    assert s16 < 0.55 * s32
+    assert all(v.dtype == torch.float16 for v in load_file(str(tmp_path / "f16" / "model.safetensors")).values())
+    q = Policy.from_pretrained(str(tmp_path / "f16"))
+    for k, v in p.model.state_dict().items():
+        w = q.model.state_dict()[k]
+        assert w.dtype == torch.float32
+        torch.testing.assert_close(w, v.half().float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="dtype"):
+        p.save_pretrained(str(tmp_path / "bad"), dtype="int8")
+
+
 def test_select_action_queue_and_reset():
     p = Policy.untrained("tiny")
     p.n_action_steps = 3

@@ -90,3 +90,31 @@ def _cmd_inspect(args) -> int:
 
     print(json.dumps(inspect(args.vector, other=args.other, png=args.png), indent=2))
     return 0
+
+
+def add_export(sub) -> None:
+    s = sub.add_parser("export", help="copy a policy checkpoint, optionally with half-precision weights")
+    s.add_argument("--policy", required=True, help="policy checkpoint directory")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    s.add_argument("--note", action="append", default=[], help="KEY=VALUE written into config.json (e.g. reproduce=...)")
+    s.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    import os
+
+    from vla.policy import Policy, read_checkpoint_files
+
+    config, _, _ = read_checkpoint_files(args.policy)
+    keep = {k: v for k, v in config.items() if k not in ("type", "format_version", "vla_stack_version", "model",
+                                                         "decode", "n_action_steps")}
+    for item in args.note:
+        if "=" not in item:
+            raise ValueError(f"--note: expected KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        keep[k] = v
+    Policy.from_pretrained(args.policy).save_pretrained(args.out, extra=keep, dtype=args.dtype)
+    size = os.path.getsize(os.path.join(args.out, "model.safetensors"))
+    print(json.dumps({"out": args.out, "dtype": args.dtype, "model_bytes": size}, indent=2))
+    return 0

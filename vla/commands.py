@@ -155,7 +155,13 @@ def _add_capvector(sub) -> None:
     add_capvector(sub)
 
 
-REGISTRARS: list = [_add_train, _add_eval, _add_distill, _add_capvector]
+def _add_export(sub) -> None:
+    from vla.cli_extra import add_export
+
+    add_export(sub)
+
+
+REGISTRARS: list = [_add_train, _add_eval, _add_distill, _add_capvector, _add_export]
 REGISTRARS.append(lambda sub: __import__("robot_bridge.cli", fromlist=["add_serve"]).add_serve(sub))  # `vla serve`, imported lazily
 REGISTRARS.append(lambda sub: __import__("robot_bridge.robot_cli", fromlist=["x"]).add_robot_server(sub))  # `vla robot-server`
 REGISTRARS.append(lambda sub: __import__("robot_bridge.robot_cli", fromlist=["x"]).add_run(sub))  # `vla run`

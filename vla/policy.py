@@ -182,8 +182,11 @@ class Policy:
         self.generator.manual_seed(self.seed)
 
     # ----- persistence -----
-    def save_pretrained(self, path: str, extra: dict | None = None) -> None:
-        """Write the checkpoint files into `path` (each to a temporary name, then renamed)."""
+    def save_pretrained(self, path: str, extra: dict | None = None, dtype: str | None = None) -> None:
+        """Write the checkpoint files into `path` (each to a temporary name, then renamed).
+
+        dtype: store floating-point weights as "float16"/"bfloat16" (half the size; loading casts back to float32).
+        """
         from safetensors.torch import save_file
 
         os.makedirs(path, exist_ok=True)
@@ -198,6 +201,11 @@ class Policy:
         if extra:
             config.update(extra)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
+        if dtype is not None:
+            if dtype not in ("float16", "bfloat16", "float32"):
+                raise ValueError(f"dtype: expected float16, bfloat16 or float32, got {dtype!r}")
+            tdt = getattr(torch, dtype)
+            state = {k: v.to(tdt) if v.is_floating_point() else v for k, v in state.items()}
         _atomic(os.path.join(path, "model.safetensors"), lambda p: save_file(state, p, metadata={"format": "pt"}))
         norm = {"action": self.action_tokenizer.to_json(), "state": self.state_normalizer.to_json(), "stats": self.stats}
         _atomic_json(os.path.join(path, "normalization.json"), norm)
