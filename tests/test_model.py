@@ -224,3 +224,16 @@ def test_local_hf_checkpoint(tmp_path):
     shutil.rmtree(hf_dir)
     q = Policy.from_pretrained(out)
     np.testing.assert_array_equal(q.predict_action_chunk(_obs()), p.predict_action_chunk(_obs()))
+
+
+def test_shipped_demo_checkpoint_loads_and_says_how_it_was_made():
+    """`make demo` serves vla/pretrained/lift_tiny: it must load with no other knowledge and name its recipe."""
+    import json
+
+    d = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vla", "pretrained", "lift_tiny")
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    assert "vla train --config configs/train/lift_tiny_aux.yaml" in cfg["reproduce"]
+    p = Policy.from_pretrained(d)
+    assert p.cfg.attention == "bidirectional" and not any("aux" in k for k in p.model.state_dict())
+    a = p.predict_action_chunk(_obs(S=p.cfg.image_size))
+    assert a.shape == (p.cfg.chunk_size, 7) and np.all(np.abs(a) <= 1)

@@ -2,8 +2,8 @@
 
 1. collect scripted-expert demos (if absent)           -> data/demo/lift.hdf5
 2. train the tiny preset on them (a short run)          -> demo_out/train (loss curve)
-3. serve the shipped policy over ZeroMQ on loopback     (vla/pretrained/pickcolor_tiny, reproduced by the command
-                                                          in its config.json "reproduce" field)
+3. serve the shipped policy over ZeroMQ on loopback     (vla/pretrained/lift_tiny, fp16, 5 MB; reproduced by the
+                                                          command in its config.json "reproduce" field)
 4. evaluate it in MuJoCo through the control loop       (sync mode for exact numbers, then the async 20 Hz loop)
 5. write demo_out/REPORT.md with success rate, decode latency, plots and a video
 """
@@ -19,7 +19,7 @@ import time
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "pickcolor_tiny")
+PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "lift_tiny")
 
 
 def _say(msg: str) -> None:
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--async-episodes", type=int, default=3)
     ap.add_argument("--policy", default=PRETRAINED, help="policy to serve and evaluate")
-    ap.add_argument("--task", default="PickColor")
+    ap.add_argument("--task", default="Lift")
     args = ap.parse_args(argv)
     t_start = time.time()
     out = os.path.abspath(args.out)
