@@ -43,14 +43,26 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--latency-obs", type=int, default=100)
     ap.add_argument("--out", default="benchmarks/results/dvla.json")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="re-measure decode latency only; keep the success figures already in --out")
+    ap.add_argument("--threads", type=int, help="torch threads for the latency measurement")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     res: dict = {"command": "python benchmarks/dvla.py " + " ".join(sys.argv[1:]), "preset": "tiny", "tasks": {}}
+    if args.latency_only:
+        prev = json.load(open(args.out))
+        res = {**prev, "latency_command": res["command"]}
     eval_root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "dvla_eval")
     first_policy = None
     train_minutes, demos = [], []
     for item in args.policy:
         task, pdir = item.split("=", 1)
         first_policy = first_policy or pdir
+        if args.latency_only:
+            continue
         s = evaluate_policy_dir(pdir, task, episodes=args.episodes, workers=args.workers, videos=1,
                                 out_dir=os.path.join(eval_root, task))
         summ = _summary(pdir)
@@ -59,7 +71,7 @@ def main() -> None:
                               "train_steps": summ.get("steps")}
         train_minutes.append(summ.get("train_seconds", 0) / 60)
         print(task, res["tasks"][task], flush=True)
-    if args.multitask:
+    if args.multitask and not args.latency_only:
         per = {}
         for task in TASKS:
             s = evaluate_policy_dir(args.multitask, task, episodes=args.episodes, workers=args.workers, videos=1,
@@ -70,7 +82,9 @@ def main() -> None:
         res["multitask"] = {"per_task": per, "policy": args.multitask,
                             "train_minutes": round(summ.get("train_seconds", 0) / 60, 1)}
         res["multitask_avg"] = sum(per.values()) / len(per)
-    if train_minutes:
+    if args.latency_only:
+        pass
+    elif train_minutes:
         res["train_minutes"] = round(max(train_minutes), 1)
     # decode latency for K = 4, 8, 12 (parallel decoder, batch 1)
     if first_policy:
