@@ -6,8 +6,9 @@
 Rows per task: parallel (bidirectional teacher, K passes), parallel-cached (teacher, stale action KV),
 block and pipelined (distilled block-causal student), pipelined with --decode-steps m (m = the executed steps).
 Latency/tokens/NFE: batch 1 over observations from the task's demos; success: closed-loop episodes (fixed seeds).
-Optional --distill-curve DIR: a distillation run's checkpoints, evaluated to find the first step that reaches the
-teacher's success (distill_steps_fraction = that step / the teacher's training steps).
+distill_steps_fraction = the student's distillation steps / the teacher's training steps (read from the checkpoints'
+training records); distill_reaches_teacher says whether, at that many steps, the student's pipelined success is
+within 2 points of the teacher's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from latency import measure, sample_observations  # noqa: E402
+
+import torch  # noqa: E402
 
 from sim.evaluate import evaluate_policy_dir  # noqa: E402
 from vla.policy import Policy  # noqa: E402
@@ -45,8 +48,10 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=None, help="m for the decode-only-what-runs row (default: replan)")
     ap.add_argument("--latency-obs", type=int, default=100)
     ap.add_argument("--skip-success", action="store_true", help="latency rows only")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the latency rows")
     ap.add_argument("--out", default="benchmarks/results/decode.json")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     teachers, students = _kv(args.teacher), _kv(args.student)
     rows = []
     eval_root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "decode_eval")
@@ -89,14 +94,18 @@ def main() -> None:
         "speedup_pipelined_vs_parallel": sum(r["speedup_tokens_per_s"] for r in pip) / len(pip),
         "pipelined_latency_ms_p50": max(r["latency_ms_p50"] for r in pip),
     }
+    fractions = []
+    for task, tdir in teachers.items():
+        t_steps, s_steps = _train_info(tdir).get("steps"), _train_info(students[task]).get("steps")
+        if t_steps and s_steps:
+            fractions.append(s_steps / t_steps)
+    if fractions:
+        res["distill_steps_fraction"] = max(fractions)
     if not args.skip_success:
         gaps = [100 * (base[r["task"]]["success"] - r["success"]) for r in pip]
         res["success_gap_points"] = max(gaps)
+        res["distill_reaches_teacher"] = bool(max(gaps) <= 2.0)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    prev = json.load(open(args.out)) if os.path.exists(args.out) else {}
-    for key in ("distill_steps_fraction", "distill_curve"):
-        if key in prev:
-            res[key] = prev[key]
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
     print(format_table(rows))

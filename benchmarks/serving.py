@@ -12,6 +12,8 @@ Servers run as `vla serve` subprocesses (as deployed), on loopback:
   (b) async ControlLoop at --rate Hz with a sim env over --episodes episodes: loop Hz, starvation events, p99
       |period - 1/rate|; then --rates on --rate-episodes episodes each: the highest rate the loop sustained
       (>= 90 % of it) with zero starvation (null when none did).
+  (b') the same async loop with a ReplayRobot (recorded demo frames; no physics) over --replay-episodes
+      episodes at --rate and --replay-rates: what serving sustains when the robot's step costs nothing.
   (c) 4 client processes, each with its own env, in sync mode (chunk, replan_every steps, chunk...) for
       --clients-seconds against a batching server (max_batch 8, max_wait 2 ms) and an unbatched one
       (max_batch 1): requests/s over all clients and p99 request latency.
@@ -120,6 +122,47 @@ def run_loop(address: str, env, rate: float, episodes: int, max_steps: int | Non
     return out
 
 
+class ReplayRobot:
+    """Recorded demo observations as the loop's robot: apply() moves to the next recorded frame at no cost.
+
+    The loop, client, server and policy run for real; only the arm is replaced by a recording, so the loop rate
+    is bounded by serving, not by robosuite's physics step (40-60 ms here, which caps a sim loop below 30 Hz).
+    Success has no meaning here (the actions do not move the recording).
+    """
+
+    def __init__(self, demos, steps: int):
+        self.demos, self.steps_per_episode = demos, steps
+        self.done, self.success, self._d, self._t = False, False, 0, 0
+
+    @property
+    def horizon(self) -> int:
+        return self.steps_per_episode
+
+    def reset(self, seed: int | None = None) -> dict:
+        self._d, self._t, self.done = (seed or 0) % len(self.demos), 0, False
+        return self.get_observation()
+
+    def get_observation(self) -> dict:
+        d = self.demos[self._d]
+        t = min(self._t, len(d) - 1)
+        return {"images": {c: im[t] for c, im in d.images.items()}, "state": d.state[t], "instruction": d.instruction}
+
+    def apply(self, action: np.ndarray) -> None:
+        self._t += 1
+        self.done = self._t >= self.steps_per_episode
+
+
+def run_replay_loop(address: str, robot: ReplayRobot, rate: float, episodes: int) -> dict:
+    from robot_bridge.control_loop import ControlLoop, LoopConfig
+    from robot_bridge.remote_eval import aggregate_stats
+
+    with PolicyClient(address, timeout_ms=5000, retries=1) as c:
+        loop = ControlLoop(c, robot, LoopConfig(mode="async", rate_hz=rate))
+        logs = [loop.run_episode(seed=i) for i in range(episodes)]
+        loop.close()
+    return aggregate_stats([lg.stats for lg in logs])
+
+
 def _client_worker(idx, addresses, task, size, seconds, replan, barrier, results):
     """One sim client process: sync chunk loop against each address in turn, for `seconds` each."""
     from sim.env import VLAEnv
@@ -194,6 +237,12 @@ def bench_fuzz(address: str, n: int, spec: P.ObsSpec, progress: bool) -> dict:
     return {"fuzz_messages": sent, "fuzz_replies": replies, "fuzz_error_replies": errors}
 
 
+def _training_data(policy_dir: str) -> str | None:
+    cfg = json.load(open(os.path.join(policy_dir, "config.json")))
+    paths = (((cfg.get("train") or {}).get("data") or {}).get("paths")) or []
+    return paths[0] if paths and os.path.exists(paths[0]) else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--policy", help="policy checkpoint directory (default: an untrained tiny policy)")
@@ -204,6 +253,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rate-episodes", type=int, default=3)
     ap.add_argument("--max-steps", type=int, help="cap episode length (smoke runs)")
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--replay-data", help="(b') demo file for the replay loop (default: the policy's training data)")
+    ap.add_argument("--replay-episodes", type=int, default=50)
+    ap.add_argument("--replay-steps", type=int, default=150, help="(b') loop ticks per replay episode")
+    ap.add_argument("--replay-rates", default="30,40,50,60")
     ap.add_argument("--transport-requests", type=int, default=1000)
     ap.add_argument("--clients-seconds", type=float, default=30.0)
     ap.add_argument("--replan-every", type=int, help="(c) actions per chunk (default: the policy's n_action_steps)")
@@ -251,6 +304,21 @@ def main(argv=None) -> int:
         # a rate counts only if the loop actually ran at it (>= 90 %) and never starved
         zero = [r for r, v in sweep.items() if v["starvation_events"] == 0 and v["loop_hz"] >= 0.9 * r]
 
+        replay_data = args.replay_data or _training_data(policy_dir)
+        if replay_data:
+            from sim.dataset import load_demos
+
+            demos = load_demos(replay_data, split=None, tasks=[args.task])[:20]
+            robot = ReplayRobot(demos, args.replay_steps)
+            details["b_replay"] = run_replay_loop(servers["batched"].address, robot, args.rate, args.replay_episodes)
+            print(f"(b') replay {args.rate} Hz", json.dumps(details["b_replay"]), flush=True)
+            rsweep = {}
+            for r in [float(x) for x in args.replay_rates.split(",") if x]:
+                rsweep[r] = run_replay_loop(servers["batched"].address, robot, r, args.rate_episodes)
+                print(f"(b') replay sweep {r} Hz", json.dumps(rsweep[r]), flush=True)
+            details["replay_rate_sweep"] = {str(k): v for k, v in rsweep.items()}
+            rzero = [r for r, v in rsweep.items() if v["starvation_events"] == 0 and v["loop_hz"] >= 0.9 * r]
+
         replan = args.replan_every or int(meta["n_action_steps"])
         details["c"] = bench_clients({"batched": servers["batched"].address, "unbatched": servers["unbatched"].address},
                                      args.task, args.image_size, args.clients_seconds, replan)
@@ -271,6 +339,10 @@ def main(argv=None) -> int:
         "starvation_events": details["b"]["starvation_events"],
         "jitter_ms_p99": details["b"]["jitter_ms_p99"],
         "max_hz_zero_starvation": max(zero) if zero else None,
+        "replay": None if "b_replay" not in details else {
+            "loop_hz": details["b_replay"]["loop_hz"], "starvation_events": details["b_replay"]["starvation_events"],
+            "jitter_ms_p99": details["b_replay"]["jitter_ms_p99"], "episodes": args.replay_episodes,
+            "max_hz_zero_starvation": max(rzero) if rzero else None},
         "fuzz_messages": details["d"]["fuzz_messages"],
         "server_crashes": crashes,
         "clients4": {"batched_rps": details["c"]["batched"]["rps"], "unbatched_rps": details["c"]["unbatched"]["rps"],

@@ -131,3 +131,26 @@ def test_train_config_errors(dataset, tmp_path):
     with pytest.raises(ValueError) as e:
         load_train_config("lift_tiyn")
     assert "lift_tiny" in str(e.value)
+
+
+def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(dataset, tmp_path):
+    """`vla distill`: student starts from the teacher's weights, block-causal, same data and image shift."""
+    from vla.cli import main
+
+    teacher = tmp_path / "teacher"
+    train(_cfg(dataset, teacher, steps=2, data=DataConfig(paths=(dataset,), augment_shift=0)), progress=False)
+    out = tmp_path / "student"
+    rc = main(["distill", "--teacher", str(teacher / "policy"), "--out", str(out), "--steps", "2", "--no-progress",
+               "--set", "batch_size=2", "--set", "val_every=0", "--set", "save_every=0", "--set", "threads=1"])
+    assert rc == 0
+    cfg = json.load(open(out / "policy" / "config.json"))
+    assert cfg["model"]["attention"] == "block_causal"
+    assert cfg["decode"]["decoder"] == "pipelined"
+    assert cfg["train"]["data"]["augment_shift"] == 0  # the distill config's default (4) gave way to the teacher's
+    assert cfg["train"]["data"]["paths"] == [dataset]
+    assert cfg["train"]["steps"] == 2
+    Policy.from_pretrained(str(out / "policy")).predict_action_chunk(
+        {"images": {c: np.zeros((32, 32, 3), np.uint8) for c in ("agentview", "wrist")},
+         "state": np.zeros(9, np.float32), "instruction": "lift the cube"})
+    # a bidirectional teacher is required
+    assert main(["distill", "--teacher", str(out / "policy"), "--out", str(tmp_path / "x"), "--no-progress"]) == 2

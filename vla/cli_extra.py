@@ -37,6 +37,11 @@ def _cmd_distill(args) -> int:
         extra["data"] = {"paths": list(paths)}
     if args.lora_rank:
         extra["lora_rank"] = args.lora_rank
+    # the student sees images as the teacher was trained on them (random shift or none), unless --set says otherwise
+    teacher_data = (config.get("train") or {}).get("data") or {}
+    user_keys = {item.split("=", 1)[0] for item in (args.set or [])}
+    if "augment_shift" in teacher_data and "data.augment_shift" not in user_keys:
+        args.set = [f"data.augment_shift={teacher_data['augment_shift']}"] + list(args.set or [])
     args.init = None
     args.capvector = None
     args.orth_weight = None

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from vla.config import ModelConfig
+from vla.fast_layers import FastStack
+from vla.fast_layers import supported as fast_supported
 from vla.kv_cache import KVCache
 from vla.masks import full_mask, query_mask
 
@@ -128,6 +130,7 @@ class DVLA(nn.Module):
         from transformers import AutoModel, LlamaModel, Qwen2Model
 
         self.cfg = cfg
+        self.fast_inference = True  # vla.fast_layers for no-grad passes; False runs transformers' modules
         if cfg.backbone_path:
             self.backbone = AutoModel.from_pretrained(cfg.backbone_path, local_files_only=True, attn_implementation="sdpa")
             if self.backbone.config.hidden_size != cfg.hidden_size:
@@ -159,7 +162,16 @@ class DVLA(nn.Module):
 
     # ----- the stack -----
     def run_layers(self, h, mask, position_ids, cache: KVCache | None = None, capture_layer: int | None = None):
-        """h (B, Q, d), mask (B, 1, Q, K), position_ids (B, Q) -> (normed hidden (B, Q, d), captured hidden or None)."""
+        """h (B, Q, d), mask (B, 1, Q, K), position_ids (B, Q) -> (normed hidden (B, Q, d), captured hidden or None).
+
+        Without autograd (decoding) this runs vla.fast_layers' lean path over the same weights.
+        """
+        if capture_layer is None and self.fast_inference and not torch.is_grad_enabled():
+            fast = self.__dict__.get("_fast")
+            if fast is None:
+                fast = self.__dict__["_fast"] = FastStack(self.backbone) if fast_supported(self.backbone) else False
+            if fast and fast.refresh():
+                return fast.run(h, mask, position_ids, cache), None
         pos_emb = self.backbone.rotary_emb(h, position_ids=position_ids)
         captured = None
         for i, layer in enumerate(self.backbone.layers):

@@ -1,0 +1,134 @@
+"""A lean inference path through a transformers Llama/Qwen2 decoder stack, for cached chunk decoding.
+
+At decode time a pass runs 7-56 action tokens through a ~2.6M-parameter stack, so on a CPU its cost is set
+by the number of kernel launches and small matmuls, not by FLOPs. transformers' layers spend three matmuls on
+q/k/v and two on gate/up, recompute the rotary table every pass, and run RMSNorm as five ops. This path uses
+the same weights, fused once into [q|k|v] and [gate|up] matrices (rebuilt whenever a weight changes in place,
+e.g. an optimizer step between evaluations), a rotary table computed once, `F.rms_norm` and one SDPA call,
+and computes the same function: tests/test_fast_layers.py checks it against the transformers forward.
+
+Only for inference (no autograd); training always runs transformers' modules.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supported(backbone) -> bool:
+    cfg = backbone.config
+    return (
+        getattr(cfg, "model_type", "") in ("llama", "qwen2")
+        and getattr(cfg, "hidden_act", "silu") == "silu"
+        and not getattr(cfg, "use_sliding_window", False)
+        and (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default") == "default"
+    )
+
+
+class FastStack:
+    """Fused weights of one backbone, with a version key so they never go stale."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+        self._key = None
+        self._layers: list[tuple] = []
+        self._cos = self._sin = None
+        self.ok = False
+        self._params: list | None = None
+        self._modules: list = []
+
+    def _version_key(self):
+        # the modules that hold the weights (a LoRA wrap replaces them) and every weight's in-place version counter
+        if self._params is None or any(a is not b for a, b in zip(self._modules, self._current_modules())):
+            self._params = list(self.backbone.parameters())
+            self._modules = self._current_modules()
+        return (tuple(id(m) for m in self._modules),) + tuple((id(p), p._version, p.dtype) for p in self._params)
+
+    def _current_modules(self) -> list:
+        out = [self.backbone.norm, self.backbone.rotary_emb]
+        for layer in self.backbone.layers:
+            a, m = layer.self_attn, layer.mlp
+            out += [layer.input_layernorm, layer.post_attention_layernorm, a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+                    m.gate_proj, m.up_proj, m.down_proj]
+        return out
+
+    def _build(self) -> bool:
+        """Fuse the weights; False when a projection is not a plain nn.Linear (e.g. LoRA-wrapped)."""
+        bb = self.backbone
+        layers = []
+        for layer in bb.layers:
+            a, m = layer.self_attn, layer.mlp
+            projs = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+            if any(type(p) is not torch.nn.Linear for p in projs) or m.gate_proj.bias is not None:
+                return False
+            w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0).detach()  # ((nh+2nkv)*hd, d)
+            b_qkv = None
+            if a.q_proj.bias is not None:
+                b_qkv = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], 0).detach()
+            w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight], 0).detach()  # (2*I, d)
+            layers.append((
+                layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon,
+                w_qkv, b_qkv, a.o_proj.weight.detach(), None if a.o_proj.bias is None else a.o_proj.bias.detach(),
+                layer.post_attention_layernorm.weight.detach(), layer.post_attention_layernorm.variance_epsilon,
+                w_gu, m.down_proj.weight.detach(),
+            ))
+        self._layers = layers
+        cfg = bb.config
+        rot = bb.rotary_emb
+        n_pos = int(cfg.max_position_embeddings)
+        pos = torch.arange(n_pos, device=rot.inv_freq.device, dtype=torch.float)
+        freqs = pos[:, None] * rot.inv_freq.float()[None]  # (n_pos, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (n_pos, hd)
+        dtype = bb.norm.weight.dtype
+        self._cos = (emb.cos() * rot.attention_scaling).to(dtype)
+        self._sin = (emb.sin() * rot.attention_scaling).to(dtype)
+        return True
+
+    def refresh(self) -> bool:
+        key = self._version_key()
+        if key != self._key:
+            self.ok = self._build()
+            self._key = key
+        return self.ok
+
+    @torch.no_grad()
+    def run(self, h: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache) -> torch.Tensor:
+        """h (B, Q, d), mask (B, 1, Q, K) additive float, position_ids (B, Q) -> final-normed hidden (B, Q, d).
+
+        Call refresh() first (it returns False where this path cannot run).
+        """
+        if not self.ok:
+            raise RuntimeError("FastStack.run: call refresh() first; it must return True")
+        bb = self.backbone
+        cfg = bb.config
+        B, Q, d = h.shape
+        nh = cfg.num_attention_heads
+        nkv = cfg.num_key_value_heads or nh
+        hd = getattr(cfg, "head_dim", None) or d // nh
+        cos = self._cos[position_ids][:, None]  # (B, 1, Q, hd)
+        sin = self._sin[position_ids][:, None]
+        half = hd // 2
+        for i, (w_in, eps_in, w_qkv, b_qkv, w_o, b_o, w_post, eps_post, w_gu, w_down) in enumerate(self._layers):
+            x = _rms(h, w_in, eps_in)
+            qkv = F.linear(x, w_qkv, b_qkv)  # (B, Q, (nh+2nkv)*hd)
+            q = qkv[..., : nh * hd].view(B, Q, nh, hd).transpose(1, 2)  # (B, nh, Q, hd)
+            k = qkv[..., nh * hd:(nh + nkv) * hd].view(B, Q, nkv, hd).transpose(1, 2)  # (B, nkv, Q, hd)
+            v = qkv[..., (nh + nkv) * hd:].view(B, Q, nkv, hd).transpose(1, 2)
+            q = q * cos + torch.cat([-q[..., half:], q[..., :half]], dim=-1) * sin
+            k = k * cos + torch.cat([-k[..., half:], k[..., :half]], dim=-1) * sin
+            if cache is not None:
+                k, v = cache.update(k, v, i)  # (B, nkv, K, hd)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=hd**-0.5, enable_gqa=nkv != nh)
+            h = h + F.linear(o.transpose(1, 2).reshape(B, Q, nh * hd), w_o, b_o)
+            x = _rms(h, w_post, eps_post)
+            g, u = F.linear(x, w_gu).chunk(2, dim=-1)  # (B, Q, I) each
+            h = h + F.linear(F.silu(g) * u, w_down)
+        return _rms(h, bb.norm.weight, bb.norm.variance_epsilon)
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), w, eps)
+    # transformers normalizes in float32 and casts back before the weight
+    return w * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
