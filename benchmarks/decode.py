@@ -54,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     teachers, students = _kv(args.teacher), _kv(args.student)
     rows = []
-    eval_root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "decode_eval")
+    eval_root = os.path.splitext(os.path.abspath(args.out))[0] + "_eval"  # decode.json -> decode_eval/
     for task, tdir in teachers.items():
         sdir = students[task]
         data = ((_train_info(tdir).get("data") or {}).get("paths") or [None])[0]

@@ -5,7 +5,7 @@ actions remain, the next chunk is requested from a background thread with the cu
 step s; the chunk it returns covers steps s, s+1, ...: on arrival at step t the actions for steps < t are
 dropped (alignment by request step), the rest replace (or blend into) the queue. A reply after its deadline
 (step s + H - 1, when its last action was due) is discarded. By default the loop asks when the queue holds
-fewer actions than the measured request latency covers (plus one), at least half a chunk. An empty queue when
+fewer actions than the slowest recent request latency covers (plus one), at least half a chunk. An empty queue when
 an action is due is a starvation event: the loop applies a hold action (zero arm deltas, gripper kept; or all
 zeros) and keeps asking.
 
@@ -367,10 +367,14 @@ class ControlLoop:
 
     @staticmethod
     def _adaptive_below(latencies_ms: list[float], period: float, chunk_len: int) -> int:
-        """Enough queued actions to cover a request's latency (p90 of the last 20) plus one step."""
+        """Enough queued actions to cover the slowest of the last 20 requests plus one step.
+
+        The slowest, not a percentile: a p90 margin let every tenth request run the queue dry (measured: 28
+        starvation events in 7500 ticks at 30 Hz with ~70 ms p50 / ~117 ms p99 latency).
+        """
         if not latencies_ms:
             return max(1, chunk_len // 2)
-        lat = float(np.percentile(latencies_ms[-20:], 90)) / 1e3
+        lat = float(np.max(latencies_ms[-20:])) / 1e3
         return int(min(chunk_len, max(chunk_len // 2, math.ceil(lat / period) + 1)))
 
     def _first_chunk(self, log: EpisodeLog, timeout_s: float) -> tuple[dict, int]:

@@ -212,3 +212,15 @@ def test_linear_blend_cross_fades_overlap(policy, env):
     assert w[0] == pytest.approx(0.75) and w[1] == pytest.approx(0.5) and w[2] == pytest.approx(0.25) and w[3] == 0
     with pytest.raises(ValueError, match="on_starvation"):
         LoopConfig(on_starvation="repeat")
+
+
+def test_adaptive_request_threshold_covers_the_slowest_recent_request():
+    from robot_bridge.control_loop import ControlLoop
+
+    period = 1 / 30
+    assert ControlLoop._adaptive_below([], period, 8) == 4  # no history: half a chunk
+    # 19 requests of 60 ms and one of 125 ms: the queue must cover 125 ms (4 periods) plus one step
+    lat = [60.0] * 19 + [125.0]
+    assert ControlLoop._adaptive_below(lat, period, 8) == 5
+    assert ControlLoop._adaptive_below([500.0], period, 8) == 8  # never more than a chunk
+    assert ControlLoop._adaptive_below([125.0] + [60.0] * 20, period, 8) == 4  # only the last 20 count
