@@ -367,10 +367,10 @@ class ControlLoop:
 
     @staticmethod
     def _adaptive_below(latencies_ms: list[float], period: float, chunk_len: int) -> int:
-        """Enough queued actions to cover the slowest of the last 20 requests plus one step.
+        """Enough queued actions to cover the slowest of the last 20 requests of this episode plus one step.
 
-        The slowest, not a percentile: a p90 margin let every tenth request run the queue dry (measured: 28
-        starvation events in 7500 ticks at 30 Hz with ~70 ms p50 / ~117 ms p99 latency).
+        (A p90 margin gave 28 starvation events in 7500 ticks at 30 Hz, ~70 ms p50 / ~115 ms p99 latency; the slowest
+        gave 32: the remaining events are not this margin's doing. See docs/BENCHMARKS.md, Serving.)
         """
         if not latencies_ms:
             return max(1, chunk_len // 2)
