@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from latency import measure, sample_observations  # noqa: E402
+from latency import measure, sample_observations, training_data  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -57,8 +57,7 @@ def main() -> None:
     eval_root = os.path.splitext(os.path.abspath(args.out))[0] + "_eval"  # decode.json -> decode_eval/
     for task, tdir in teachers.items():
         sdir = students[task]
-        data = ((_train_info(tdir).get("data") or {}).get("paths") or [None])[0]
-        obs = sample_observations(data, n=args.latency_obs, task=task)
+        obs = sample_observations(training_data(tdir), n=args.latency_obs, task=task)
         tpol = Policy.from_pretrained(tdir)
         k = args.k or tpol.decode_cfg.steps
         replan = tpol.n_action_steps

@@ -1,4 +1,4 @@
-"""Chunk decode latency of a policy on real observations (shared by benchmarks/dvla.py and benchmarks/decode.py).
+"""Chunk decode latency of a policy on real observations (shared by the benchmarks).
 
 Observations come from a demo file (their images, state and instruction), so confidence patterns - and thus the
 number of passes of threshold-based decoders - are those the policy meets in closed loop.
@@ -6,10 +6,24 @@ number of passes of threshold-based decoders - are those the policy meets in clo
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import numpy as np
 import torch
+
+
+def training_data(policy_dir: str) -> str | None:
+    """The first demo file a policy was trained on (its config.json's training record), or None."""
+    cfg = json.load(open(os.path.join(policy_dir, "config.json")))
+    paths = (((cfg.get("train") or {}).get("data") or {}).get("paths")) or []
+    return paths[0] if paths else None
+
+
+def demo_observation(demo, t: int) -> dict:
+    """Frame t of a sim.dataset.Demo as a policy observation."""
+    return {"images": {c: im[t] for c, im in demo.images.items()}, "state": demo.state[t], "instruction": demo.instruction}
 
 
 def sample_observations(dataset: str, n: int = 100, seed: int = 0, task: str | None = None) -> list[dict]:
@@ -21,7 +35,7 @@ def sample_observations(dataset: str, n: int = 100, seed: int = 0, task: str | N
     for _ in range(n):
         d = demos[int(rng.integers(len(demos)))]
         t = int(rng.integers(len(d)))
-        out.append({"images": {c: im[t] for c, im in d.images.items()}, "state": d.state[t], "instruction": d.instruction})
+        out.append(demo_observation(d, t))
     return out
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from latency import measure, sample_observations  # noqa: E402
+from latency import measure, sample_observations, training_data  # noqa: E402
 
 from sim.evaluate import evaluate_policy_dir  # noqa: E402
 from vla.policy import Policy  # noqa: E402
@@ -42,9 +42,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/pipeline_sweep.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = json.load(open(os.path.join(args.policy, "config.json")))
-    data = (((cfg.get("train") or {}).get("data") or {}).get("paths") or [None])[0]
-    obs = sample_observations(data, n=args.latency_obs, task=args.task)
+    obs = sample_observations(training_data(args.policy), n=args.latency_obs, task=args.task)
     floats = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
     rows = []
     grid = itertools.product(floats(args.tau_add), floats(args.tau_act), floats(args.tau_conf),

@@ -45,6 +45,9 @@ from robot_bridge import fuzz  # noqa: E402
 from robot_bridge import protocol as P  # noqa: E402
 from robot_bridge.client import PolicyClient  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from latency import demo_observation, training_data  # noqa: E402
+
 
 def _port() -> int:
     with socket.socket() as s:
@@ -109,16 +112,18 @@ def bench_transport(address: str, n: int, size: int, progress: bool) -> dict:
             "server_non_model_ms_p50": _pct(server_extra, 50), "request_bytes": bytes_, "n": n}
 
 
-def run_loop(address: str, env, rate: float, episodes: int, max_steps: int | None, seed0: int) -> dict:
-    from robot_bridge.control_loop import ControlLoop, EnvRobot, LoopConfig
+def run_loop(address: str, robot, rate: float, episodes: int, max_steps: int | None, seed0: int) -> dict:
+    """Async ControlLoop episodes against `robot`; success_rate only for robots whose success means something."""
+    from robot_bridge.control_loop import ControlLoop, LoopConfig
     from robot_bridge.remote_eval import aggregate_stats
 
     with PolicyClient(address, timeout_ms=5000, retries=1) as c:
-        loop = ControlLoop(c, EnvRobot(env), LoopConfig(mode="async", rate_hz=rate))
+        loop = ControlLoop(c, robot, LoopConfig(mode="async", rate_hz=rate))
         logs = [loop.run_episode(seed=seed0 + i, max_steps=max_steps) for i in range(episodes)]
         loop.close()
     out = aggregate_stats([lg.stats for lg in logs])
-    out["success_rate"] = float(np.mean([lg.success for lg in logs]))
+    if not isinstance(robot, ReplayRobot):
+        out["success_rate"] = float(np.mean([lg.success for lg in logs]))
     return out
 
 
@@ -144,23 +149,11 @@ class ReplayRobot:
 
     def get_observation(self) -> dict:
         d = self.demos[self._d]
-        t = min(self._t, len(d) - 1)
-        return {"images": {c: im[t] for c, im in d.images.items()}, "state": d.state[t], "instruction": d.instruction}
+        return demo_observation(d, min(self._t, len(d) - 1))
 
     def apply(self, action: np.ndarray) -> None:
         self._t += 1
         self.done = self._t >= self.steps_per_episode
-
-
-def run_replay_loop(address: str, robot: ReplayRobot, rate: float, episodes: int) -> dict:
-    from robot_bridge.control_loop import ControlLoop, LoopConfig
-    from robot_bridge.remote_eval import aggregate_stats
-
-    with PolicyClient(address, timeout_ms=5000, retries=1) as c:
-        loop = ControlLoop(c, robot, LoopConfig(mode="async", rate_hz=rate))
-        logs = [loop.run_episode(seed=i) for i in range(episodes)]
-        loop.close()
-    return aggregate_stats([lg.stats for lg in logs])
 
 
 def _client_worker(idx, addresses, task, size, seconds, replan, barrier, results):
@@ -237,12 +230,6 @@ def bench_fuzz(address: str, n: int, spec: P.ObsSpec, progress: bool) -> dict:
     return {"fuzz_messages": sent, "fuzz_replies": replies, "fuzz_error_replies": errors}
 
 
-def _training_data(policy_dir: str) -> str | None:
-    cfg = json.load(open(os.path.join(policy_dir, "config.json")))
-    paths = (((cfg.get("train") or {}).get("data") or {}).get("paths")) or []
-    return paths[0] if paths and os.path.exists(paths[0]) else None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--policy", help="policy checkpoint directory (default: an untrained tiny policy)")
@@ -292,29 +279,32 @@ def main(argv=None) -> int:
         from sim.env import VLAEnv
         from sim.evaluate import EVAL_SEED_BASE
 
+        from robot_bridge.control_loop import EnvRobot
+
         env = VLAEnv(args.task, image_size=args.image_size, cameras=tuple(meta["cameras"]))
-        details["b"] = run_loop(servers["batched"].address, env, args.rate, args.episodes, args.max_steps, EVAL_SEED_BASE)
+        sim_robot = EnvRobot(env)
+        details["b"] = run_loop(servers["batched"].address, sim_robot, args.rate, args.episodes, args.max_steps, EVAL_SEED_BASE)
         print(f"(b) {args.rate} Hz", json.dumps(details["b"]), flush=True)
         sweep = {}
         for r in [float(x) for x in args.rates.split(",") if x]:
-            sweep[r] = run_loop(servers["batched"].address, env, r, args.rate_episodes, args.max_steps, EVAL_SEED_BASE)
+            sweep[r] = run_loop(servers["batched"].address, sim_robot, r, args.rate_episodes, args.max_steps, EVAL_SEED_BASE)
             print(f"(b) sweep {r} Hz", json.dumps(sweep[r]), flush=True)
         env.close()
         details["rate_sweep"] = {str(k): v for k, v in sweep.items()}
         # a rate counts only if the loop actually ran at it (>= 90 %) and never starved
         zero = [r for r, v in sweep.items() if v["starvation_events"] == 0 and v["loop_hz"] >= 0.9 * r]
 
-        replay_data = args.replay_data or _training_data(policy_dir)
-        if replay_data:
+        replay_data = args.replay_data or training_data(policy_dir)
+        if replay_data and os.path.exists(replay_data):
             from sim.dataset import load_demos
 
             demos = load_demos(replay_data, split=None, tasks=[args.task])[:20]
             robot = ReplayRobot(demos, args.replay_steps)
-            details["b_replay"] = run_replay_loop(servers["batched"].address, robot, args.rate, args.replay_episodes)
+            details["b_replay"] = run_loop(servers["batched"].address, robot, args.rate, args.replay_episodes, None, 0)
             print(f"(b') replay {args.rate} Hz", json.dumps(details["b_replay"]), flush=True)
             rsweep = {}
             for r in [float(x) for x in args.replay_rates.split(",") if x]:
-                rsweep[r] = run_replay_loop(servers["batched"].address, robot, r, args.rate_episodes)
+                rsweep[r] = run_loop(servers["batched"].address, robot, r, args.rate_episodes, None, 0)
                 print(f"(b') replay sweep {r} Hz", json.dumps(rsweep[r]), flush=True)
             details["replay_rate_sweep"] = {str(k): v for k, v in rsweep.items()}
             rzero = [r for r, v in rsweep.items() if v["starvation_events"] == 0 and v["loop_hz"] >= 0.9 * r]
