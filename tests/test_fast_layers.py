@@ -76,3 +76,14 @@ def test_lora_wrapped_backbone_falls_back_to_transformers():
     assert not m.__dict__["_fast"].ok
     for r, f in zip(ref, fast):
         torch.testing.assert_close(f, r, atol=0, rtol=0)
+
+
+def test_fast_path_follows_replaced_parameters():
+    """A weight swapped for a new Parameter (no in-place version bump) still invalidates the fused matrices."""
+    m, inputs, tokens = _setup()
+    _both(m, inputs, tokens)
+    proj = m.backbone.layers[0].mlp.down_proj
+    proj.weight = torch.nn.Parameter(proj.weight.detach() + 0.1 * torch.randn_like(proj.weight))
+    ref, fast = _both(m, inputs, tokens)
+    for r, f in zip(ref, fast):
+        torch.testing.assert_close(f, r, atol=1e-5, rtol=1e-5)

@@ -35,23 +35,21 @@ class FastStack:
         self._layers: list[tuple] = []
         self._cos = self._sin = None
         self.ok = False
-        self._params: list | None = None
-        self._modules: list = []
 
     def _version_key(self):
-        # the modules that hold the weights (a LoRA wrap replaces them) and every weight's in-place version counter
-        if self._params is None or any(a is not b for a, b in zip(self._modules, self._current_modules())):
-            self._params = list(self.backbone.parameters())
-            self._modules = self._current_modules()
-        return (tuple(id(m) for m in self._modules),) + tuple((id(p), p._version, p.dtype) for p in self._params)
-
-    def _current_modules(self) -> list:
-        out = [self.backbone.norm, self.backbone.rotary_emb]
-        for layer in self.backbone.layers:
+        """Identity of every module that holds a fused weight (a LoRA wrap replaces it) and identity, in-place
+        version and dtype of every tensor the fused path reads: any change means rebuild."""
+        bb = self.backbone
+        key = [id(bb.norm), id(bb.norm.weight), bb.norm.weight._version, bb.norm.weight.dtype, id(bb.rotary_emb.inv_freq)]
+        for layer in bb.layers:
             a, m = layer.self_attn, layer.mlp
-            out += [layer.input_layernorm, layer.post_attention_layernorm, a.q_proj, a.k_proj, a.v_proj, a.o_proj,
-                    m.gate_proj, m.up_proj, m.down_proj]
-        return out
+            for mod in (layer.input_layernorm, layer.post_attention_layernorm, a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+                        m.gate_proj, m.up_proj, m.down_proj):
+                key.append(id(mod))
+                for t in (getattr(mod, "weight", None), getattr(mod, "bias", None)):
+                    if t is not None:
+                        key += [id(t), t._version, t.dtype]
+        return tuple(key)
 
     def _build(self) -> bool:
         """Fuse the weights; False when a projection is not a plain nn.Linear (e.g. LoRA-wrapped)."""
