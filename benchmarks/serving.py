@@ -7,8 +7,10 @@
         --rate-episodes 1 --clients-seconds 8 --fuzz 2000 --out /tmp/serving_smoke.json
 
 Servers run as `vla serve` subprocesses (as deployed), on loopback:
-  (a) transport_ms = client round trip - server-reported model time, two image_size px images, on a server
-      with --max-wait-ms 0 (a lone client gains nothing from a batching wait); p50/p99 over N requests.
+  (a) transport_ms = client round trip - server-reported model time (prefix + decode), two image_size px
+      images, one client, on the default batching server (max_batch 8, max_wait 2 ms: a lone client does not
+      wait for partners); also rtt - policy time (the whole infer_batch call: + image resize, detokenizing).
+  (a0) the same round trips against an in-process server whose policy answers at once: the serving layer alone.
   (b) async ControlLoop at --rate Hz with a sim env over --episodes episodes: loop Hz, starvation events, p99
       |period - 1/rate|; then --rates on --rate-episodes episodes each: the highest rate the loop sustained
       (>= 90 % of it) with zero starvation (null when none did).
@@ -92,7 +94,9 @@ def _obs(rng, size: int, meta: dict) -> dict:
             "state": (rng.normal(size=meta["state_dim"]) * 0.1).astype(np.float32), "instruction": "lift the cube"}
 
 
-def bench_transport(address: str, n: int, size: int, progress: bool) -> dict:
+def bench_transport(address: str, n: int, size: int, progress: bool, desc: str = "(a) transport") -> dict:
+    """Round trips of one client: transport = rtt - model time (prefix + decode passes), and rtt - policy time
+    (the whole policy.infer_batch call, which also resizes the images and detokenizes the chunk)."""
     from tqdm import tqdm
 
     rng = np.random.default_rng(0)
@@ -101,15 +105,44 @@ def bench_transport(address: str, n: int, size: int, progress: bool) -> dict:
         obs = _obs(rng, size, meta)
         for _ in range(5):
             c.infer(obs)
-        over, rtt, server_extra = [], [], []
-        for i in tqdm(range(n), desc="(a) transport", disable=not progress):
+        over, over_policy, rtt, server_extra, queue_ms, batch = [], [], [], [], [], []
+        for i in tqdm(range(n), desc=desc, disable=not progress):
             t = c.infer(obs, step=i)["timing"]
             over.append(t["rtt_ms"] - t["model_ms"])
+            over_policy.append(t["rtt_ms"] - t["infer_ms"])
             rtt.append(t["rtt_ms"])
             server_extra.append(t["server_ms"] - t["model_ms"])
+            queue_ms.append(t["queue_ms"])
+            batch.append(t["batch"])
     bytes_ = len(P.pack(P.make_request("infer", 1, **P.obs_fields(obs))))
-    return {"transport_ms_p50": _pct(over, 50), "transport_ms_p99": _pct(over, 99), "rtt_ms_p50": _pct(rtt, 50),
-            "server_non_model_ms_p50": _pct(server_extra, 50), "request_bytes": bytes_, "n": n}
+    return {"transport_ms_p50": _pct(over, 50), "transport_ms_p99": _pct(over, 99),
+            "transport_vs_policy_ms_p50": _pct(over_policy, 50), "transport_vs_policy_ms_p99": _pct(over_policy, 99),
+            "rtt_ms_p50": _pct(rtt, 50), "server_non_model_ms_p50": _pct(server_extra, 50),
+            "queue_ms_p50": _pct(queue_ms, 50), "max_batch_seen": int(max(batch)), "request_bytes": bytes_, "n": n}
+
+
+class _InstantPolicy:
+    """The served policy's metadata, a zero chunk at once: what the serving layer costs on its own."""
+
+    def __init__(self, metadata: dict):
+        self.metadata = {**metadata, "action_dim": metadata["action_dim"], "chunk_size": metadata["chunk_size"]}
+
+    def reset(self) -> None:
+        pass
+
+    def infer_batch(self, obs_list: list[dict]) -> list[dict]:
+        a = np.zeros((self.metadata["chunk_size"], self.metadata["action_dim"]), np.float32)
+        return [{"actions": a, "timing": {"model_ms": 0.0}} for _ in obs_list]
+
+
+def bench_transport_floor(metadata: dict, n: int, size: int, progress: bool) -> dict:
+    """(a0) The same round trips against an in-process PolicyServer whose policy answers at once."""
+    from robot_bridge.server import PolicyServer
+
+    meta = {"cameras": {c: list(s) for c, s in metadata["cameras"].items()}, "state_dim": metadata["state_dim"],
+            "action_dim": metadata["action_dim"], "chunk_size": metadata["chunk_size"]}
+    with PolicyServer(_InstantPolicy(meta), bind="tcp://127.0.0.1:0") as srv:
+        return bench_transport(srv.address, n, size, progress, desc="(a0) transport floor")
 
 
 def run_loop(address: str, robot, rate: float, episodes: int, max_steps: int | None, seed0: int) -> dict:
@@ -267,14 +300,16 @@ def main(argv=None) -> int:
     servers = {}
     try:
         print("starting servers ...", flush=True)
-        servers["nowait"] = ServerProc(policy_dir, args.threads, ["--max-wait-ms", "0"], f"{tmp}/a.log")
         servers["batched"] = ServerProc(policy_dir, args.threads, ["--max-batch", "8", "--max-wait-ms", "2"],
                                         f"{tmp}/b.log")
         servers["unbatched"] = ServerProc(policy_dir, args.threads, ["--max-batch", "1"], f"{tmp}/c.log")
         meta = servers["batched"].metadata
 
-        details["a"] = bench_transport(servers["nowait"].address, args.transport_requests, args.image_size, progress)
+        # the default server (max_batch 8, max_wait 2 ms): a lone client must not pay the batching wait
+        details["a"] = bench_transport(servers["batched"].address, args.transport_requests, args.image_size, progress)
         print("(a)", json.dumps(details["a"]), flush=True)
+        details["a0"] = bench_transport_floor(meta, args.transport_requests, args.image_size, progress)
+        print("(a0)", json.dumps(details["a0"]), flush=True)
 
         from sim.env import VLAEnv
         from sim.evaluate import EVAL_SEED_BASE
@@ -325,6 +360,10 @@ def main(argv=None) -> int:
     result = {
         "transport_ms_p50": details["a"]["transport_ms_p50"],
         "transport_ms_p99": details["a"]["transport_ms_p99"],
+        "transport_vs_policy_ms_p50": details["a"]["transport_vs_policy_ms_p50"],
+        "transport_vs_policy_ms_p99": details["a"]["transport_vs_policy_ms_p99"],
+        "transport_floor_ms_p50": details["a0"]["transport_ms_p50"],
+        "transport_floor_ms_p99": details["a0"]["transport_ms_p99"],
         "loop_hz": details["b"]["loop_hz"],
         "starvation_events": details["b"]["starvation_events"],
         "jitter_ms_p99": details["b"]["jitter_ms_p99"],

@@ -1,8 +1,10 @@
 """Dynamic batching worker: one thread owns the policy; requests from any front end (ZeroMQ, websocket) queue here.
 
-A batch starts with the oldest waiting request and takes whatever else is queued, waiting at most `max_wait_ms`
-for more, up to `max_batch`; then one `policy.infer_batch` call answers all of them. Control jobs (reset) run
-alone, in arrival order, between batches.
+A batch starts with the oldest waiting request and takes whatever else is queued, up to `max_batch`; then one
+`policy.infer_batch` call answers all of them. It waits (at most `max_wait_ms`) for more only while a client that
+sent a request in the last `active_window_s` is missing from the batch: a lone client never waits for partners
+that will not come (a fixed wait cost every single-client request the whole `max_wait_ms`). Control jobs (reset)
+run alone, in arrival order, between batches.
 """
 
 from __future__ import annotations
@@ -31,17 +33,24 @@ class Job:
     obs: dict | None = None
     t_recv: float = field(default_factory=time.perf_counter)
     tag: dict = field(default_factory=dict)  # ids for the timing log
+    client: object = None  # who sent it (ZeroMQ identity, websocket connection); None: anonymous, never waited for
 
 
 class Batcher:
-    def __init__(self, policy, max_batch: int = 8, max_wait_ms: float = 2.0, max_queue: int = 256):
+    def __init__(self, policy, max_batch: int = 8, max_wait_ms: float = 2.0, max_queue: int = 256,
+                 active_window_s: float = 1.0):
         if max_batch < 1:
             raise ValueError(f"max_batch: expected >= 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms: expected >= 0, got {max_wait_ms}")
+        if active_window_s < 0:
+            raise ValueError(f"active_window_s: expected >= 0, got {active_window_s}")
         self.policy = policy
         self.max_batch = int(max_batch)
         self.max_wait_s = float(max_wait_ms) / 1e3
+        self.active_window_s = float(active_window_s)
+        self._last_seen: dict = {}  # client -> perf_counter of its last request
+        self.waits = 0  # batches that waited for a missing active client
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -67,6 +76,8 @@ class Batcher:
         """Queue a job; False when the queue is full or the worker is stopping (the caller answers OVERLOADED)."""
         if self._stopping.is_set():
             return False
+        if job.client is not None and job.kind == "infer":
+            self._last_seen[job.client] = job.t_recv
         try:
             self._q.put_nowait(job)
             return True
@@ -93,19 +104,39 @@ class Batcher:
                 continue
             batch = [job]
             deadline = time.perf_counter() + self.max_wait_s
+            waited = False
             while len(batch) < self.max_batch:
                 try:
-                    nxt = self._q.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    nxt = self._q.get_nowait()
                 except queue.Empty:
-                    break
+                    left = deadline - time.perf_counter()
+                    if left <= 0 or not self._expect_more(batch):
+                        break
+                    waited = True
+                    try:
+                        nxt = self._q.get(timeout=left)
+                    except queue.Empty:
+                        break
                 if nxt.kind != "infer":
                     carry = nxt  # control jobs keep their place: after this batch
                     break
                 batch.append(nxt)
+            self.waits += waited
             self._infer(batch)
         if carry is not None:
             _finish(carry, None, ("shutting_down", "server stopping"))
         self._drain("server stopping")
+
+    def _expect_more(self, batch: list[Job]) -> bool:
+        """True when a client seen in the last active_window_s has no request in `batch` (it may send one soon)."""
+        now = time.perf_counter()
+        seen = list(self._last_seen.items())  # the socket thread adds entries meanwhile
+        if len(seen) > 4096:  # forget clients long gone
+            for c, t in seen:
+                if now - t > self.active_window_s:
+                    self._last_seen.pop(c, None)
+        present = {j.client for j in batch}
+        return any(now - t <= self.active_window_s and c not in present for c, t in seen)
 
     def _control(self, job: Job) -> None:
         try:

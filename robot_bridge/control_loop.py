@@ -5,7 +5,10 @@ actions remain, the next chunk is requested from a background thread with the cu
 step s; the chunk it returns covers steps s, s+1, ...: on arrival at step t the actions for steps < t are
 dropped (alignment by request step), the rest replace (or blend into) the queue. A reply after its deadline
 (step s + H - 1, when its last action was due) is discarded. By default the loop asks when the queue holds
-fewer actions than the slowest recent request latency covers (plus one), at least half a chunk. An empty queue when
+fewer actions than `latency_margin` (2) times the slowest of the last 20 request latencies covers (plus one), at
+least half a chunk; the history carries over between episodes. With a chunk of H steps and L-step latencies, a
+request made as the previous chunk lands survives until L_prev + L_next > H, where one made just in time starves
+as soon as one L exceeds the margin it was given. An empty queue when
 an action is due is a starvation event: the loop applies a hold action (zero arm deltas, gripper kept; or all
 zeros) and keeps asking.
 
@@ -17,6 +20,7 @@ The loop knows nothing about simulators: a robot is anything with `get_observati
 
 from __future__ import annotations
 
+import collections
 import inspect
 import math
 import queue
@@ -73,6 +77,7 @@ class LoopConfig:
     rate_hz: float = 20.0  # async: control rate (1..50 Hz tested)
     replan_every: int | None = None  # sync: actions applied per chunk (default: the whole chunk)
     request_below: int | None = None  # async: request when fewer actions remain (default: adaptive, see above)
+    latency_margin: float = 2.0  # async, adaptive: cover this many times the slowest recent request latency
     blend: str = "none"  # async: none (the new chunk replaces the queue) | linear (cross-fade overlapping steps)
     on_starvation: str = "hold"  # hold: zero arm deltas, last gripper command kept | zero: all-zero action
     gripper_index: int = -1  # which action dimension is the gripper (kept by "hold")
@@ -89,6 +94,8 @@ class LoopConfig:
             raise ValueError(f"blend: expected 'none' or 'linear', got {self.blend!r}")
         if self.on_starvation not in ("hold", "zero"):
             raise ValueError(f"on_starvation: expected 'hold' or 'zero', got {self.on_starvation!r}")
+        if not 1.0 <= self.latency_margin <= 10.0:
+            raise ValueError(f"latency_margin: expected 1..10, got {self.latency_margin}")
         for name in ("replan_every", "request_below"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -208,6 +215,7 @@ class ControlLoop:
         self._remote = "step" in params and "timeout_ms" in params  # PolicyClient: ids, timeouts, deadlines
         self._requester: _Requester | None = None
         self._episode = 0
+        self._recent_ms: collections.deque = collections.deque(maxlen=20)  # request latencies, across episodes
 
     # ----- helpers -----
     @property
@@ -268,6 +276,7 @@ class ControlLoop:
         log.nfe.append(int(out.get("timing", {}).get("nfe", 0)))
         log.stats.chunks += 1
         log.stats.latencies_ms.append(ms)
+        self._recent_ms.append(ms)
 
     def _apply(self, log: EpisodeLog, t: int, action: np.ndarray, source: int, on_step) -> None:
         log.sources.append(source)
@@ -343,7 +352,8 @@ class ControlLoop:
                 self._merge(plan, chunk[skip:], t, res["step"])
 
             # 2. ask for the next chunk early enough that the queue never runs dry
-            below = cfg.request_below or self._adaptive_below(st.latencies_ms, period, chunk_len)
+            below = cfg.request_below or self._adaptive_below(list(self._recent_ms), period, chunk_len,
+                                                              cfg.latency_margin)
             if len(plan) < below and not req.busy and time.perf_counter() >= retry_at:
                 req.submit({"obs": self.robot.get_observation(), "step": t, "episode": self._episode,
                             "deadline": time.monotonic() + cfg.request_timeout_ms / 1e3,
@@ -366,15 +376,15 @@ class ControlLoop:
         req.wait_idle(cfg.request_timeout_ms / 1e3 + 1.0)  # nothing of this episode leaks into the next
 
     @staticmethod
-    def _adaptive_below(latencies_ms: list[float], period: float, chunk_len: int) -> int:
-        """Enough queued actions to cover the slowest of the last 20 requests of this episode plus one step.
+    def _adaptive_below(latencies_ms: list[float], period: float, chunk_len: int, margin: float = 2.0) -> int:
+        """Enough queued actions to cover `margin` x the slowest of the last 20 requests, plus one step.
 
-        (A p90 margin gave 28 starvation events in 7500 ticks at 30 Hz, ~70 ms p50 / ~115 ms p99 latency; the slowest
-        gave 32: the remaining events are not this margin's doing. See docs/BENCHMARKS.md, Serving.)
+        (Covering 1x the slowest, or the p90, left 28-32 starvation events in 7500 ticks at 30 Hz with ~70 ms p50 /
+        ~115 ms p99 latency: one request slower than the recent ones was enough. See docs/BENCHMARKS.md, Serving.)
         """
         if not latencies_ms:
             return max(1, chunk_len // 2)
-        lat = float(np.max(latencies_ms[-20:])) / 1e3
+        lat = margin * float(np.max(latencies_ms[-20:])) / 1e3
         return int(min(chunk_len, max(chunk_len // 2, math.ceil(lat / period) + 1)))
 
     def _first_chunk(self, log: EpisodeLog, timeout_s: float) -> tuple[dict, int]:

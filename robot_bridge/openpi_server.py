@@ -161,7 +161,7 @@ class OpenPIServer:
                     obs = openpi_to_obs(msg, self.spec)
                 except P.ProtocolError as e:
                     return await self._fail(ws, e.code, e.message)
-                res, err = await self._infer(obs, t_recv)
+                res, err = await self._infer(obs, t_recv, client=id(ws))
                 if err is not None:
                     return await self._fail(ws, *err)
                 total_ms = (time.perf_counter() - t_recv) * 1e3
@@ -180,7 +180,7 @@ class OpenPIServer:
             log.exception("openpi connection failed")
             await self._fail(ws, P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
 
-    async def _infer(self, obs: dict, t_recv: float):
+    async def _infer(self, obs: dict, t_recv: float, client=None):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
@@ -191,7 +191,7 @@ class OpenPIServer:
 
             loop.call_soon_threadsafe(settle)
 
-        if not self.batcher.submit(Job(kind="infer", on_done=on_done, obs=obs, t_recv=t_recv)):
+        if not self.batcher.submit(Job(kind="infer", on_done=on_done, obs=obs, t_recv=t_recv, client=client)):
             return None, (P.ErrorCode.OVERLOADED, f"inference queue full ({self.batcher.pending} waiting)")
         return await fut
 

@@ -31,7 +31,8 @@ log = logging.getLogger("robot_bridge.server")
 class ServerConfig:
     bind: str = "tcp://127.0.0.1:5555"
     max_batch: int = 8
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 2.0  # only spent waiting for clients active in the last batch_window_s (see batcher.py)
+    batch_window_s: float = 1.0
     max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES
     max_queue: int = 256  # waiting requests before OVERLOADED
     suggested_rate_hz: float = 20.0
@@ -80,7 +81,8 @@ class PolicyServer:
             "max_batch": self.config.max_batch,
             "policy": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))},
         }
-        self.batcher = Batcher(policy, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue)
+        self.batcher = Batcher(policy, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
+                               self.config.batch_window_s)
         self.address: str | None = None
         self.openpi = None
         self._thread: threading.Thread | None = None
@@ -312,7 +314,7 @@ class PolicyServer:
             return self._send(sock, envelope, {**base, "kind": "hello", "metadata": self.metadata})
         job = Job(kind=req.kind, obs=req.obs or None, t_recv=t_recv,
                   on_done=lambda res, err: self._done(envelope, base, req.kind, t_recv, res, err),
-                  tag={"id": req.id, "episode_id": req.episode_id, "step": req.step})
+                  tag={"id": req.id, "episode_id": req.episode_id, "step": req.step}, client=envelope[0])
         if not self.batcher.submit(job):
             code = P.ErrorCode.SHUTTING_DOWN if self._stop.is_set() else P.ErrorCode.OVERLOADED
             return self._error(sock, envelope, code, f"inference queue full ({self.batcher.pending} waiting)", req.id)

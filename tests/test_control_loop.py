@@ -219,8 +219,10 @@ def test_adaptive_request_threshold_covers_the_slowest_recent_request():
 
     period = 1 / 30
     assert ControlLoop._adaptive_below([], period, 8) == 4  # no history: half a chunk
-    # 19 requests of 60 ms and one of 125 ms: the queue must cover 125 ms (4 periods) plus one step
+    # 19 requests of 60 ms and one of 125 ms: with margin 1 the queue must cover 125 ms (4 periods) plus one step
     lat = [60.0] * 19 + [125.0]
-    assert ControlLoop._adaptive_below(lat, period, 8) == 5
-    assert ControlLoop._adaptive_below([500.0], period, 8) == 8  # never more than a chunk
-    assert ControlLoop._adaptive_below([125.0] + [60.0] * 20, period, 8) == 4  # only the last 20 count
+    assert ControlLoop._adaptive_below(lat, period, 8, margin=1.0) == 5
+    assert ControlLoop._adaptive_below(lat, period, 16, margin=2.0) == 9  # default margin: 250 ms, 8 periods + 1
+    assert ControlLoop._adaptive_below(lat, period, 8) == 8  # never more than a chunk: request as the last one lands
+    assert ControlLoop._adaptive_below([125.0] + [60.0] * 20, period, 8, margin=1.0) == 4  # only the last 20 count
+    assert ControlLoop._adaptive_below([30.0], 1 / 20, 8) == 4  # fast requests: half a chunk is the floor

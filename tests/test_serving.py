@@ -187,3 +187,33 @@ def test_vla_serve_cli_serves_and_stops_on_sigint(policy, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_lone_client_never_waits_for_batch_partners_but_two_clients_are_batched(policy):
+    """max_wait is spent only while a recently active client is missing from the batch."""
+    rng = np.random.default_rng(1)
+    obs = make_obs(rng, size=64)
+    srv = PolicyServer(policy, bind="tcp://127.0.0.1:0", max_batch=8, max_wait_ms=500.0, batch_window_s=30.0).start()
+    try:
+        with PolicyClient(srv.address, timeout_ms=20_000, retries=0) as cl:
+            for i in range(4):
+                cl.infer(obs, step=i)
+        assert srv.batcher.waits == 0 and list(srv.batch_sizes) == [1, 1, 1, 1]
+
+        # two clients: each request now waits (up to 500 ms) for the other active client, so they share batches
+        barrier = threading.Barrier(2)
+
+        def run(c):
+            with PolicyClient(srv.address, timeout_ms=20_000, retries=0) as cl:
+                for i in range(3):
+                    barrier.wait()
+                    cl.infer(obs, episode_id=c, step=i)
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in range(2)]
+        [t.start() for t in threads]
+        [t.join(60) for t in threads]
+    finally:
+        srv.stop()
+    later = list(srv.batch_sizes)[4:]
+    assert sum(later) == 6 and later.count(2) >= 2, later
+    assert srv.batcher.waits >= 2

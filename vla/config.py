@@ -158,6 +158,13 @@ class DataConfig:
     tasks: tuple[str, ...] | None = None  # filter; None = every task in the files
     max_demos_per_task: int | None = None
     augment_shift: int = 4  # pixels of random shift (pad + random crop), 0 = off
+    augment_color: float = 0.0  # probability of a colour swap (RGB channels reordered, colour words renamed: vla/data.py)
+
+    def __post_init__(self):
+        if not 0.0 <= self.augment_color <= 1.0:
+            raise ValueError(f"data.augment_color: expected a probability in [0, 1], got {self.augment_color}")
+        if self.augment_shift < 0:
+            raise ValueError(f"data.augment_shift: expected >= 0 pixels, got {self.augment_shift}")
 
 
 @dataclass(frozen=True)

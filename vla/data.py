@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sim.color_envs import PALETTE
 from sim.dataset import Demo, dataset_stats, load_demos
 from vla.config import DataConfig, ModelConfig
 from vla.normalization import StateNormalizer
@@ -53,6 +54,14 @@ class DemoBatches:
         self.action_tokens = action_tok.tokenize(actions[self.chunk_idx])  # (N, H*D)
         ids, valid = text_tok.encode_batch([d.instruction for d in demos], model_cfg.max_text_len)
         self.text_ids, self.text_valid = ids, valid  # (n_demos, L)
+        # colour swaps: per RGB channel order, each demo's instruction with its colour words renamed (or not usable)
+        self.color_swaps = []  # (perm (3,), text_ids (n_demos, L), text_valid (n_demos, L), usable (n_demos,) bool)
+        for perm in RGB_PERMS[1:]:
+            renamed = [rename_colors(d.instruction, perm) for d in demos]
+            usable = np.array([r is not None for r in renamed])
+            if usable.any():
+                pids, pvalid = text_tok.encode_batch([r or "" for r in renamed], model_cfg.max_text_len)
+                self.color_swaps.append((perm, pids, pvalid, usable))
         self.tasks = [d.task for d in demos]
         self.n = len(self.state)
 
@@ -60,23 +69,65 @@ class DemoBatches:
         return self.n
 
     def batch(self, idx: np.ndarray, augment_shift: int = 0, generator: torch.Generator | None = None,
-              future_steps: int = 4) -> dict[str, torch.Tensor]:
+              future_steps: int = 4, augment_color: float = 0.0) -> dict[str, torch.Tensor]:
+        """augment_color: probability that a sample whose instruction names colours gets a colour swap: the image's
+        RGB channels reordered and the colour words renamed to match (the red cube turns green and is called green),
+        so the target, the actions and the object positions stay the same while the word-colour pairing varies."""
         imgs = np.stack([self.images[c][idx] for c in self.cfg.cameras], axis=1)  # (B, n_cam, S, S, 3)
+        d = self.demo_of[idx]
+        text_ids, text_valid = self.text_ids[d], self.text_valid[d]  # (B, L)
+        if augment_color > 0 and self.color_swaps:
+            u = torch.rand(len(idx), generator=generator).numpy()
+            k = torch.randint(0, len(self.color_swaps), (len(idx),), generator=generator).numpy()
+            text_ids, text_valid = text_ids.copy(), text_valid.copy()
+            for i in np.nonzero(u < augment_color)[0]:
+                perm, pids, pvalid, usable = self.color_swaps[k[i]]
+                if usable[d[i]]:
+                    imgs[i] = imgs[i][..., list(perm)]
+                    text_ids[i], text_valid[i] = pids[d[i]], pvalid[d[i]]
         images = torch.from_numpy(imgs).permute(0, 1, 4, 2, 3).float().div_(255.0)  # (B, n_cam, 3, S, S)
         if augment_shift > 0:
             images = random_shift(images, augment_shift, generator)
-        d = self.demo_of[idx]
         fut = np.minimum(idx + future_steps, self.end_of[idx])
         return {
             "images": images,
-            "text_ids": torch.from_numpy(self.text_ids[d]),
-            "text_valid": torch.from_numpy(self.text_valid[d]),
+            "text_ids": torch.from_numpy(text_ids),
+            "text_valid": torch.from_numpy(text_valid),
             "state": torch.from_numpy(self.state[idx]),
             "action_tokens": torch.from_numpy(self.action_tokens[idx]),
             "object_pos": torch.from_numpy(self.obj[idx]),
             "object_valid": torch.from_numpy(self.obj_valid[idx]),
             "eef_future": torch.from_numpy(self.eef[fut]),
         }
+
+
+RGB_PERMS = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]  # identity first
+
+
+def swapped_color(name: str, perm, tol: float = 0.2) -> str | None:
+    """The palette colour `name` looks like once an image's channels are reordered by `perm` (new[c] = old[perm[c]]);
+    None when no palette colour is within `tol` in every channel (purple -> a cyan that no instruction names)."""
+    rgb = np.asarray(PALETTE[name][:3])[list(perm)]
+    best = min(PALETTE, key=lambda n: float(np.abs(np.asarray(PALETTE[n][:3]) - rgb).max()))
+    return best if float(np.abs(np.asarray(PALETTE[best][:3]) - rgb).max()) <= tol else None
+
+
+def rename_colors(instruction: str, perm) -> str | None:
+    """'pick up the red cube' with R and G swapped -> 'pick up the green cube'; None when the instruction names no
+    colour (nothing to learn from the swap) or a colour without a palette counterpart."""
+    words = instruction.split(" ")
+    named = [w.strip(".,!?").lower() for w in words]
+    if not any(w in PALETTE for w in named):
+        return None
+    out = []
+    for w, n in zip(words, named):
+        if n in PALETTE:
+            new = swapped_color(n, perm)
+            if new is None:
+                return None
+            w = w.lower().replace(n, new)
+        out.append(w)
+    return " ".join(out)
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
