@@ -1,0 +1,93 @@
+"""Why transport costs more with a real model: the same round trip after the server sat idle or computed.
+
+    .venv/bin/python benchmarks/transport_idle.py --out benchmarks/results/transport_idle.json
+
+An in-process PolicyServer (default config) whose policy returns a zero chunk after `--hold-ms` spent in one of
+three ways: none (answers at once), sleep (the process idles, as every thread does while a model runs on a GPU),
+torch (one thread runs matmuls with the GIL released, as a CPU model does). One client sends two --image-size px
+images per request; overhead = round trip - the policy's own time. On a VM whose idle vCPUs halt, the path that
+runs right after an idle or busy stretch (thread wake-ups, msgpack, socket calls) is several times slower than the
+same path run back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from robot_bridge.client import PolicyClient  # noqa: E402
+from robot_bridge.server import PolicyServer  # noqa: E402
+
+
+class HoldPolicy:
+    """Metadata of a 2-camera policy; infer_batch holds for hold_ms (mode none | sleep | torch), then zeros (H, D)."""
+
+    def __init__(self, mode: str, hold_ms: float, image_size: int):
+        import torch
+
+        self.mode, self.hold_s = mode, hold_ms / 1e3
+        self.metadata = {"action_dim": 7, "chunk_size": 8, "state_dim": 9,
+                         "cameras": {"agentview": [image_size, image_size, 3], "wrist": [image_size, image_size, 3]}}
+        self._a = torch.randn(256, 256)
+
+    def reset(self) -> None:
+        pass
+
+    def infer_batch(self, obs_list):
+        t0 = time.perf_counter()
+        if self.mode == "sleep":
+            time.sleep(self.hold_s)
+        elif self.mode == "torch":
+            while time.perf_counter() - t0 < self.hold_s:
+                self._a @ self._a
+        ms = (time.perf_counter() - t0) * 1e3
+        return [{"actions": np.zeros((8, 7), np.float32), "timing": {"model_ms": ms}} for _ in obs_list]
+
+
+def measure(mode: str, hold_ms: float, n: int, size: int) -> dict:
+    rng = np.random.default_rng(0)
+    obs = {"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in ("agentview", "wrist")},
+           "state": np.zeros(9, np.float32), "instruction": "lift the cube"}
+    with PolicyServer(HoldPolicy(mode, hold_ms, size), bind="tcp://127.0.0.1:0") as srv:
+        with PolicyClient(srv.address, timeout_ms=10_000) as c:
+            c.hello()
+            over = []
+            for i in range(n + 5):
+                t = c.infer(obs)["timing"]
+                if i >= 5:
+                    over.append(t["rtt_ms"] - t["infer_ms"])
+    return {"mode": mode, "hold_ms": hold_ms if mode != "none" else 0.0, "overhead_ms_p50": float(np.median(over)),
+            "overhead_ms_p99": float(np.percentile(over, 99)), "n": n}
+
+
+def main(argv=None) -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hold-ms", type=float, default=65.0, help="the policy's hold (~ the tiny model's chunk time)")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--out", default="benchmarks/results/transport_idle.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = [measure(m, args.hold_ms, args.requests, args.image_size) for m in ("none", "sleep", "torch")]
+    for r in rows:
+        print(json.dumps(r))
+    out = {"rows": rows, "command": "python benchmarks/transport_idle.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f, indent=2)
+    os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
