@@ -154,3 +154,27 @@ def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(
          "state": np.zeros(9, np.float32), "instruction": "lift the cube"})
     # a bidirectional teacher is required
     assert main(["distill", "--teacher", str(out / "policy"), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def test_attention_aux_head_and_colour_swaps_train_resume_exactly_and_stay_out_of_the_policy(dataset, tmp_path):
+    from vla.objectives import AttnPoolAuxHead
+
+    with pytest.raises(ValueError, match="aux_layer"):  # the test model has one layer; the default layer is 2
+        train(_cfg(dataset, tmp_path / "bad", aux="spatial"), progress=False)
+    kw = dict(aux="spatial", aux_head="attn", aux_layer=1, data=DataConfig(paths=(dataset,), augment_shift=2, augment_color=0.5))
+    train(_cfg(dataset, tmp_path / "straight", **kw), progress=False)
+    train(_cfg(dataset, tmp_path / "paused", **kw), progress=False, stop_after=2)
+    train(_cfg(dataset, tmp_path / "paused", **kw), resume=True, progress=False)
+    a = load_file(str(tmp_path / "straight" / "policy" / "model.safetensors"))
+    b = load_file(str(tmp_path / "paused" / "policy" / "model.safetensors"))
+    for k in a:  # the colour swaps draw from the saved generator: the resumed run sees the same batches
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+    head = load_file(str(tmp_path / "straight" / "checkpoints" / "step_000004" / "aux_head.safetensors"))
+    assert head["query"].shape == (3, 64)  # one query per object
+    assert not any("aux" in k or "query" in k for k in a)  # the served policy carries no auxiliary head
+    rows = open(tmp_path / "straight" / "metrics.csv").read().strip().splitlines()
+    assert "aux" in rows[0].split(",") and rows[-1].split(",")[rows[0].split(",").index("aux")] != ""
+    with pytest.raises(ValueError, match="aux_head"):
+        _cfg(dataset, tmp_path / "x", aux="spatial", aux_head="conv")
+    with pytest.raises(ValueError, match="divisible by 3"):
+        AttnPoolAuxHead(4, 8, out=4)

@@ -190,6 +190,7 @@ class TrainConfig:
     aux: str | None = None  # None | "spatial" (object positions) | "eef_future" (eef position k steps ahead)
     aux_weight: float = 0.5
     aux_layer: int = 2  # backbone layer whose vision-token hidden states feed the head
+    aux_head: str = "mlp"  # "mlp" (flatten all vision tokens) | "attn" (one attention-pooling query per object)
     aux_future_steps: int = 4
     # capability-vector orthogonal regularisation
     capvector: str | None = None
@@ -225,6 +226,8 @@ class TrainConfig:
             raise ValueError("teacher: the distill objective needs a teacher checkpoint")
         if self.aux not in (None, "spatial", "eef_future"):
             raise ValueError(f"aux: expected null, 'spatial' or 'eef_future', got {self.aux!r}")
+        if self.aux_head not in ("mlp", "attn"):
+            raise ValueError(f"aux_head: expected 'mlp' or 'attn', got {self.aux_head!r}")
         if self.orth_form not in ("cosine", "inner"):
             raise ValueError(f"orth_form: expected 'cosine' or 'inner', got {self.orth_form!r}")
         if self.grad_accum < 1 or self.batch_size < 1:

@@ -91,6 +91,39 @@ class AuxHead(nn.Module):
         return self.mlp(F.gelu(self.proj(h)).flatten(1))
 
 
+class AttnPoolAuxHead(nn.Module):
+    """Vision-token hidden states (B, n_vis, d) -> targets (B, 3 * n_query), one learned query per 3-D target.
+
+    Each query attends over the vision tokens and reads its target from the pooled value, so the head can only
+    succeed by finding the object's token, which works for layouts it has not seen; the flattening MLP head
+    (AuxHead) can fit each training layout on its own and memorise.
+    """
+
+    def __init__(self, n_vis: int, d: int, out: int, width: int = 64):
+        super().__init__()
+        if out % 3:
+            raise ValueError(f"aux head: expected 3-D targets (out divisible by 3), got out={out}")
+        self.query = nn.Parameter(torch.randn(out // 3, width) * 0.02)  # (Q, w)
+        self.key = nn.Linear(d, width)
+        self.value = nn.Linear(d, width)
+        self.out = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 3))
+        self.scale = width ** -0.5
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        att = torch.einsum("qw,bnw->bqn", self.query, self.key(h)).mul(self.scale).softmax(-1)  # (B, Q, n_vis)
+        pooled = torch.einsum("bqn,bnw->bqw", att, self.value(h))  # (B, Q, w)
+        return self.out(pooled).flatten(1)  # (B, 3Q)
+
+
+def make_aux_head(kind: str, n_vis: int, d: int, out: int) -> nn.Module:
+    """kind: "mlp" (AuxHead) | "attn" (AttnPoolAuxHead)."""
+    if kind == "mlp":
+        return AuxHead(n_vis, d, out)
+    if kind == "attn":
+        return AttnPoolAuxHead(n_vis, d, out)
+    raise ValueError(f"aux_head: expected 'mlp' or 'attn', got {kind!r}")
+
+
 def aux_loss(head: AuxHead, vis_hidden: torch.Tensor, batch: dict, kind: str, eef_stats: dict | None = None):
     pred = head(vis_hidden)
     if kind == "spatial":

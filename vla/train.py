@@ -28,7 +28,7 @@ from vla.config import ModelConfig, TrainConfig, load_model_config, to_dict
 from vla.data import DemoBatches, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
-from vla.objectives import AuxHead, aux_loss, masked_ce, masked_kl, noise
+from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, noise
 from vla.policy import Policy, _atomic, _atomic_json
 from vla.tokenizers import ActionTokenizer, ByteTokenizer, HFTokenizer, WordTokenizer, instruction_vocabulary
 
@@ -161,8 +161,10 @@ class Trainer:
                 p.requires_grad_(False)
         self.aux_head = None
         if cfg.aux:
+            if not 1 <= cfg.aux_layer <= self.mcfg.num_layers:
+                raise ValueError(f"aux_layer: expected 1..{self.mcfg.num_layers} (the model's layers), got {cfg.aux_layer}")
             out = 9 if cfg.aux == "spatial" else 3
-            self.aux_head = AuxHead(self.mcfg.n_vision_tokens, self.mcfg.hidden_size, out).to(self.device)
+            self.aux_head = make_aux_head(cfg.aux_head, self.mcfg.n_vision_tokens, self.mcfg.hidden_size, out).to(self.device)
         self.orth = None
         if cfg.capvector:
             from vla.capvector import OrthogonalPenalty, load_vector
