@@ -1,0 +1,76 @@
+"""Does the auxiliary head localise objects on frames it never trained on, or has it memorised the layouts?
+
+    .venv/bin/python benchmarks/aux_generalization.py --run runs/pickcolor_tiny_swap --steps 600,1200,3000
+
+For each checkpoint of a run trained with `aux: spatial`: the head's squared error (in the dataset's normalised
+units: 1.0 = predicting the mean) on 256 training frames and 256 held-out frames (`mask/valid`), for the target
+row (the named object, first) and the other objects. Prints one JSON line per checkpoint; --out appends them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vla.config import TrainConfig, from_dict  # noqa: E402
+from vla.train import Trainer  # noqa: E402
+
+
+def probe(trainer: Trainer, ckpt: str, frames: int = 256) -> dict:
+    trainer.model.load_state_dict(load_file(os.path.join(ckpt, "model.safetensors")))
+    trainer.aux_head.load_state_dict(load_file(os.path.join(ckpt, "aux_head.safetensors")))
+    trainer.model.eval()
+    trainer.aux_head.eval()
+    out = {"checkpoint": ckpt}
+    for name, data in (("train", trainer.train_data), ("valid", trainer.valid_data)):
+        if data is None:
+            continue
+        idx = np.random.default_rng(0).choice(len(data), min(frames, len(data)), replace=False)
+        b = data.batch(idx, 0, torch.Generator().manual_seed(0), trainer.cfg.aux_future_steps)
+        with torch.no_grad():
+            _, vis = trainer.model(b["images"], b["text_ids"], b["text_valid"], b["state"], b["action_tokens"],
+                                   capture_layer=trainer.cfg.aux_layer)  # the prefix never sees action tokens
+            err = (trainer.aux_head(vis) - b["object_pos"]) ** 2  # (B, 9)
+        valid = b["object_valid"].float()
+        out[f"{name}_mse_target"] = float((err[:, :3] * valid[:, :3]).sum() / valid[:, :3].sum().clamp(min=1))
+        out[f"{name}_mse_others"] = float((err[:, 3:] * valid[:, 3:]).sum() / valid[:, 3:].sum().clamp(min=1))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="training run directory (train_config.json, checkpoints/)")
+    ap.add_argument("--steps", required=True, help="comma-separated checkpoint steps")
+    ap.add_argument("--out", help="append the JSON lines to this file")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    raw = json.load(open(os.path.join(args.run, "train_config.json")))
+    import tempfile
+
+    from vla.config import replace
+
+    cfg = replace(from_dict(TrainConfig, raw), out_dir=tempfile.mkdtemp(prefix="aux_probe_"))  # writes nothing to the run
+    if not cfg.aux or cfg.aux != "spatial":
+        raise SystemExit(f"{args.run}: trained with aux={cfg.aux!r}; this probe needs aux: spatial")
+    trainer = Trainer(cfg, resume=False, progress=False)
+    for step in [int(s) for s in args.steps.split(",") if s]:
+        row = probe(trainer, os.path.join(args.run, "checkpoints", f"step_{step:06d}"))
+        row["step"] = step
+        line = json.dumps(row)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
