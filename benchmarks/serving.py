@@ -49,6 +49,7 @@ from robot_bridge.client import PolicyClient  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from latency import demo_observation, training_data  # noqa: E402
+from transport_idle import HoldPolicy  # noqa: E402
 
 
 def _port() -> int:
@@ -121,27 +122,13 @@ def bench_transport(address: str, n: int, size: int, progress: bool, desc: str =
             "queue_ms_p50": _pct(queue_ms, 50), "max_batch_seen": int(max(batch)), "request_bytes": bytes_, "n": n}
 
 
-class _InstantPolicy:
-    """The served policy's metadata, a zero chunk at once: what the serving layer costs on its own."""
-
-    def __init__(self, metadata: dict):
-        self.metadata = {**metadata, "action_dim": metadata["action_dim"], "chunk_size": metadata["chunk_size"]}
-
-    def reset(self) -> None:
-        pass
-
-    def infer_batch(self, obs_list: list[dict]) -> list[dict]:
-        a = np.zeros((self.metadata["chunk_size"], self.metadata["action_dim"]), np.float32)
-        return [{"actions": a, "timing": {"model_ms": 0.0}} for _ in obs_list]
-
-
 def bench_transport_floor(metadata: dict, n: int, size: int, progress: bool) -> dict:
     """(a0) The same round trips against an in-process PolicyServer whose policy answers at once."""
     from robot_bridge.server import PolicyServer
 
     meta = {"cameras": {c: list(s) for c, s in metadata["cameras"].items()}, "state_dim": metadata["state_dim"],
             "action_dim": metadata["action_dim"], "chunk_size": metadata["chunk_size"]}
-    with PolicyServer(_InstantPolicy(meta), bind="tcp://127.0.0.1:0") as srv:
+    with PolicyServer(HoldPolicy("none", 0.0, metadata=meta), bind="tcp://127.0.0.1:0") as srv:
         return bench_transport(srv.address, n, size, progress, desc="(a0) transport floor")
 
 

@@ -27,14 +27,16 @@ from robot_bridge.server import PolicyServer  # noqa: E402
 
 
 class HoldPolicy:
-    """Metadata of a 2-camera policy; infer_batch holds for hold_ms (mode none | sleep | torch), then zeros (H, D)."""
+    """A policy's metadata (default: two cameras, 8 x 7 chunks); infer_batch holds for hold_ms (mode none | sleep |
+    torch), then answers zeros (H, D). What the serving layer costs around a model that takes hold_ms."""
 
-    def __init__(self, mode: str, hold_ms: float, image_size: int):
+    def __init__(self, mode: str, hold_ms: float, image_size: int = 128, metadata: dict | None = None):
         import torch
 
         self.mode, self.hold_s = mode, hold_ms / 1e3
-        self.metadata = {"action_dim": 7, "chunk_size": 8, "state_dim": 9,
-                         "cameras": {"agentview": [image_size, image_size, 3], "wrist": [image_size, image_size, 3]}}
+        self.metadata = metadata or {
+            "action_dim": 7, "chunk_size": 8, "state_dim": 9,
+            "cameras": {"agentview": [image_size, image_size, 3], "wrist": [image_size, image_size, 3]}}
         self._a = torch.randn(256, 256)
 
     def reset(self) -> None:
@@ -48,7 +50,8 @@ class HoldPolicy:
             while time.perf_counter() - t0 < self.hold_s:
                 self._a @ self._a
         ms = (time.perf_counter() - t0) * 1e3
-        return [{"actions": np.zeros((8, 7), np.float32), "timing": {"model_ms": ms}} for _ in obs_list]
+        a = np.zeros((self.metadata["chunk_size"], self.metadata["action_dim"]), np.float32)
+        return [{"actions": a, "timing": {"model_ms": ms}} for _ in obs_list]
 
 
 def measure(mode: str, hold_ms: float, n: int, size: int) -> dict:
