@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vla.config import TrainConfig, from_dict  # noqa: E402
+from vla.config import TrainConfig, from_dict, replace  # noqa: E402
 from vla.train import Trainer  # noqa: E402
 
 
@@ -53,10 +54,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     raw = json.load(open(os.path.join(args.run, "train_config.json")))
-    import tempfile
-
-    from vla.config import replace
-
     cfg = replace(from_dict(TrainConfig, raw), out_dir=tempfile.mkdtemp(prefix="aux_probe_"))  # writes nothing to the run
     if not cfg.aux or cfg.aux != "spatial":
         raise SystemExit(f"{args.run}: trained with aux={cfg.aux!r}; this probe needs aux: spatial")

@@ -124,7 +124,7 @@ def make_aux_head(kind: str, n_vis: int, d: int, out: int) -> nn.Module:
     raise ValueError(f"aux_head: expected 'mlp' or 'attn', got {kind!r}")
 
 
-def aux_loss(head: AuxHead, vis_hidden: torch.Tensor, batch: dict, kind: str, eef_stats: dict | None = None):
+def aux_loss(head: nn.Module, vis_hidden: torch.Tensor, batch: dict, kind: str, eef_stats: dict | None = None):
     pred = head(vis_hidden)
     if kind == "spatial":
         target, valid = batch["object_pos"], batch["object_valid"].float()
