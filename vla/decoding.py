@@ -98,14 +98,20 @@ def _n_tokens(model_cfg, dcfg: DecodeConfig) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
-def decode_parallel(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
-    cfg = model.cfg
+def _blank(cfg, cache: KVCache, dcfg: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """All-[MASK] action tokens (B, A) and their revealed flags (B, A), on the cache's device."""
     B = cache.prefix_valid.shape[0]
     A = _n_tokens(cfg, dcfg)
     dev = cache.prefix_valid.device
     tokens = torch.full((B, A), cfg.mask_id, dtype=torch.long, device=dev)
-    revealed = torch.zeros(B, A, dtype=torch.bool, device=dev)
-    slots = torch.arange(A, device=dev)
+    return tokens, torch.zeros(B, A, dtype=torch.bool, device=dev)
+
+
+def decode_parallel(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
+    cfg = model.cfg
+    tokens, revealed = _blank(cfg, cache, dcfg)  # (B, A)
+    A = tokens.shape[1]
+    slots = torch.arange(A, device=tokens.device)
     K = dcfg.steps
     nfe = 0
     for s in range(K):
@@ -121,11 +127,9 @@ def decode_parallel(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
 def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
     """Approximate cache under bidirectional attention: revealed tokens keep stale KV between refreshes."""
     cfg = model.cfg
-    B = cache.prefix_valid.shape[0]
-    A = _n_tokens(cfg, dcfg)
-    dev = cache.prefix_valid.device
-    tokens = torch.full((B, A), cfg.mask_id, dtype=torch.long, device=dev)
-    revealed = torch.zeros(B, A, dtype=torch.bool, device=dev)
+    tokens, revealed = _blank(cfg, cache, dcfg)  # (B, A)
+    B, A = tokens.shape
+    dev = tokens.device
     K = dcfg.steps
     nfe = 0
     base_len = cache.length
@@ -167,12 +171,10 @@ def decode_block(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
     """Block by block (the paper's BlockDiff row). Requires a block-causal model."""
     cfg = model.cfg
     _require_block_causal(cfg, "block")
-    B = cache.prefix_valid.shape[0]
-    A = _n_tokens(cfg, dcfg)
+    tokens, revealed = _blank(cfg, cache, dcfg)  # (B, A)
+    B, A = tokens.shape
     bs = cfg.block_size
-    dev = cache.prefix_valid.device
-    tokens = torch.full((B, A), cfg.mask_id, dtype=torch.long, device=dev)
-    revealed = torch.zeros(B, A, dtype=torch.bool, device=dev)
+    dev = tokens.device
     nfe = 0
     pending = None  # a finished block to commit in the next pass
     for j in range(A // bs):
@@ -197,13 +199,11 @@ def decode_pipelined(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
     """Fast-dVLA inter-block pipelined decoding (batched in lockstep; each row keeps its own block states)."""
     cfg = model.cfg
     _require_block_causal(cfg, "pipelined")
-    B = cache.prefix_valid.shape[0]
-    A = _n_tokens(cfg, dcfg)
+    tokens, revealed = _blank(cfg, cache, dcfg)  # (B, A)
+    B, A = tokens.shape
     bs = cfg.block_size
     nb = A // bs
-    dev = cache.prefix_valid.device
-    tokens = torch.full((B, A), cfg.mask_id, dtype=torch.long, device=dev)
-    revealed = torch.zeros(B, A, dtype=torch.bool, device=dev)
+    dev = tokens.device
     INACTIVE, SEMI, FULL = 0, 1, 2
     status = torch.zeros(B, nb, dtype=torch.long, device=dev)
     status[:, 0] = FULL

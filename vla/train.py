@@ -261,7 +261,6 @@ class Trainer:
             print(f"[vla train] {n_params / 1e6:.2f}M parameters, {len(self.train_data)} train samples over "
                   f"{len(self.tasks)} task(s) {self.tasks}, world size {self.world}, device {self.device}", flush=True)
         logger = MetricsLogger(cfg.out_dir, enabled=self.rank == 0, resume_step=self.step if self.resume else None)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _null()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress or self.rank != 0,
                    dynamic_ncols=True)
         t_last, n_last = time.time(), 0
@@ -270,22 +269,7 @@ class Trainer:
         interrupted = False
         try:
             while self.step < cfg.steps and (stop_after is None or self.step < stop_after):
-                self.opt.zero_grad(set_to_none=True)
-                agg: dict[str, float] = {}
-                for micro in range(cfg.grad_accum):
-                    batch = self._batch(self.train_data, self.gen, augment=True)
-                    sync = micro == cfg.grad_accum - 1 or self.world == 1
-                    ctx = self.ddp_model.no_sync() if (self.world > 1 and not sync) else _null()
-                    with ctx, autocast:
-                        loss, m = self.compute_loss(batch, self.gen)
-                        (loss / cfg.grad_accum).backward()
-                    for k, v in m.items():
-                        agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
-                params = [p for g in self.opt.param_groups for p in g["params"]]
-                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
-                self.opt.step()
-                self.sched.step()
-                self.step += 1
+                agg, gnorm = self.train_step()
                 n_last += cfg.batch_size * cfg.grad_accum * self.world
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -325,6 +309,28 @@ class Trainer:
         if interrupted:
             raise KeyboardInterrupt
         return final
+
+    def train_step(self) -> tuple[dict[str, float], torch.Tensor]:
+        """One optimizer step (grad_accum micro-batches). Returns the step's mean metrics and the gradient norm."""
+        cfg = self.cfg
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _null()
+        self.opt.zero_grad(set_to_none=True)
+        agg: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            batch = self._batch(self.train_data, self.gen, augment=True)
+            sync = micro == cfg.grad_accum - 1 or self.world == 1
+            ctx = self.ddp_model.no_sync() if (self.world > 1 and not sync) else _null()
+            with ctx, autocast:
+                loss, m = self.compute_loss(batch, self.gen)
+                (loss / cfg.grad_accum).backward()
+            for k, v in m.items():
+                agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return agg, gnorm
 
     # ----- checkpoints -----
     def policy(self) -> Policy:
