@@ -1,8 +1,10 @@
 """CapVector reproduction at our scale (docs/CAPVECTOR.md).
 
-    .venv/bin/python benchmarks/capvector.py --pretrain data/lift.hdf5 --pretrain data/stack.hdf5 \
-        --extract data/stackcolor.hdf5 --downstream data/pickcolor.hdf5 --downstream-task PickColor \
-        --seeds 3 --out benchmarks/results/capvector.json
+The run in docs/CAPVECTOR.md (~1.7 h on a 2-core CPU; needs `vla collect --task Stack --episodes 100`):
+
+    .venv/bin/python benchmarks/capvector.py --pretrain data/pickcolor.hdf5 --pretrain data/stack.hdf5 \
+        --extract data/pickcolor.hdf5 --downstream data/lift.hdf5 --downstream-task Lift --seeds 3 \
+        --downstream-steps 450 --eval-every 150 --episodes 20 --out benchmarks/results/capvector.json
 
 1. theta_pt: pretrain the tiny model on a multi-task mix (--pretrain files).
 2. On the extraction set (--extract, `--extract-demos` demos), finetune twice from theta_pt with the same data, steps
