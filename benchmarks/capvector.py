@@ -139,6 +139,11 @@ def main() -> None:
         summary["arms"][arm] = {
             "success_mean": float(np.mean(finals)), "success_std": float(np.std(finals)),
             "curve_mean": {s: float(np.mean([v["curve"][s] for v in r["seeds"].values()])) for s in eval_steps},
+            # mean success over every evaluated checkpoint: one number for "converges faster and better"
+            "success_over_curve_mean": float(np.mean([[v["curve"][s] for s in eval_steps]
+                                                      for v in r["seeds"].values()])),
+            "success_over_curve_std": float(np.std([np.mean([v["curve"][s] for s in eval_steps])
+                                                    for v in r["seeds"].values()])),
             "steps_to_threshold": reach,  # per seed; None = not reached within the budget
             "seeds_reaching_threshold": sum(r is not None for r in reach),
             "steps_to_threshold_median": _median_steps(reach),
@@ -161,9 +166,30 @@ def main() -> None:
     summary["orth_step_time_ratio_runs"] = summary["arms"]["d"]["step_time_s"] / summary["arms"]["c"]["step_time_s"]
     summary["wall_minutes"] = round((time.time() - t0) / 60, 1)
     plot(summary, os.path.join(os.path.dirname(os.path.abspath(args.out)), "capvector.png"))
-    with open(args.out, "w") as f:
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
+    os.replace(tmp, args.out)
     print(json.dumps(summary, indent=2))
+    print(markdown_table(summary))
+
+
+def markdown_table(summary: dict) -> str:
+    """The per-arm table of docs/CAPVECTOR.md, from the summary."""
+    names = {"a": "(a) SFT from theta_pt", "b": "(b) aux SFT from theta_pt", "c": "(c) SFT from theta_meta",
+             "d": "(d) SFT + orth from theta_meta"}
+    steps = summary["eval_steps"]
+    head = ("| arm | " + " | ".join(f"success @ {s}" for s in steps)
+            + f" | mean over the curve | seeds reaching {summary['threshold']:.0%} (steps) | s/step (run) |")
+    rows = [head, "|" + "---|" * (len(steps) + 4)]
+    for arm, r in summary["arms"].items():
+        cells = [f"{r['curve_mean'][str(s)] if str(s) in r['curve_mean'] else r['curve_mean'][s]:.2f}"
+                 f" ± {r['curve_std'].get(str(s), r['curve_std'].get(s, 0.0)):.2f}" for s in steps]
+        reach = ", ".join("-" if x is None else str(x) for x in r["steps_to_threshold"])
+        rows.append(f"| {names[arm]} | " + " | ".join(cells)
+                    + f" | {r['success_over_curve_mean']:.2f} ± {r['success_over_curve_std']:.2f}"
+                    + f" | {r['seeds_reaching_threshold']}/{summary['seeds']} ({reach}) | {r['step_time_s']:.3f} |")
+    return "\n".join(rows)
 
 
 def interleaved_step_times(arms: dict[str, dict], paths: list[str], max_demos: int | None, work: str,
@@ -209,10 +235,13 @@ def plot(summary: dict, png: str) -> None:
         xs = [int(s) for s in r["curve_mean"]]
         mean = np.array(list(r["curve_mean"].values()))
         std = np.array([r.get("curve_std", {}).get(s, 0.0) for s in r["curve_mean"]])
-        ax.plot(xs, mean, "o-", label=f"{names[arm]} ({r['step_time_s'] * 1000:.0f} ms/step)")
+        # step time: the interleaved measurement when there is one (c trains exactly like a)
+        st = summary.get("step_time_interleaved_s", {}).get("a" if arm == "c" else arm, r["step_time_s"])
+        ax.plot(xs, mean, "o-", label=f"{names[arm]} ({st * 1000:.0f} ms/step)")
         ax.fill_between(xs, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.12)
     ax.set_xlabel("downstream finetuning steps")
-    ax.set_ylabel(f"success ({summary['downstream_task']}, {summary['episodes']} episodes, mean of {summary['seeds']} seeds)")
+    ax.set_ylabel(f"success ({summary['downstream_task']}, {summary['episodes']} episodes, "
+                  f"mean of {summary['seeds']} seeds)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
