@@ -125,7 +125,7 @@ def test_orthogonal_penalty_zero_positive_and_gradcheck():
     expected = float((0.1 * (gamma["a"] * gamma["a"]).sum()) ** 2)
     assert abs(float(inner(t).detach()) - expected) < 1e-9
 
-    # gradient of both forms against finite differences, through the same code the trainer calls
+    # gradient of both forms against finite differences (autograd path), then the closed form against it
     for form in ("cosine", "inner"):
         base = _Toy()
         pen = OrthogonalPenalty(base, gamma, form=form)
@@ -138,6 +138,15 @@ def test_orthogonal_penalty_zero_positive_and_gradcheck():
         ga, gb = torch.autograd.grad(pen.compute({"a": a, "b": b}), (a, b))
         torch.testing.assert_close(base.a.grad, ga)
         torch.testing.assert_close(base.b.grad, gb)
+        # the closed-form gradient the trainer adds after backward: same value, same gradient, added to .grad
+        prior = torch.randn(3, 4, dtype=torch.float64)
+        base.a.grad = prior.clone()
+        base.b.grad = None
+        value = pen.add_grad_(base, 0.7)
+        assert abs(value - float(pen.compute({"a": a, "b": b}))) < 1e-12
+        torch.testing.assert_close(base.a.grad, prior + 0.7 * ga)
+        torch.testing.assert_close(base.b.grad, 0.7 * gb)
+        assert value > 1e-6  # a random update is not orthogonal: the check above compared non-zero gradients
 
 
 def test_inspect_reports_and_plots(ckpts, tmp_path):

@@ -178,3 +178,34 @@ def test_attention_aux_head_and_colour_swaps_train_resume_exactly_and_stay_out_o
         _cfg(dataset, tmp_path / "x", aux="spatial", aux_head="conv")
     with pytest.raises(ValueError, match="divisible by 3"):
         AttnPoolAuxHead(4, 8, out=4)
+
+
+def test_orthogonal_penalty_in_training_keeps_the_update_off_the_capability_vector(dataset, tmp_path):
+    """The CapVector path end to end at toy scale: theta_pt, an auxiliary and a plain finetune, gamma, theta_meta,
+    then SFT from theta_meta with and without the penalty (closed-form gradient), and with LoRA (autograd)."""
+    from vla.capvector import OrthogonalPenalty, extract, merge
+
+    pt = train(_cfg(dataset, tmp_path / "pt"), progress=False)
+    ao = train(_cfg(dataset, tmp_path / "ao", init=pt, aux="spatial", aux_layer=1), progress=False)
+    ft = train(_cfg(dataset, tmp_path / "ft", init=pt), progress=False)
+    vec = str(tmp_path / "gamma.safetensors")
+    gamma, _ = extract(ao, ft, out=vec)
+    meta = str(tmp_path / "meta")
+    merge(pt, [vec], [1.0], meta)
+
+    def cos2(run: str) -> float:  # sum over tensors of cos^2(gamma, theta - theta_meta)
+        pen = OrthogonalPenalty(Policy.from_pretrained(meta).model, gamma)
+        w = load_file(os.path.join(run, "model.safetensors"))
+        return float(pen.compute({k: w[k].requires_grad_() for k in pen.names}).detach())
+
+    kw = dict(init=meta, steps=6, lr=1e-3, val_every=0)
+    plain = train(_cfg(dataset, tmp_path / "plain", **kw), progress=False)
+    orth = train(_cfg(dataset, tmp_path / "orth", capvector=vec, orth_weight=100.0, **kw), progress=False)
+    assert cos2(orth) < 0.25 * cos2(plain), (cos2(orth), cos2(plain))
+    rows = open(tmp_path / "orth" / "metrics.csv").read().strip().splitlines()
+    col = rows[0].split(",").index("orth")
+    assert float(rows[-1].split(",")[col]) >= 0.0 and float(rows[1].split(",")[col]) == 0.0  # step 1 starts at meta
+    lora = tmp_path / "lora"
+    train(_cfg(dataset, lora, capvector=vec, orth_weight=1.0, lora_rank=2, **kw), progress=False)
+    rows = open(lora / "metrics.csv").read().strip().splitlines()
+    assert float(rows[-1].split(",")[rows[0].split(",").index("orth")]) > 0.0  # the A-matrix penalty, via autograd

@@ -171,6 +171,9 @@ class Trainer:
 
             gamma, _ = load_vector(cfg.capvector)
             self.orth = OrthogonalPenalty(self.model, gamma, form=cfg.orth_form)
+        # full finetune: train_step adds the penalty's gradient in closed form after backward (same value and
+        # gradient as through autograd, cheaper); LoRA: through autograd in compute_loss
+        self._orth_direct = self.orth is not None and cfg.lora_rank == 0
         if cfg.lora_rank > 0:
             from vla.lora import apply_lora
 
@@ -226,8 +229,8 @@ class Trainer:
             a = aux_loss(self.aux_head, vis, batch, cfg.aux, self.stats["state"])
             metrics["aux"] = float(a.detach())
             loss = loss + cfg.aux_weight * a
-        if self.orth is not None and train and cfg.orth_weight > 0:
-            o = self.orth(self.model)
+        if self.orth is not None and train and cfg.orth_weight > 0 and not self._orth_direct:
+            o = self.orth(self.model)  # LoRA: the penalty on the A matrices, through autograd
             metrics["orth"] = float(o.detach())
             loss = loss + cfg.orth_weight * o
         metrics["loss"] = float(loss.detach())
@@ -325,6 +328,11 @@ class Trainer:
                 (loss / cfg.grad_accum).backward()
             for k, v in m.items():
                 agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
+        if self._orth_direct and cfg.orth_weight > 0:
+            o = self.orth.add_grad_(self.model, cfg.orth_weight)
+            if o is not None:
+                agg["orth"] = o
+                agg["loss"] = agg["loss"] + cfg.orth_weight * o
         params = [p for g in self.opt.param_groups for p in g["params"]]
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
         self.opt.step()
