@@ -163,6 +163,11 @@ def main() -> None:
     # the figure: SFT + orthogonal penalty against plain SFT, same process, interleaved
     summary["orth_step_time_ratio"] = st_int["d"] / st_int["a"]
     summary["aux_step_time_ratio"] = st_int["b"] / st_int["a"]
+    old_path = f"{w}/steptime_autograd.json"  # the same measurement before the closed-form gradient, if kept
+    if os.path.exists(old_path):
+        st_old = json.load(open(old_path))
+        summary["step_time_interleaved_autograd_s"] = st_old
+        summary["orth_step_time_ratio_autograd"] = st_old["d"] / st_old["a"]
     summary["orth_step_time_ratio_runs"] = summary["arms"]["d"]["step_time_s"] / summary["arms"]["c"]["step_time_s"]
     summary["wall_minutes"] = round((time.time() - t0) / 60, 1)
     plot(summary, os.path.join(os.path.dirname(os.path.abspath(args.out)), "capvector.png"))
