@@ -35,6 +35,15 @@ from vla.config import DataConfig, TrainConfig  # noqa: E402
 from vla.train import Trainer, train  # noqa: E402
 
 
+ARM_NAMES = {"a": "(a) SFT from theta_pt", "b": "(b) aux SFT from theta_pt", "c": "(c) SFT from theta_meta",
+             "d": "(d) SFT + orth from theta_meta"}
+
+
+def _at(curve: dict, step: int) -> float:
+    """A curve's value at `step`: int keys in the running summary, str keys once it went through JSON."""
+    return curve[step] if step in curve else curve[str(step)]
+
+
 def train_cfg(out: str, paths: list[str], steps: int, seed: int, init: str | None = None, aux: str | None = None,
               capvector: str | None = None, orth_weight: float = 0.0, max_demos: int | None = None,
               save_every: int = 0, lr: float = 5e-4, tasks=None, augment_shift: int = 0) -> TrainConfig:
@@ -181,17 +190,14 @@ def main() -> None:
 
 def markdown_table(summary: dict) -> str:
     """The per-arm table of docs/CAPVECTOR.md, from the summary."""
-    names = {"a": "(a) SFT from theta_pt", "b": "(b) aux SFT from theta_pt", "c": "(c) SFT from theta_meta",
-             "d": "(d) SFT + orth from theta_meta"}
     steps = summary["eval_steps"]
     head = ("| arm | " + " | ".join(f"success @ {s}" for s in steps)
             + f" | mean over the curve | seeds reaching {summary['threshold']:.0%} (steps) | s/step (run) |")
     rows = [head, "|" + "---|" * (len(steps) + 4)]
     for arm, r in summary["arms"].items():
-        cells = [f"{r['curve_mean'][str(s)] if str(s) in r['curve_mean'] else r['curve_mean'][s]:.2f}"
-                 f" ± {r['curve_std'].get(str(s), r['curve_std'].get(s, 0.0)):.2f}" for s in steps]
+        cells = [f"{_at(r['curve_mean'], s):.2f} ± {_at(r['curve_std'], s):.2f}" for s in steps]
         reach = ", ".join("-" if x is None else str(x) for x in r["steps_to_threshold"])
-        rows.append(f"| {names[arm]} | " + " | ".join(cells)
+        rows.append(f"| {ARM_NAMES[arm]} | " + " | ".join(cells)
                     + f" | {r['success_over_curve_mean']:.2f} ± {r['success_over_curve_std']:.2f}"
                     + f" | {r['seeds_reaching_threshold']}/{summary['seeds']} ({reach}) | {r['step_time_s']:.3f} |")
     return "\n".join(rows)
@@ -233,8 +239,6 @@ def plot(summary: dict, png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = {"a": "(a) SFT from theta_pt", "b": "(b) aux SFT from theta_pt", "c": "(c) SFT from theta_meta",
-             "d": "(d) SFT + orth from theta_meta"}
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for arm, r in summary["arms"].items():
         xs = [int(s) for s in r["curve_mean"]]
@@ -242,7 +246,7 @@ def plot(summary: dict, png: str) -> None:
         std = np.array([r.get("curve_std", {}).get(s, 0.0) for s in r["curve_mean"]])
         # step time: the interleaved measurement when there is one (c trains exactly like a)
         st = summary.get("step_time_interleaved_s", {}).get("a" if arm == "c" else arm, r["step_time_s"])
-        ax.plot(xs, mean, "o-", label=f"{names[arm]} ({st * 1000:.0f} ms/step)")
+        ax.plot(xs, mean, "o-", label=f"{ARM_NAMES[arm]} ({st * 1000:.0f} ms/step)")
         ax.fill_between(xs, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.12)
     ax.set_xlabel("downstream finetuning steps")
     ax.set_ylabel(f"success ({summary['downstream_task']}, {summary['episodes']} episodes, "
