@@ -172,6 +172,15 @@ def main() -> None:
     # the issue's figure: SFT + orthogonal penalty against plain SFT, same process, interleaved
     summary["orth_step_time_ratio"] = st_int["d"] / st_int["a"]
     summary["aux_step_time_ratio"] = st_int["b"] / st_int["a"]
+    wr_path = f"{w}/steprun.json"
+    if os.path.exists(wr_path):
+        wr = json.load(open(wr_path))
+    else:
+        print("[capvector] whole-run step times, (d) and (c) alternated", flush=True)
+        wr = alternating_whole_runs(arms["c"], arms["d"], args.downstream, args.downstream_demos, w)
+        json.dump(wr, open(wr_path, "w"), indent=1)
+    summary["whole_run_step_times"] = wr
+    summary["orth_step_time_ratio_whole_runs"] = wr["ratio"]
     old_path = f"{w}/steptime_autograd.json"  # the same measurement before the closed-form gradient, if kept
     if os.path.exists(old_path):
         st_old = json.load(open(old_path))
@@ -224,6 +233,25 @@ def interleaved_step_times(arms: dict[str, dict], paths: list[str], max_demos: i
                 tr.train_step()
             times[arm].append((time.perf_counter() - t) / steps)
     return {arm: float(np.median(v)) for arm, v in times.items()}
+
+
+def alternating_whole_runs(meta_kw: dict, orth_kw: dict, paths: list[str], max_demos: int | None, work: str,
+                           steps: int = 200, pairs: int = 2) -> dict:
+    """Whole trainings (loop, logging, final save) of plain SFT and SFT + penalty from theta_meta, alternated
+    d, c, d, c so drift hits both; seconds per step from each run's train_summary.json."""
+    import shutil
+
+    out: dict = {"steps": steps, "runs": []}
+    for i in range(pairs):
+        for arm, kw in (("d", orth_kw), ("c", meta_kw)):
+            d = f"{work}/steprun_{arm}{i}"
+            shutil.rmtree(d, ignore_errors=True)
+            run_train(d, paths, steps, seed=1, max_demos=max_demos, **kw)
+            s = json.load(open(f"{d}/train_summary.json"))
+            out["runs"].append({"arm": arm, "s_per_step": s["train_seconds"] / s["steps"]})
+    t = {a: sum(r["s_per_step"] for r in out["runs"] if r["arm"] == a) for a in ("c", "d")}
+    out["ratio"] = t["d"] / t["c"]
+    return out
 
 
 def _median_steps(reach: list) -> float | None:
