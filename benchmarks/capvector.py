@@ -1,6 +1,6 @@
 """CapVector reproduction at our scale (docs/CAPVECTOR.md).
 
-The run in docs/CAPVECTOR.md (~1.7 h on a 2-core CPU; needs `vla collect --task Stack --episodes 100`):
+The run in docs/CAPVECTOR.md (~1.7 h on a 2-core CPU, step-time measurements included; needs `vla collect --task Stack --episodes 100`):
 
     .venv/bin/python benchmarks/capvector.py --pretrain data/pickcolor.hdf5 --pretrain data/stack.hdf5 \
         --extract data/pickcolor.hdf5 --downstream data/lift.hdf5 --downstream-task Lift --seeds 3 \
