@@ -1,6 +1,7 @@
 """CapVector reproduction at our scale (docs/CAPVECTOR.md).
 
-The run in docs/CAPVECTOR.md (~1.7 h on a 2-core CPU, step-time measurements included; needs `vla collect --task Stack --episodes 100`):
+The run in docs/CAPVECTOR.md (~1.7 h on a 2-core CPU, step-time measurements included; needs
+`vla collect --task Stack --episodes 100 --out data/stack.hdf5`):
 
     .venv/bin/python benchmarks/capvector.py --pretrain data/pickcolor.hdf5 --pretrain data/stack.hdf5 \
         --extract data/pickcolor.hdf5 --downstream data/lift.hdf5 --downstream-task Lift --seeds 3 \
@@ -256,7 +257,7 @@ def alternating_whole_runs(meta_kw: dict, orth_kw: dict, paths: list[str], max_d
 
 def _median_steps(reach: list) -> float | None:
     """Median steps to the threshold over seeds, counting a seed that never got there as infinitely slow."""
-    vals = sorted(float("inf") if r is None else float(r) for r in reach)
+    vals = [float("inf") if r is None else float(r) for r in reach]
     med = float(np.median(vals)) if vals else float("inf")
     return None if med == float("inf") else med
 

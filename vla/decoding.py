@@ -172,7 +172,7 @@ def decode_block(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
     cfg = model.cfg
     _require_block_causal(cfg, "block")
     tokens, revealed = _blank(cfg, cache, dcfg)  # (B, A)
-    B, A = tokens.shape
+    A = tokens.shape[1]
     bs = cfg.block_size
     dev = tokens.device
     nfe = 0
