@@ -4,7 +4,10 @@
 
 For each checkpoint of a run trained with `aux: spatial`: the head's squared error (in the dataset's normalised
 units: 1.0 = predicting the mean) on 256 training frames and 256 held-out frames (`mask/valid`), for the target
-row (the named object, first) and the other objects. Prints one JSON line per checkpoint; --out appends them.
+row (the named object, first) and the other objects. With `model.vision_target`, also the target head's x, y error on
+the named object (`*_mse_target_head`; it reads the stem's output, before the backbone). Prints one JSON line per
+checkpoint; --out appends them. `*_t0_*` fields: the same on each demo's first frame only (up to 64 demos), where
+the arm is at home and says nothing about where the named cube is.
 """
 
 from __future__ import annotations
@@ -35,14 +38,26 @@ def probe(trainer: Trainer, ckpt: str, frames: int = 256) -> dict:
         if data is None:
             continue
         idx = np.random.default_rng(0).choice(len(data), min(frames, len(data)), replace=False)
-        b = data.batch(idx, 0, torch.Generator().manual_seed(0), trainer.cfg.aux_future_steps)
-        with torch.no_grad():
-            _, vis = trainer.model(b["images"], b["text_ids"], b["text_valid"], b["state"], b["action_tokens"],
-                                   capture_layer=trainer.cfg.aux_layer)  # the prefix never sees action tokens
-            err = (trainer.aux_head(vis) - b["object_pos"]) ** 2  # (B, 9)
-        valid = b["object_valid"].float()
-        out[f"{name}_mse_target"] = float((err[:, :3] * valid[:, :3]).sum() / valid[:, :3].sum().clamp(min=1))
-        out[f"{name}_mse_others"] = float((err[:, 3:] * valid[:, 3:]).sum() / valid[:, 3:].sum().clamp(min=1))
+        first = np.nonzero(np.r_[True, data.demo_of[1:] != data.demo_of[:-1]])[0][:64]  # each demo's t = 0
+        for tag, rows in (("", idx), ("_t0", first)):
+            out.update(_errors(trainer, data, rows, f"{name}{tag}"))
+    return out
+
+
+def _errors(trainer: Trainer, data, idx: np.ndarray, name: str) -> dict:
+    """Squared errors (normalised units) of the heads on frames `idx` of `data`, keys prefixed with `name`."""
+    out = {}
+    b = data.batch(idx, 0, torch.Generator().manual_seed(0), trainer.cfg.aux_future_steps)
+    with torch.no_grad():
+        _, vis = trainer.model(b["images"], b["text_ids"], b["text_valid"], b["state"], b["action_tokens"],
+                               capture_layer=trainer.cfg.aux_layer)  # the prefix never sees action tokens
+        err = (trainer.aux_head(vis) - b["object_pos"]) ** 2  # (B, 9)
+        head_err = (trainer.model.last_target - b["object_pos"][:, :2]) ** 2 if trainer.mcfg.vision_target else None
+    valid = b["object_valid"].float()
+    if head_err is not None:
+        out[f"{name}_mse_target_head"] = float((head_err * valid[:, :2]).sum() / valid[:, :2].sum().clamp(min=1))
+    out[f"{name}_mse_target"] = float((err[:, :3] * valid[:, :3]).sum() / valid[:, :3].sum().clamp(min=1))
+    out[f"{name}_mse_others"] = float((err[:, 3:] * valid[:, 3:]).sum() / valid[:, 3:].sum().clamp(min=1))
     return out
 
 

@@ -41,6 +41,66 @@ def test_prefix_kv_reuse_matches_full_forward(preset):
         assert cache.length == cfg.prefix_len
 
 
+def test_vision_film_conditions_pixels_on_the_instruction():
+    """vision_film: the stems' features depend on the instruction's valid tokens only; cache == full forward."""
+    from dataclasses import replace
+
+    cfg = replace(load_model_config("tiny"), vision_film=True)
+    torch.manual_seed(0)
+    m = DVLA(cfg, 50).eval()
+    imgs, txt, tv, st, toks = _inputs(cfg)
+    n_vis = cfg.n_vision_tokens
+    with torch.no_grad():
+        base = m.embed_prefix(imgs, txt, st, tv)[:, :n_vis]
+        txt2 = txt.clone()
+        txt2[:, 1] = (txt[:, 1] + 1 - 3) % 37 + 3  # another word in every row
+        assert torch.equal(m.embed_prefix(imgs, txt2, st, tv)[:, :n_vis], base)  # zero-init FiLM: the plain stem
+        for stem in m.vision:
+            torch.nn.init.normal_(stem.film.weight, std=0.05)
+        base = m.embed_prefix(imgs, txt, st, tv)[:, :n_vis]
+        other = m.embed_prefix(imgs, txt2, st, tv)[:, :n_vis]
+        assert (other - base).abs().amax(dim=(1, 2)).min() > 1e-3  # the words reach the pixels
+        pad = txt.clone()
+        pad[0, 5:] = 7  # row 0's padding (tv[0, 5:] is False) must not matter
+        torch.testing.assert_close(m.embed_prefix(imgs, pad, st, tv)[:1, :n_vis], base[:1], atol=1e-6, rtol=0)
+        full, _ = m(imgs, txt, tv, st, toks)
+        inc = m.action_logits(m.encode_prefix(imgs, txt, tv, st), toks, torch.arange(cfg.n_action_tokens))
+        torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
+
+
+def test_vision_target_token():
+    """vision_target: one more prefix token carrying the predicted named-object position; the action loss does not
+    train the target head (its input to the backbone is detached), its own loss does; cache == full forward."""
+    from dataclasses import replace
+
+    cfg = replace(load_model_config("tiny"), vision_film=True, vision_target=True)
+    base_cfg = load_model_config("tiny")
+    assert cfg.n_vision_tokens == base_cfg.n_vision_tokens + 1 and cfg.prefix_len == base_cfg.prefix_len + 1
+    torch.manual_seed(0)
+    m = DVLA(cfg, 50)
+    imgs, txt, tv, st, toks = _inputs(cfg)
+    logits, _ = m(imgs, txt, tv, st, toks)
+    assert m.last_target.shape == (3, 2)
+    logits.logsumexp(-1).sum().backward()
+    assert all(p.grad is None for p in m.target_head.parameters())  # no action gradient into the head
+    assert m.target_embed[0].weight.grad.abs().sum() > 0  # ...but the token is used
+    m.zero_grad()
+    m(imgs, txt, tv, st, toks)
+    m.last_target.pow(2).sum().backward()
+    assert m.target_head.mlp[-1].weight.grad.abs().sum() > 0
+    m.eval()
+    with torch.no_grad():
+        p1 = m.embed_prefix(imgs, txt, st, tv)
+        t1 = m.last_target.clone()
+        p2 = m.embed_prefix(imgs.flip(-1), txt, st, tv)  # another picture: another position, another token
+        assert (m.last_target - t1).abs().max() > 1e-4
+        n = cfg.n_vision_tokens
+        assert (p2[:, n - 1] - p1[:, n - 1]).abs().max() > 1e-4
+        full, _ = m(imgs, txt, tv, st, toks)
+        inc = m.action_logits(m.encode_prefix(imgs, txt, tv, st), toks, torch.arange(cfg.n_action_tokens))
+        torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
+
+
 def test_prefix_does_not_depend_on_actions():
     cfg = load_model_config("tiny")
     m = DVLA(cfg, 50).eval()
@@ -74,7 +134,7 @@ def test_tiny_model_overfits_fixed_batch():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert first > 4.0 and float(loss) < 0.1
+    assert first > 4.0 and float(loss.detach()) < 0.1
 
 
 def _obs(S=64, seed=0):

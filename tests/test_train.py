@@ -180,6 +180,28 @@ def test_attention_aux_head_and_colour_swaps_train_resume_exactly_and_stay_out_o
         AttnPoolAuxHead(4, 8, out=4)
 
 
+def test_target_head_learns_from_its_own_loss_only_and_ships_with_the_policy(dataset, tmp_path):
+    """model.vision_target: the head is trained by the `target` loss only (its token is detached: with weight 0 it
+    never moves), the metric is logged, and the policy keeps the head (inference needs it)."""
+    over = {"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32), "vision_film": True,
+            "vision_target": True}
+    k = "target_head.stem.film.weight"
+    for w in (0.0, 1.0):
+        out = tmp_path / f"w{w}"
+        train(_cfg(dataset, out, steps=2, save_every=1, keep_last=2, model_overrides=over, target_weight=w),
+              progress=False)
+        s1 = load_file(str(out / "checkpoints" / "step_000001" / "model.safetensors"))
+        s2 = load_file(str(out / "checkpoints" / "step_000002" / "model.safetensors"))
+        assert not torch.equal(s1["head.weight"], s2["head.weight"])  # the policy trained in both runs
+        assert torch.equal(s1[k], s2[k]) == (w == 0.0)  # the head moves only under its own loss
+    rows = open(tmp_path / "w1.0" / "metrics.csv").read().strip().splitlines()
+    assert float(rows[-1].split(",")[rows[0].split(",").index("target")]) > 0
+    p = Policy.from_pretrained(str(tmp_path / "w1.0" / "policy"))
+    obs = {"images": {c: np.zeros((32, 32, 3), np.uint8) for c in ("agentview", "wrist")},
+           "state": np.zeros(9, np.float32), "instruction": "pick up the red cube"}
+    assert p.predict_action_chunk(obs).shape == (8, 7)
+
+
 def test_orthogonal_penalty_in_training_keeps_the_update_off_the_capability_vector(dataset, tmp_path):
     """The CapVector path end to end at toy scale: theta_pt, an auxiliary and a plain finetune, gamma, theta_meta,
     then SFT from theta_meta with and without the penalty (closed-form gradient), and with LoRA (autograd)."""

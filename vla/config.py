@@ -71,6 +71,8 @@ class ModelConfig:
     vision_stride: int = 16  # total downsampling of the stem; grid = image_size // vision_stride
     vision_keypoints: int = 32  # spatial-softmax keypoints -> one extra token per camera (0 = off)
     vision_coords: bool = True  # append x/y coordinate channels to the image (CoordConv)
+    vision_film: bool = False  # FiLM every conv stage by the pooled instruction (RT-1 style): "which cube" in the pixels
+    vision_target: bool = False  # predict the named object's x, y from the first camera (+ instruction), one token
     # language
     text_tokenizer: str = "word"  # "word" (vocabulary saved with the checkpoint) | "byte" | "hf" (backbone_path)
     max_text_len: int = 12
@@ -104,7 +106,8 @@ class ModelConfig:
 
     @property
     def n_vision_tokens(self) -> int:
-        return len(self.cameras) * (self.grid * self.grid + (1 if self.vision_keypoints else 0))
+        per_cam = self.grid * self.grid + (1 if self.vision_keypoints else 0)
+        return len(self.cameras) * per_cam + (1 if self.vision_target else 0)
 
     @property
     def prefix_len(self) -> int:
@@ -191,6 +194,7 @@ class TrainConfig:
     aux_weight: float = 0.5
     aux_layer: int = 2  # backbone layer whose vision-token hidden states feed the head
     aux_head: str = "mlp"  # "mlp" (flatten all vision tokens) | "attn" (one attention-pooling query per object)
+    target_weight: float = 1.0  # model.vision_target: MSE of the predicted named-object x, y (normalised units)
     aux_future_steps: int = 4
     # capability-vector orthogonal regularisation
     capvector: str | None = None

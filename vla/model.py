@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vla.config import ModelConfig
 from vla.fast_layers import FastStack
@@ -72,6 +73,9 @@ class ConvStem(nn.Module):
     channels; the last conv maps to d at stride `vision_stride` (grid tokens). With `vision_keypoints` K > 0, a
     spatial softmax over the stride-4 feature map gives K expected (x, y) keypoints (robomimic's localisation
     trick), projected to one extra token: cheap, and far more precise than a coarse grid for "where is the cube".
+    With `vision_film`, each stage's features are scaled and shifted per channel by the pooled instruction
+    (x * (1 + g) + b, g and b from a zero-initialised linear map, so training starts from the plain stem): the
+    instruction picks what the stem highlights, so the keypoints and grid tokens can follow the named object.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -90,6 +94,11 @@ class ConvStem(nn.Module):
                 layers += [nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(min(8, c), c), nn.GELU()]
             self.stages.append(nn.Sequential(*layers))
             c_in = c
+        self.film_chans = chans if cfg.vision_film else []
+        if cfg.vision_film:
+            self.film = nn.Linear(cfg.hidden_size, 2 * sum(chans))
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
         self.out = nn.Conv2d(c_in, cfg.hidden_size, 3, stride=2, padding=1)
         self.pos = nn.Parameter(torch.randn(cfg.grid * cfg.grid, cfg.hidden_size) * 0.02)
         self.n_kp = cfg.vision_keypoints
@@ -99,16 +108,24 @@ class ConvStem(nn.Module):
             self.kp_proj = nn.Sequential(nn.Linear(2 * self.n_kp, cfg.hidden_size), nn.GELU(),
                                          nn.Linear(cfg.hidden_size, cfg.hidden_size))
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """img (B, 3, S, S); text (B, d) the pooled instruction (needed with vision_film)."""
         x = (img - 0.5) / 0.5  # (B, 3, S, S)
         B, _, S, _ = x.shape
         if self.coords:
             lin = torch.linspace(-1, 1, S, device=x.device, dtype=x.dtype)
             yy, xx = torch.meshgrid(lin, lin, indexing="ij")
             x = torch.cat([x, xx.expand(B, 1, S, S), yy.expand(B, 1, S, S)], dim=1)  # (B, 5, S, S)
+        film = None
+        if self.film_chans:
+            if text is None:
+                raise ValueError("ConvStem: vision_film needs the pooled instruction (text)")
+            film = self.film(text).split([c for c in self.film_chans for _ in (0, 1)], dim=-1)  # 2 per stage, (B, c)
         kp_feat = None
         for i, stage in enumerate(self.stages):
             x = stage(x)
+            if film is not None:
+                x = x * (1 + film[2 * i][:, :, None, None]) + film[2 * i + 1][:, :, None, None]
             if i == 1:
                 kp_feat = x  # (B, C, S/4, S/4)
         tokens = self.out(x).flatten(2).transpose(1, 2) + self.pos  # (B, g*g, d)
@@ -122,6 +139,33 @@ class ConvStem(nn.Module):
         gy, gx = torch.meshgrid(ly, lx, indexing="ij")
         kp = torch.stack([(attn * gx.flatten()).sum(-1), (attn * gy.flatten()).sum(-1)], dim=-1)  # (B, K, 2)
         return torch.cat([tokens, self.kp_proj(kp.flatten(1))[:, None]], dim=1)  # (B, g*g + 1, d)
+
+
+class TargetHead(nn.Module):
+    """The named object's table position from pixels and words: image (B, 3, S, S) + pooled instruction (B, d)
+    -> (x, y) (B, 2), normalised by the dataset's object statistics.
+
+    Its own FiLM-ed conv stem (the locator), trained only by the trainer's `target_weight` loss: when the stem was
+    shared with the policy's vision tokens, the action loss taught it to read the arm (which sits on the target in
+    most frames) and it failed on the first frame of new layouts (error 1.3, worse than the mean); a stem trained
+    for this alone localises the named cube on held-out layouts at t = 0 (0.01). Not z: a cube's height barely
+    varies (std 4 mm) until lifted, so a lifted cube is a 10-sigma outlier in normalised units that dominated the
+    loss, and the gripper height is in the state.
+    """
+
+    def __init__(self, cfg: ModelConfig, width: int = 32):
+        super().__init__()
+        from dataclasses import replace
+
+        d = cfg.hidden_size
+        self.stem = ConvStem(replace(cfg, vision_film=True))
+        n_tokens = cfg.grid * cfg.grid + (1 if cfg.vision_keypoints else 0)
+        self.proj = nn.Linear(d, width)
+        self.mlp = nn.Sequential(nn.Linear(n_tokens * width + d, 256), nn.GELU(), nn.Linear(256, 2))
+
+    def forward(self, img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(img, text)  # (B, n, d)
+        return self.mlp(torch.cat([F.gelu(self.proj(tokens)).flatten(1), text], dim=1))
 
 
 class DVLA(nn.Module):
@@ -142,6 +186,14 @@ class DVLA(nn.Module):
         d = cfg.hidden_size
         self.vision = nn.ModuleList([ConvStem(cfg) for _ in cfg.cameras])
         self.camera_embed = nn.Parameter(torch.randn(len(cfg.cameras), d) * 0.02)
+        if cfg.vision_film or cfg.vision_target:  # pooled instruction -> the stems' FiLM and the target head
+            # LayerNorm first: word embeddings start at std 0.02, and FiLM driven by so small an input learnt the
+            # colour so slowly that the locator settled on a colour-blind cue (the arm) instead
+            self.text_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU())
+        self.last_target = None  # (B, 2) the target head's prediction in the last embed_prefix (for its loss)
+        if cfg.vision_target:
+            self.target_head = TargetHead(cfg)
+            self.target_embed = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))
         self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
         self.action_embed = nn.Embedding(cfg.num_bins + 1, d)  # id num_bins = [MASK]
         self.action_slot = nn.Parameter(torch.randn(cfg.n_action_tokens, d) * 0.02)  # which (step, dim)
@@ -149,10 +201,26 @@ class DVLA(nn.Module):
         nn.init.normal_(self.action_embed.weight, std=0.02)
 
     # ----- embeddings -----
-    def embed_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """images (B, n_cam, 3, S, S) float [0,1]; text_ids (B, L); state (B, state_dim) normalized -> (B, P, d)."""
-        vis = [stem(images[:, i]) + self.camera_embed[i] for i, stem in enumerate(self.vision)]  # n_cam x (B, g*g, d)
+    def embed_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, state: torch.Tensor,
+                     text_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, n_cam, 3, S, S) float [0,1]; text_ids (B, L); state (B, state_dim) normalized;
+        text_valid (B, L) bool (pooling for vision_film / vision_target; all valid if None) -> (B, P, d).
+
+        With vision_target the vision part ends with one more token: the embedded x, y the target head predicts from
+        the first camera's image with its own stem (detached: the token carries the prediction, the head learns
+        only from its own loss); the prediction is kept in `self.last_target` (B, 2).
+        """
+        cfg = self.cfg
         txt = self.backbone.embed_tokens(text_ids)  # (B, L, d)
+        pooled = None
+        if cfg.vision_film or cfg.vision_target:
+            w = torch.ones_like(text_ids, dtype=txt.dtype) if text_valid is None else text_valid.to(txt.dtype)
+            pooled = self.text_pool((txt * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1))  # (B, d)
+        stems = [stem(images[:, i], pooled if cfg.vision_film else None) for i, stem in enumerate(self.vision)]
+        vis = [t + self.camera_embed[i] for i, t in enumerate(stems)]  # n_cam x (B, g*g [+1], d)
+        if cfg.vision_target:
+            self.last_target = self.target_head(images[:, 0], pooled)  # (B, 2) normalised x, y
+            vis.append(self.target_embed(self.last_target.detach())[:, None])  # (B, 1, d)
         st = self.state_proj(state)[:, None]  # (B, 1, d)
         return torch.cat(vis + [txt, st], dim=1)
 
@@ -196,7 +264,7 @@ class DVLA(nn.Module):
         """
         cfg = self.cfg
         mode = mode or cfg.attention
-        prefix = self.embed_prefix(images, text_ids, state)  # (B, P, d)
+        prefix = self.embed_prefix(images, text_ids, state, text_valid)  # (B, P, d)
         slots = torch.arange(cfg.n_action_tokens, device=prefix.device)
         h = torch.cat([prefix, self.embed_actions(action_tokens, slots)], dim=1)  # (B, P+A, d)
         P = prefix.shape[1]
@@ -211,7 +279,7 @@ class DVLA(nn.Module):
     @torch.no_grad()
     def encode_prefix(self, images, text_ids, text_valid, state) -> KVCache:
         """Run the prefix once; its KV stays in the returned cache for every denoising pass of this chunk."""
-        prefix = self.embed_prefix(images, text_ids, state)  # (B, P, d)
+        prefix = self.embed_prefix(images, text_ids, state, text_valid)  # (B, P, d)
         B, P, _ = prefix.shape
         pv = self.prefix_valid(text_valid)
         cache = KVCache(prefix_valid=pv, n_layers=len(self.backbone.layers))

@@ -225,6 +225,12 @@ class Trainer:
             loss = kl + cfg.distill_ce_weight * ce
         else:
             loss = ce
+        if mcfg.vision_target and cfg.target_weight > 0:
+            pred, obj = self.model.last_target, batch["object_pos"][:, :2]  # (B, 2): x, y of row 0, the named object
+            valid = batch["object_valid"][:, :2].float()
+            tl = ((pred - obj) ** 2 * valid).sum() / valid.sum().clamp(min=1.0)
+            metrics["target"] = float(tl.detach())
+            loss = loss + cfg.target_weight * tl
         if capture is not None:
             a = aux_loss(self.aux_head, vis, batch, cfg.aux, self.stats["state"])
             metrics["aux"] = float(a.detach())
@@ -493,7 +499,7 @@ def plot_metrics(rows: list[dict], out_png: str) -> None:
         return zip(*pts) if pts else ([], [])
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, style in (("loss", "-"), ("ce", "--"), ("val_ce", "o-"), ("kl", ":"), ("aux", "-.")):
+    for key, style in (("loss", "-"), ("ce", "--"), ("val_ce", "o-"), ("kl", ":"), ("aux", "-."), ("target", "-.")):
         xs, ys = series(key)
         xs, ys = list(xs), list(ys)
         if xs and (key != "ce" or any(r.get("kl") not in (None, "") for r in rows)):
