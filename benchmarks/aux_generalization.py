@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vla.config import TrainConfig, from_dict, replace  # noqa: E402
+from vla.objectives import masked_mse  # noqa: E402
 from vla.train import Trainer  # noqa: E402
 
 
@@ -51,13 +52,11 @@ def _errors(trainer: Trainer, data, idx: np.ndarray, name: str) -> dict:
     with torch.no_grad():
         _, vis = trainer.model(b["images"], b["text_ids"], b["text_valid"], b["state"], b["action_tokens"],
                                capture_layer=trainer.cfg.aux_layer)  # the prefix never sees action tokens
-        err = (trainer.aux_head(vis) - b["object_pos"]) ** 2  # (B, 9)
-        head_err = (trainer.model.last_target - b["object_pos"][:, :2]) ** 2 if trainer.mcfg.vision_target else None
-    valid = b["object_valid"].float()
-    if head_err is not None:
-        out[f"{name}_mse_target_head"] = float((head_err * valid[:, :2]).sum() / valid[:, :2].sum().clamp(min=1))
-    out[f"{name}_mse_target"] = float((err[:, :3] * valid[:, :3]).sum() / valid[:, :3].sum().clamp(min=1))
-    out[f"{name}_mse_others"] = float((err[:, 3:] * valid[:, 3:]).sum() / valid[:, 3:].sum().clamp(min=1))
+        pred, obj, valid = trainer.aux_head(vis), b["object_pos"], b["object_valid"]  # (B, 9) each
+    if trainer.mcfg.vision_target:
+        out[f"{name}_mse_target_head"] = float(masked_mse(trainer.model.last_target, obj[:, :2], valid[:, :2]))
+    out[f"{name}_mse_target"] = float(masked_mse(pred[:, :3], obj[:, :3], valid[:, :3]))
+    out[f"{name}_mse_others"] = float(masked_mse(pred[:, 3:], obj[:, 3:], valid[:, 3:]))
     return out
 
 

@@ -155,10 +155,8 @@ class TargetHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig, width: int = 32):
         super().__init__()
-        from dataclasses import replace
-
         d = cfg.hidden_size
-        self.stem = ConvStem(replace(cfg, vision_film=True))
+        self.stem = ConvStem(dataclasses.replace(cfg, vision_film=True))
         n_tokens = cfg.grid * cfg.grid + (1 if cfg.vision_keypoints else 0)
         self.proj = nn.Linear(d, width)
         self.mlp = nn.Sequential(nn.Linear(n_tokens * width + d, 256), nn.GELU(), nn.Linear(256, 2))

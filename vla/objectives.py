@@ -124,11 +124,16 @@ def make_aux_head(kind: str, n_vis: int, d: int, out: int) -> nn.Module:
     raise ValueError(f"aux_head: expected 'mlp' or 'attn', got {kind!r}")
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the entries where `valid` (same shape, bool or 0/1) is set; 0 if none are."""
+    valid = valid.float()
+    return ((pred - target) ** 2 * valid).sum() / valid.sum().clamp(min=1.0)
+
+
 def aux_loss(head: nn.Module, vis_hidden: torch.Tensor, batch: dict, kind: str, eef_stats: dict | None = None):
     pred = head(vis_hidden)
     if kind == "spatial":
-        target, valid = batch["object_pos"], batch["object_valid"].float()
-        return ((pred - target) ** 2 * valid).sum() / valid.sum().clamp(min=1.0)
+        return masked_mse(pred, batch["object_pos"], batch["object_valid"])
     target = batch["eef_future"]  # (B, 3) metres; centre/scale with dataset stats
     mean = torch.tensor(eef_stats["mean"][:3]) if eef_stats else 0.0
     std = torch.tensor(eef_stats["std"][:3]) + 1e-3 if eef_stats else 1.0

@@ -28,7 +28,7 @@ from vla.config import ModelConfig, TrainConfig, load_model_config, to_dict
 from vla.data import DemoBatches, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
-from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, noise
+from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, masked_mse, noise
 from vla.policy import Policy, _atomic, _atomic_json
 from vla.tokenizers import ActionTokenizer, ByteTokenizer, HFTokenizer, WordTokenizer, instruction_vocabulary
 
@@ -226,9 +226,8 @@ class Trainer:
         else:
             loss = ce
         if mcfg.vision_target and cfg.target_weight > 0:
-            pred, obj = self.model.last_target, batch["object_pos"][:, :2]  # (B, 2): x, y of row 0, the named object
-            valid = batch["object_valid"][:, :2].float()
-            tl = ((pred - obj) ** 2 * valid).sum() / valid.sum().clamp(min=1.0)
+            # (B, 2): x, y of object row 0, the named one
+            tl = masked_mse(self.model.last_target, batch["object_pos"][:, :2], batch["object_valid"][:, :2])
             metrics["target"] = float(tl.detach())
             loss = loss + cfg.target_weight * tl
         if capture is not None:
