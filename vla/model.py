@@ -13,6 +13,8 @@ and every denoising pass runs only the action tokens it needs against that cache
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,7 +48,6 @@ def backbone_config(cfg: ModelConfig, vocab_size: int):
 
 def config_from_hf(cfg: ModelConfig, path: str) -> ModelConfig:
     """Take the backbone's sizes from a local Hugging Face model directory."""
-    import dataclasses
 
     from transformers import AutoConfig
 
