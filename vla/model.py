@@ -48,7 +48,6 @@ def backbone_config(cfg: ModelConfig, vocab_size: int):
 
 def config_from_hf(cfg: ModelConfig, path: str) -> ModelConfig:
     """Take the backbone's sizes from a local Hugging Face model directory."""
-
     from transformers import AutoConfig
 
     hf = AutoConfig.from_pretrained(path, local_files_only=True)
