@@ -5,7 +5,7 @@
 For each checkpoint of a run trained with `aux: spatial`: the head's squared error (in the dataset's normalised
 units: 1.0 = predicting the mean) on 256 training frames and 256 held-out frames (`mask/valid`), for the target
 row (the named object, first) and the other objects. With `model.vision_target`, also the target head's x, y error on
-the named object (`*_mse_target_head`; it reads the stem's output, before the backbone). Prints one JSON line per
+the named object (`*_mse_target_head`; the head has its own stem and never sees the backbone). Prints one JSON line per
 checkpoint; --out appends them. `*_t0_*` fields: the same on each demo's first frame only (up to 64 demos), where
 the arm is at home and says nothing about where the named cube is.
 """

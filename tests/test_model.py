@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -43,8 +44,6 @@ def test_prefix_kv_reuse_matches_full_forward(preset):
 
 def test_vision_film_conditions_pixels_on_the_instruction():
     """vision_film: the stems' features depend on the instruction's valid tokens only; cache == full forward."""
-    from dataclasses import replace
-
     cfg = replace(load_model_config("tiny"), vision_film=True)
     torch.manual_seed(0)
     m = DVLA(cfg, 50).eval()
@@ -71,8 +70,6 @@ def test_vision_film_conditions_pixels_on_the_instruction():
 def test_vision_target_token():
     """vision_target: one more prefix token carrying the predicted named-object position; the action loss does not
     train the target head (its input to the backbone is detached), its own loss does; cache == full forward."""
-    from dataclasses import replace
-
     cfg = replace(load_model_config("tiny"), vision_film=True, vision_target=True)
     base_cfg = load_model_config("tiny")
     assert cfg.n_vision_tokens == base_cfg.n_vision_tokens + 1 and cfg.prefix_len == base_cfg.prefix_len + 1
