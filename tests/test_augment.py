@@ -58,3 +58,26 @@ def test_color_swap_renames_the_word_with_the_pixels_and_keeps_actions():
         assert name == ("red", "green", "blue")[int(patch.argmax())], (name, patch)
         assert torch.allclose(aug["images"][i].sum(1), plain["images"][i].sum(1))  # channels reordered, not altered
     assert seen == {"red", "green", "blue"}  # every swap happens (the identity is never drawn at probability 1)
+
+
+def test_uniform_task_sampling_gives_each_task_an_equal_share():
+    """data.task_sampling: "frames" follows the frame counts (a long task dominates), "uniform" splits batches evenly
+    across tasks; both are reproducible from the generator."""
+    from dataclasses import replace
+
+    from vla.policy import Policy
+
+    pol = Policy.untrained("tiny")
+    S = pol.cfg.image_size
+    short = _demo("a", "pick up the red cube", (0.85, 0.1, 0.1), S, T=5)
+    long = replace(_demo("b", "lift the cube", (0.85, 0.1, 0.1), S, T=45), task="Lift")
+    data = DemoBatches([short, long], pol.cfg, pol.action_tokenizer, pol.state_normalizer, pol.text_tokenizer)
+    n = 4000
+    by_frames = data.sample(n, torch.Generator().manual_seed(0), "frames")
+    uniform = data.sample(n, torch.Generator().manual_seed(0), "uniform")
+    assert abs((by_frames < 5).mean() - 0.1) < 0.03  # 5 of 50 frames belong to the short task
+    assert abs((uniform < 5).mean() - 0.5) < 0.04
+    assert set(uniform[uniform < 5]) == set(range(5)) and set(uniform[uniform >= 5]) == set(range(5, 50))
+    assert np.array_equal(uniform, data.sample(n, torch.Generator().manual_seed(0), "uniform"))
+    with pytest.raises(ValueError, match="task_sampling"):
+        DataConfig(task_sampling="balanced")

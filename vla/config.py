@@ -162,12 +162,15 @@ class DataConfig:
     max_demos_per_task: int | None = None
     augment_shift: int = 4  # pixels of random shift (pad + random crop), 0 = off
     augment_color: float = 0.0  # probability of a colour swap (RGB channels reordered, colour words renamed: vla/data.py)
+    task_sampling: str = "frames"  # "frames": every frame equally likely; "uniform": each task equally likely, then a frame
 
     def __post_init__(self):
         if not 0.0 <= self.augment_color <= 1.0:
             raise ValueError(f"data.augment_color: expected a probability in [0, 1], got {self.augment_color}")
         if self.augment_shift < 0:
             raise ValueError(f"data.augment_shift: expected >= 0 pixels, got {self.augment_shift}")
+        if self.task_sampling not in ("frames", "uniform"):
+            raise ValueError(f"data.task_sampling: expected 'frames' or 'uniform', got {self.task_sampling!r}")
 
 
 @dataclass(frozen=True)

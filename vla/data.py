@@ -64,9 +64,21 @@ class DemoBatches:
                 self.color_swaps.append((perm, pids, pvalid, usable))
         self.tasks = [d.task for d in demos]
         self.n = len(self.state)
+        task_names = sorted(set(self.tasks))
+        task_of_frame = np.array([task_names.index(self.tasks[i]) for i in self.demo_of])  # (N,)
+        self.task_frames = [np.nonzero(task_of_frame == t)[0] for t in range(len(task_names))]  # frame ids per task
 
     def __len__(self) -> int:
         return self.n
+
+    def sample(self, batch_size: int, generator: torch.Generator, task_sampling: str = "frames") -> np.ndarray:
+        """-> (B,) frame indices. "frames": uniform over frames, so long tasks dominate a mixture; "uniform": a task
+        uniformly, then a frame of it uniformly (every task gets the same share of the batches)."""
+        if task_sampling == "frames" or len(self.task_frames) == 1:
+            return torch.randint(0, self.n, (batch_size,), generator=generator).numpy()
+        t = torch.randint(0, len(self.task_frames), (batch_size,), generator=generator).numpy()
+        u = torch.rand(batch_size, generator=generator, dtype=torch.float64).numpy()
+        return np.array([self.task_frames[ti][int(ui * len(self.task_frames[ti]))] for ti, ui in zip(t, u)])
 
     def batch(self, idx: np.ndarray, augment_shift: int = 0, generator: torch.Generator | None = None,
               future_steps: int = 4, augment_color: float = 0.0) -> dict[str, torch.Tensor]:

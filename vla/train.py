@@ -242,7 +242,7 @@ class Trainer:
         return loss, metrics
 
     def _batch(self, data: DemoBatches, gen: torch.Generator, augment: bool) -> dict:
-        idx = torch.randint(0, len(data), (self.cfg.batch_size,), generator=gen).numpy()
+        idx = data.sample(self.cfg.batch_size, gen, self.cfg.data.task_sampling if augment else "frames")
         b = data.batch(idx, self.cfg.data.augment_shift if augment else 0, gen, self.cfg.aux_future_steps,
                        self.cfg.data.augment_color if augment else 0.0)
         return {k: v.to(self.device) for k, v in b.items()}
