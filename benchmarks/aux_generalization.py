@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vla.config import TrainConfig, from_dict, replace  # noqa: E402
-from vla.objectives import masked_mse  # noqa: E402
+from vla.objectives import masked_mse, target_columns  # noqa: E402
 from vla.train import Trainer  # noqa: E402
 
 
@@ -54,7 +54,8 @@ def _errors(trainer: Trainer, data, idx: np.ndarray, name: str) -> dict:
                                capture_layer=trainer.cfg.aux_layer)  # the prefix never sees action tokens
         pred, obj, valid = trainer.aux_head(vis), b["object_pos"], b["object_valid"]  # (B, 9) each
     if trainer.mcfg.vision_target:
-        out[f"{name}_mse_target_head"] = float(masked_mse(trainer.model.last_target, obj[:, :2], valid[:, :2]))
+        xy = target_columns(trainer.mcfg.target_objects)
+        out[f"{name}_mse_target_head"] = float(masked_mse(trainer.model.last_target, obj[:, xy], valid[:, xy]))
     out[f"{name}_mse_target"] = float(masked_mse(pred[:, :3], obj[:, :3], valid[:, :3]))
     out[f"{name}_mse_others"] = float(masked_mse(pred[:, 3:], obj[:, 3:], valid[:, 3:]))
     return out

@@ -294,3 +294,29 @@ def test_shipped_demo_checkpoint_loads_and_says_how_it_was_made():
     assert p.cfg.attention == "bidirectional" and not any("aux" in k for k in p.model.state_dict())
     a = p.predict_action_chunk(_obs(S=p.cfg.image_size))
     assert a.shape == (p.cfg.chunk_size, 7) and np.all(np.abs(a) <= 1)
+
+
+def test_vision_target_two_objects():
+    """target_objects 2: one token per object (told apart by a slot embedding), the head predicts both rows' x, y,
+    and the loss columns pick rows 0 and 1's x, y out of the flattened (x, y, z) rows."""
+    from vla.objectives import target_columns
+
+    assert target_columns(1) == [0, 1] and target_columns(2) == [0, 1, 3, 4]
+    one = replace(load_model_config("tiny"), vision_target=True)
+    cfg = replace(one, target_objects=2)
+    assert cfg.n_vision_tokens == one.n_vision_tokens + 1
+    with pytest.raises(ValueError, match="target_objects"):
+        replace(one, target_objects=4)
+    torch.manual_seed(0)
+    m = DVLA(cfg, 50).eval()
+    imgs, txt, tv, st, toks = _inputs(cfg)
+    with torch.no_grad():
+        p = m.embed_prefix(imgs, txt, st, tv)
+        assert m.last_target.shape == (3, 4)
+        n = cfg.n_vision_tokens
+        pred = m.last_target.unflatten(1, (2, 2))
+        for k in range(2):  # token n-2+k is object k's embedded x, y plus its slot
+            torch.testing.assert_close(p[:, n - 2 + k], m.target_embed(pred[:, k]) + m.target_slot[k])
+        full, _ = m(imgs, txt, tv, st, toks)
+        inc = m.action_logits(m.encode_prefix(imgs, txt, tv, st), toks, torch.arange(cfg.n_action_tokens))
+        torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)

@@ -73,6 +73,7 @@ class ModelConfig:
     vision_coords: bool = True  # append x/y coordinate channels to the image (CoordConv)
     vision_film: bool = False  # FiLM every conv stage by the pooled instruction (RT-1 style): "which cube" in the pixels
     vision_target: bool = False  # predict the named object's x, y from the first camera (+ instruction), one token
+    target_objects: int = 1  # vision_target: object rows located, in order (2: also the second named, e.g. the base cube)
     # language
     text_tokenizer: str = "word"  # "word" (vocabulary saved with the checkpoint) | "byte" | "hf" (backbone_path)
     max_text_len: int = 12
@@ -97,6 +98,8 @@ class ModelConfig:
             raise ValueError(f"block_size: {self.block_size} must divide chunk_size*action_dim={self.chunk_size * self.action_dim}")
         if self.image_size % self.vision_stride:
             raise ValueError(f"image_size: {self.image_size} must be a multiple of vision_stride={self.vision_stride}")
+        if not 1 <= self.target_objects <= 3:
+            raise ValueError(f"target_objects: expected 1, 2 or 3 (rows of object_pos), got {self.target_objects}")
         if self.text_tokenizer not in ("word", "byte", "hf"):
             raise ValueError(f"text_tokenizer: expected 'word', 'byte' or 'hf', got {self.text_tokenizer!r}")
 
@@ -107,7 +110,7 @@ class ModelConfig:
     @property
     def n_vision_tokens(self) -> int:
         per_cam = self.grid * self.grid + (1 if self.vision_keypoints else 0)
-        return len(self.cameras) * per_cam + (1 if self.vision_target else 0)
+        return len(self.cameras) * per_cam + (self.target_objects if self.vision_target else 0)
 
     @property
     def prefix_len(self) -> int:
@@ -197,7 +200,7 @@ class TrainConfig:
     aux_weight: float = 0.5
     aux_layer: int = 2  # backbone layer whose vision-token hidden states feed the head
     aux_head: str = "mlp"  # "mlp" (flatten all vision tokens) | "attn" (one attention-pooling query per object)
-    target_weight: float = 1.0  # model.vision_target: MSE of the predicted named-object x, y (normalised units)
+    target_weight: float = 1.0  # model.vision_target: MSE of the predicted object x, y (normalised units)
     aux_future_steps: int = 4
     # capability-vector orthogonal regularisation
     capvector: str | None = None

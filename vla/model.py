@@ -142,8 +142,9 @@ class ConvStem(nn.Module):
 
 
 class TargetHead(nn.Module):
-    """The named object's table position from pixels and words: image (B, 3, S, S) + pooled instruction (B, d)
-    -> (x, y) (B, 2), normalised by the dataset's object statistics.
+    """The named objects' table positions from pixels and words: image (B, 3, S, S) + pooled instruction (B, d)
+    -> (x, y) per object (B, 2 * target_objects), in the order of the demos' object rows (the first named object,
+    then e.g. the base cube to put it on), normalised by the dataset's object statistics.
 
     Its own FiLM-ed conv stem (the locator), trained only by the trainer's `target_weight` loss: when the stem was
     shared with the policy's vision tokens, the action loss taught it to read the arm (which sits on the target in
@@ -159,7 +160,7 @@ class TargetHead(nn.Module):
         self.stem = ConvStem(dataclasses.replace(cfg, vision_film=True))
         n_tokens = cfg.grid * cfg.grid + (1 if cfg.vision_keypoints else 0)
         self.proj = nn.Linear(d, width)
-        self.mlp = nn.Sequential(nn.Linear(n_tokens * width + d, 256), nn.GELU(), nn.Linear(256, 2))
+        self.mlp = nn.Sequential(nn.Linear(n_tokens * width + d, 256), nn.GELU(), nn.Linear(256, 2 * cfg.target_objects))
 
     def forward(self, img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         tokens = self.stem(img, text)  # (B, n, d)
@@ -188,10 +189,12 @@ class DVLA(nn.Module):
             # LayerNorm first: word embeddings start at std 0.02, and FiLM driven by so small an input learnt the
             # colour so slowly that the locator settled on a colour-blind cue (the arm) instead
             self.text_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU())
-        self.last_target = None  # (B, 2) the target head's prediction in the last embed_prefix (for its loss)
+        self.last_target = None  # (B, 2 * target_objects) the target head's prediction in the last embed_prefix
         if cfg.vision_target:
             self.target_head = TargetHead(cfg)
-            self.target_embed = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))
+            self.target_embed = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))  # one token per object
+            if cfg.target_objects > 1:  # which object a token holds
+                self.target_slot = nn.Parameter(torch.randn(cfg.target_objects, d) * 0.02)
         self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
         self.action_embed = nn.Embedding(cfg.num_bins + 1, d)  # id num_bins = [MASK]
         self.action_slot = nn.Parameter(torch.randn(cfg.n_action_tokens, d) * 0.02)  # which (step, dim)
@@ -204,9 +207,9 @@ class DVLA(nn.Module):
         """images (B, n_cam, 3, S, S) float [0,1]; text_ids (B, L); state (B, state_dim) normalized;
         text_valid (B, L) bool (pooling for vision_film / vision_target; all valid if None) -> (B, P, d).
 
-        With vision_target the vision part ends with one more token: the embedded x, y the target head predicts from
-        the first camera's image with its own stem (detached: the token carries the prediction, the head learns
-        only from its own loss); the prediction is kept in `self.last_target` (B, 2).
+        With vision_target the vision part ends with `target_objects` more tokens: the embedded x, y of each object
+        the target head predicts from the first camera's image with its own stem (detached: the tokens carry the
+        prediction, the head learns only from its own loss); the prediction is kept in `self.last_target` (B, 2n).
         """
         cfg = self.cfg
         txt = self.backbone.embed_tokens(text_ids)  # (B, L, d)
@@ -217,8 +220,9 @@ class DVLA(nn.Module):
         stems = [stem(images[:, i], pooled if cfg.vision_film else None) for i, stem in enumerate(self.vision)]
         vis = [t + self.camera_embed[i] for i, t in enumerate(stems)]  # n_cam x (B, g*g [+1], d)
         if cfg.vision_target:
-            self.last_target = self.target_head(images[:, 0], pooled)  # (B, 2) normalised x, y
-            vis.append(self.target_embed(self.last_target.detach())[:, None])  # (B, 1, d)
+            self.last_target = self.target_head(images[:, 0], pooled)  # (B, 2n) normalised x, y per object
+            tok = self.target_embed(self.last_target.detach().unflatten(1, (cfg.target_objects, 2)))  # (B, n, d)
+            vis.append(tok + self.target_slot if cfg.target_objects > 1 else tok)
         st = self.state_proj(state)[:, None]  # (B, 1, d)
         return torch.cat(vis + [txt, st], dim=1)
 

@@ -130,6 +130,11 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     return ((pred - target) ** 2 * valid).sum() / valid.sum().clamp(min=1.0)
 
 
+def target_columns(n_objects: int) -> list[int]:
+    """Columns of the flattened object positions (B, 9) = 3 rows of (x, y, z) holding the first n rows' x, y."""
+    return [3 * i + j for i in range(n_objects) for j in (0, 1)]
+
+
 def aux_loss(head: nn.Module, vis_hidden: torch.Tensor, batch: dict, kind: str, eef_stats: dict | None = None):
     pred = head(vis_hidden)
     if kind == "spatial":

@@ -28,7 +28,7 @@ from vla.config import ModelConfig, TrainConfig, load_model_config, to_dict
 from vla.data import DemoBatches, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
-from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, masked_mse, noise
+from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, masked_mse, noise, target_columns
 from vla.policy import Policy, _atomic, _atomic_json
 from vla.tokenizers import ActionTokenizer, ByteTokenizer, HFTokenizer, WordTokenizer, instruction_vocabulary
 
@@ -227,7 +227,8 @@ class Trainer:
             loss = ce
         if mcfg.vision_target and cfg.target_weight > 0:
             # (B, 2): x, y of object row 0, the named one
-            tl = masked_mse(self.model.last_target, batch["object_pos"][:, :2], batch["object_valid"][:, :2])
+            xy = target_columns(mcfg.target_objects)
+            tl = masked_mse(self.model.last_target, batch["object_pos"][:, xy], batch["object_valid"][:, xy])
             metrics["target"] = float(tl.detach())
             loss = loss + cfg.target_weight * tl
         if capture is not None:
