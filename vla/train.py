@@ -226,7 +226,7 @@ class Trainer:
         else:
             loss = ce
         if mcfg.vision_target and cfg.target_weight > 0:
-            # (B, 2): x, y of object row 0, the named one
+            # (B, 2n): x, y of the first n object rows (row 0 the named object; n = model.target_objects)
             xy = target_columns(mcfg.target_objects)
             tl = masked_mse(self.model.last_target, batch["object_pos"][:, xy], batch["object_valid"][:, xy])
             metrics["target"] = float(tl.detach())
