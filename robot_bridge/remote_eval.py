@@ -32,13 +32,15 @@ def evaluate_server(
     timeout_ms: float = 30_000.0,
     loop: LoopConfig | None = None,
     max_steps: int | None = None,
+    failure_videos: int = 0,
 ) -> dict:
     """Evaluate the policy behind `address` on `task`; returns sim.evaluate.summarize's dict (+ loop stats).
 
-    max_steps: cut episodes short (tests); default the task's horizon.
+    max_steps: cut episodes short (tests); default the task's horizon. Videos (with out_dir): the first `videos`
+    episodes and the first `failure_videos` failed ones among the others.
     """
     from sim.env import VLAEnv
-    from sim.evaluate import EVAL_SEED_BASE, summarize, write_video
+    from sim.evaluate import EVAL_SEED_BASE, summarize, video_path, write_video
 
     seed_base = EVAL_SEED_BASE if seed_base is None else seed_base
     client = PolicyClient(address, timeout_ms=timeout_ms, retries=2)
@@ -54,18 +56,23 @@ def evaluate_server(
         results, stats = [], []
         t0 = time.time()
         bar = _progress(seeds, f"{task} via {address} ({cfg.mode})", progress)
+        if failure_videos < 0:
+            raise ValueError(f"failure_videos: expected >= 0, got {failure_videos}")
+        failures_written = 0
         for i, seed in enumerate(bar):
-            frames: list | None = [] if i < videos else None
+            chosen = i < videos
+            frames: list | None = [] if out_dir and (chosen or failures_written < failure_videos) else None
             on_step = None
             if frames is not None:
                 def on_step(t, obs, a, frames=frames):
                     frames.append(_frame(obs))
             log = ctl.run_episode(seed=seed, max_steps=max_steps, keep_actions=keep_actions, on_step=on_step)
-            if frames is not None:
+            video = None
+            if frames is not None and (chosen or not log.success):
                 frames.append(_frame(robot.get_observation()))
-                if out_dir:
-                    write_video(frames, os.path.join(out_dir, "videos",
-                                                     f"{task}_seed{seed}_{'ok' if log.success else 'fail'}_{cfg.mode}.mp4"))
+                video = video_path(out_dir, task, seed, log.success, f"_{cfg.mode}")
+                write_video(frames, video)
+                failures_written += not chosen
             s = log.stats.summary()
             stats.append(log.stats)
             results.append({
@@ -75,6 +82,7 @@ def evaluate_server(
                 "nfe_mean": float(np.mean(log.nfe)) if log.nfe else None,
                 **({"loop": s} if cfg.mode == "async" else {}),
                 **({"actions": log.actions} if keep_actions else {}),
+                **({"video": os.path.relpath(video, out_dir)} if video else {}),
             })
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.0%}")

@@ -82,9 +82,13 @@ def write_video(frames: list[np.ndarray], path: str, fps: int = 20) -> None:
     os.replace(tmp, path)
 
 
+def video_path(out_dir: str, task: str, seed: int, success: bool, suffix: str = "") -> str:
+    return os.path.join(out_dir, "videos", f"{task}_seed{seed}_{'ok' if success else 'fail'}{suffix}.mp4")
+
+
 def _worker(args) -> list[dict]:
-    (policy_path, decode, task, seeds, replan, image_size, video_seeds, out_dir, threads, keep_actions, max_steps,
-     progress) = args
+    (policy_path, decode, task, seeds, replan, image_size, video_seeds, failure_videos, out_dir, threads, keep_actions,
+     max_steps, progress) = args
     import torch
 
     torch.set_num_threads(threads)
@@ -94,14 +98,21 @@ def _worker(args) -> list[dict]:
     policy = Policy.from_pretrained(policy_path, decode=decode)
     env = VLAEnv(task, image_size=image_size, cameras=policy.cfg.cameras)
     out = []
+    failures_written = 0
     from tqdm import tqdm
 
     for s in tqdm(seeds, desc=f"eval {task}", unit="ep", disable=not progress, leave=False):
-        frames = [] if s in video_seeds else None
+        # frames of every episode while failure videos are wanted: which episodes fail is known only at their end
+        record = out_dir and (s in video_seeds or failures_written < failure_videos)
+        frames = [] if record else None
         r = rollout(env, policy, s, replan, frames, keep_actions, max_steps=max_steps)
-        if frames is not None and out_dir:
-            write_video(frames, os.path.join(out_dir, "videos", f"{task}_seed{s}_{'ok' if r.success else 'fail'}.mp4"))
-        out.append({**r.summary(), **({"actions": r.actions} if keep_actions else {})})
+        row = {**r.summary(), **({"actions": r.actions} if keep_actions else {})}
+        if frames is not None and (s in video_seeds or not r.success):
+            path = video_path(out_dir, task, s, r.success)
+            write_video(frames, path)
+            row["video"] = os.path.relpath(path, out_dir)
+            failures_written += s not in video_seeds
+        out.append(row)
     env.close()
     return out
 
@@ -117,6 +128,7 @@ def evaluate_policy_dir(
     videos: int = 2,
     out_dir: str | None = None,
     seed_base: int = EVAL_SEED_BASE,
+    failure_videos: int = 0,
     keep_actions: bool = False,
     max_steps: int | None = None,
     threads: int | None = None,
@@ -124,7 +136,9 @@ def evaluate_policy_dir(
 ) -> dict:
     """Evaluate a saved policy; episodes split over `workers` processes, each with `threads` torch threads
     (default: 1 per worker when several workers share the cores, else all cores). Fixed thread counts keep reruns
-    identical. max_steps cuts episodes short (smoke tests); default the task's horizon."""
+    identical. max_steps cuts episodes short (smoke tests); default the task's horizon. Videos (with out_dir): the
+    first `videos` episodes, plus the first `failure_videos` failed episodes among the others (by seed, whatever the
+    number of workers); each episode's row names its video."""
     from vla.policy import read_checkpoint_files
 
     config, _, _ = read_checkpoint_files(policy_path)
@@ -134,8 +148,10 @@ def evaluate_policy_dir(
     workers = max(1, min(workers, episodes))
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     chunks = [seeds[i::workers] for i in range(workers)]
-    jobs = [(policy_path, decode, task, c, replan, image_size, video_seeds, out_dir, threads, keep_actions, max_steps,
-             progress and i == 0) for i, c in enumerate(chunks)]
+    if failure_videos < 0:
+        raise ValueError(f"failure_videos: expected >= 0, got {failure_videos}")
+    jobs = [(policy_path, decode, task, c, replan, image_size, video_seeds, failure_videos, out_dir, threads,
+             keep_actions, max_steps, progress and i == 0) for i, c in enumerate(chunks)]
     t0 = time.time()
     if workers == 1:
         results = _worker(jobs[0])
@@ -145,8 +161,17 @@ def evaluate_policy_dir(
         with mp.get_context("spawn").Pool(workers) as pool:
             results = [r for part in pool.map(_worker, jobs) for r in part]
     results.sort(key=lambda r: r["seed"])
+    _keep_first_failure_videos(results, video_seeds, failure_videos, out_dir)
     return summarize(results, task, time.time() - t0, out_dir, extra={"policy": policy_path, "replan_every": replan,
                                                                       "decode": decode or {}})
+
+
+def _keep_first_failure_videos(results: list[dict], video_seeds: set, n: int, out_dir: str | None) -> None:
+    """Each worker wrote the first n failures among its own seeds (ascending), so together they hold the first n
+    overall: keep those, delete the rest."""
+    extra = [r for r in results if r.get("video") and not r["success"] and r["seed"] not in video_seeds]
+    for r in extra[n:]:
+        os.remove(os.path.join(out_dir, r.pop("video")))
 
 
 def summarize(results: list[dict], task: str, seconds: float, out_dir: str | None, extra: dict | None = None) -> dict:

@@ -177,7 +177,7 @@ def test_remote_eval_sync_matches_local_evaluation(policy, tmp_path, env):
         assert via_client.actions == refs[0].actions
         summary = evaluate_server(srv.address, TASK, episodes=2, replan_every=4, image_size=64, videos=1,
                                   out_dir=str(tmp_path / "eval"), mode="sync", keep_actions=True, max_steps=12,
-                                  progress=False)
+                                  progress=False, failure_videos=1)
     finally:
         srv.stop()
     assert summary["episodes"] == 2 and summary["mode"] == "sync" and summary["replan_every"] == 4
@@ -185,7 +185,11 @@ def test_remote_eval_sync_matches_local_evaluation(policy, tmp_path, env):
     for ep, seed, ref in zip(episodes, seeds, refs):
         assert ep["seed"] == seed and ep["instruction"] == ref.instruction
         assert ep["actions"] == ref.actions and ep["success"] == ref.success and ep["length"] == ref.length
-    assert list((tmp_path / "eval" / "videos").glob("*.mp4"))
+    # the first episode as chosen (videos=1), the second because it failed (failure_videos=1; 12 steps never lift)
+    assert not any(ref.success for ref in refs)
+    names = sorted(p.name for p in (tmp_path / "eval" / "videos").glob("*.mp4"))
+    assert names == [f"{TASK}_seed{s}_fail_sync.mp4" for s in seeds]
+    assert [ep["video"] for ep in episodes] == [f"videos/{n}" for n in names]
 
 
 def test_remote_eval_async_reports_loop_stats(policy):

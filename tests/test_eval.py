@@ -33,3 +33,18 @@ def test_eval_episode_outputs_and_rerun_identical(policy_dir, tmp_path):
     assert "Lift" in format_table([a])
     summary = json.load(open(tmp_path / "a" / "summary_Lift.json"))
     assert summary["success_rate"] == a["success_rate"]
+
+
+def test_failure_videos_keep_the_first_failures_across_workers(policy_dir, tmp_path):
+    # 3 episodes over 2 workers (seeds 0, 2 and 1): an untrained policy fails all in 8 steps, each worker writes
+    # its first failure, and only the lowest failing seed's video is kept
+    s = evaluate_policy_dir(policy_dir, task="Lift", episodes=3, image_size=64, videos=0, failure_videos=1,
+                            max_steps=8, workers=2, threads=1, out_dir=str(tmp_path), progress=False)
+    assert s["success_rate"] == 0.0
+    rows = [json.loads(line) for line in open(tmp_path / "episodes_Lift.jsonl")]
+    base = rows[0]["seed"]
+    assert [r["seed"] for r in rows] == [base, base + 1, base + 2]
+    assert os.listdir(tmp_path / "videos") == [f"Lift_seed{base}_fail.mp4"]
+    assert rows[0]["video"] == f"videos/Lift_seed{base}_fail.mp4" and "video" not in rows[1] and "video" not in rows[2]
+    with pytest.raises(ValueError, match="failure_videos"):
+        evaluate_policy_dir(policy_dir, task="Lift", episodes=1, failure_videos=-1, out_dir=str(tmp_path))

@@ -320,3 +320,39 @@ def test_vision_target_two_objects():
         full, _ = m(imgs, txt, tv, st, toks)
         inc = m.action_logits(m.encode_prefix(imgs, txt, tv, st), toks, torch.arange(cfg.n_action_tokens))
         torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
+
+
+def test_text_pool_ordered_tells_word_order_apart():
+    """text_pool "mean" is a bag of words: swapping two words ("green ... red" <-> "red ... green") leaves the target
+    head's prediction unchanged; "ordered" passes each word with its position through the pooling MLP, so the
+    swap changes it. Padding never counts, and the prefix cache still equals a full forward."""
+    base = replace(load_model_config("tiny"), vision_target=True, vision_film=True, target_objects=2)
+    with pytest.raises(ValueError, match="text_pool"):
+        replace(base, text_pool="max")
+    imgs, txt, tv, st, toks = _inputs(base, B=1)
+    swapped = txt.clone()
+    swapped[0, [1, 3]] = txt[0, [3, 1]]  # two words of the valid part (_inputs: tokens 0-4 of row 0)
+    assert not torch.equal(swapped, txt)
+    padded = txt.clone()
+    padded[0, 5:] = 0
+    other_pad = padded.clone()
+    other_pad[0, 5:] = 7
+    for kind, order_matters in (("mean", False), ("ordered", True)):
+        cfg = replace(base, text_pool=kind)
+        torch.manual_seed(0)
+        m = DVLA(cfg, 50).eval()
+        with torch.no_grad():
+            for p in m.text_pool.parameters():  # a trained-looking pooler (the last Linear starts at the default init)
+                p.add_(torch.randn_like(p) * 0.1)
+            m.embed_prefix(imgs, txt, st, tv)
+            a = m.last_target.clone()
+            m.embed_prefix(imgs, swapped, st, tv)
+            b = m.last_target.clone()
+            m.embed_prefix(imgs, padded, st, tv)
+            c = m.last_target.clone()
+            m.embed_prefix(imgs, other_pad, st, tv)
+            torch.testing.assert_close(m.last_target, c)  # masked-out words change nothing
+            full, _ = m(imgs, swapped, tv, st, toks)
+            inc = m.action_logits(m.encode_prefix(imgs, swapped, tv, st), toks, torch.arange(cfg.n_action_tokens))
+            torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
+        assert (not torch.allclose(a, b, atol=1e-6)) == order_matters, kind

@@ -133,6 +133,22 @@ def test_train_config_errors(dataset, tmp_path):
     assert "lift_tiny" in str(e.value)
 
 
+def test_every_shipped_training_config_loads():
+    """Each configs/train/*.yaml parses, and its model preset with its overrides builds a valid ModelConfig (a typo
+    in a field or a value fails here, not an hour into someone's run)."""
+    from vla.config import ModelConfig, list_presets, load_model_config, load_train_config
+
+    names = list_presets("train")
+    assert "multitask_tiny" in names and "distill_tiny" in names
+    for name in names:
+        # `vla distill` fills in the teacher from its command line
+        cfg = load_train_config(name, {"teacher": "runs/teacher"} if name.startswith("distill") else None)
+        m = cfg.model if isinstance(cfg.model, ModelConfig) else load_model_config(cfg.model, cfg.model_overrides)
+        assert isinstance(m, ModelConfig), name
+    with pytest.raises(ValueError, match="text_pool"):
+        load_model_config("tiny", {"text_pool": "sum"})
+
+
 def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(dataset, tmp_path):
     """`vla distill`: student starts from the teacher's weights, block-causal, same data and image shift."""
     from vla.cli import main

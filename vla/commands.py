@@ -95,7 +95,9 @@ def _add_eval(sub) -> None:
     s.add_argument("--steps-k", type=int, dest="k", help="forward passes of the parallel decoder")
     s.add_argument("--image-size", type=int, default=128)
     s.add_argument("--workers", type=int, default=1, help="parallel episode processes")
-    s.add_argument("--videos", type=int, default=2, help="episodes per task to record as MP4")
+    s.add_argument("--videos", type=int, default=2, help="episodes per task to record as MP4 (the first ones)")
+    s.add_argument("--failure-videos", type=int, default=0,
+                   help="also record the first N failed episodes per task (to see how a policy fails)")
     s.add_argument("--out", default=None, help="directory for per-episode JSON, summaries and videos")
     s.add_argument("--seed-base", type=int, default=None)
     s.add_argument("--mode", choices=["sync", "async"], default="sync", help="control loop mode (with --server)")
@@ -129,12 +131,14 @@ def _cmd_eval(args) -> int:
             s = evaluate_policy_dir(args.policy, task, episodes=args.episodes, replan_every=args.replan_every,
                                     decode=decode_overrides(args) or None, image_size=args.image_size,
                                     workers=args.workers, videos=args.videos, out_dir=out,
+                                    failure_videos=args.failure_videos,
                                     seed_base=args.seed_base if args.seed_base is not None else EVAL_SEED_BASE)
         else:
             from robot_bridge.remote_eval import evaluate_server
 
             s = evaluate_server(args.server, task, episodes=args.episodes, replan_every=args.replan_every,
                                 image_size=args.image_size, videos=args.videos, out_dir=out, mode=args.mode,
+                                failure_videos=args.failure_videos,
                                 rate_hz=args.rate,
                                 seed_base=args.seed_base if args.seed_base is not None else EVAL_SEED_BASE)
         summaries.append(s)

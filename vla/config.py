@@ -77,6 +77,10 @@ class ModelConfig:
     # language
     text_tokenizer: str = "word"  # "word" (vocabulary saved with the checkpoint) | "byte" | "hf" (backbone_path)
     max_text_len: int = 12
+    # the instruction summary for vision_film / vision_target: "mean" of the word embeddings (a bag of words: "put the
+    # green cube on the red cube" and "put the red cube on the green cube" pool alike) | "ordered" (each word with its
+    # position through the pooling MLP, then the mean: which cube goes where survives)
+    text_pool: str = "mean"
     # state
     state_dim: int = 9
     # actions
@@ -100,6 +104,8 @@ class ModelConfig:
             raise ValueError(f"image_size: {self.image_size} must be a multiple of vision_stride={self.vision_stride}")
         if not 1 <= self.target_objects <= 3:
             raise ValueError(f"target_objects: expected 1, 2 or 3 (rows of object_pos), got {self.target_objects}")
+        if self.text_pool not in ("mean", "ordered"):
+            raise ValueError(f"text_pool: expected 'mean' or 'ordered', got {self.text_pool!r}")
         if self.text_tokenizer not in ("word", "byte", "hf"):
             raise ValueError(f"text_tokenizer: expected 'word', 'byte' or 'hf', got {self.text_tokenizer!r}")
 

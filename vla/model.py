@@ -189,6 +189,8 @@ class DVLA(nn.Module):
             # LayerNorm first: word embeddings start at std 0.02, and FiLM driven by so small an input learnt the
             # colour so slowly that the locator settled on a colour-blind cue (the arm) instead
             self.text_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU())
+            if cfg.text_pool == "ordered":  # word + position through text_pool per word, then the mean
+                self.text_pool_pos = nn.Parameter(torch.randn(cfg.max_text_len, d) * 0.02)
         self.last_target = None  # (B, 2 * target_objects) the target head's prediction in the last embed_prefix
         if cfg.vision_target:
             self.target_head = TargetHead(cfg)
@@ -216,7 +218,11 @@ class DVLA(nn.Module):
         pooled = None
         if cfg.vision_film or cfg.vision_target:
             w = torch.ones_like(text_ids, dtype=txt.dtype) if text_valid is None else text_valid.to(txt.dtype)
-            pooled = self.text_pool((txt * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1))  # (B, d)
+            w = w[..., None] / w.sum(1, keepdim=True).clamp(min=1)[..., None]  # (B, L, 1) mean weights
+            if cfg.text_pool == "ordered":
+                pooled = (self.text_pool(txt + self.text_pool_pos[: txt.shape[1]]) * w).sum(1)  # (B, d)
+            else:
+                pooled = self.text_pool((txt * w).sum(1))  # (B, d)
         stems = [stem(images[:, i], pooled if cfg.vision_film else None) for i, stem in enumerate(self.vision)]
         vis = [t + self.camera_embed[i] for i, t in enumerate(stems)]  # n_cam x (B, g*g [+1], d)
         if cfg.vision_target:
