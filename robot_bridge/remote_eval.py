@@ -42,6 +42,8 @@ def evaluate_server(
     from sim.env import VLAEnv
     from sim.evaluate import EVAL_SEED_BASE, summarize, video_path, write_video
 
+    if failure_videos < 0:
+        raise ValueError(f"failure_videos: expected >= 0, got {failure_videos}")
     seed_base = EVAL_SEED_BASE if seed_base is None else seed_base
     client = PolicyClient(address, timeout_ms=timeout_ms, retries=2)
     try:
@@ -56,8 +58,6 @@ def evaluate_server(
         results, stats = [], []
         t0 = time.time()
         bar = _progress(seeds, f"{task} via {address} ({cfg.mode})", progress)
-        if failure_videos < 0:
-            raise ValueError(f"failure_videos: expected >= 0, got {failure_videos}")
         failures_written = 0
         for i, seed in enumerate(bar):
             chosen = i < videos
