@@ -37,9 +37,9 @@ class Recorder:
         self.m, self.calls, self.orig = m, [], m.action_logits
 
     def __enter__(self):
-        def wrapped(cache, tokens, slots, mode=None, commit=0):
+        def wrapped(cache, tokens, slots, mode=None, commit=0, **kw):
             self.calls.append((slots.clone(), tokens.clone(), commit))
-            return self.orig(cache, tokens, slots, mode=mode, commit=commit)
+            return self.orig(cache, tokens, slots, mode=mode, commit=commit, **kw)
 
         self.m.action_logits = wrapped
         return self
@@ -201,3 +201,33 @@ def test_distillation_loss_zero_for_identical_bidirectional_student():
         s_causal, _ = student(imgs, txt, tv, st, noised, mode="block_causal")
     assert float(masked_kl(t, s, masked)) < 1e-6
     assert float(masked_kl(t, s_causal, masked)) > 1e-4  # the block-causal view differs: something to distill
+
+
+def test_kv_cache_grows_and_crops_without_changing_logits():
+    """A cache whose buffers start too small grows mid-chunk and gives the same logits and committed KV;
+    crop forgets committed blocks and later passes overwrite what it dropped."""
+    m = _model(seed=4, sharpen=1.0)
+    cfg = m.cfg
+    A, bs = cfg.n_action_tokens, cfg.block_size
+    imgs, txt, tv, st = _prefix(m, B=2, seed=4)
+    tokens = torch.randint(0, cfg.num_bins, (2, A), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        big = m.encode_prefix(imgs, txt, tv, st)
+        small = m.encode_prefix(imgs, txt, tv, st, capacity=1)  # the prefix, then every pass, outgrows it
+        for c in (big, small):
+            for j in range(3):
+                s = torch.arange(j * bs, (j + 1) * bs)
+                c.out = m.action_logits(c, tokens[:, s], s, commit=bs, span=(j * bs, (j + 1) * bs))
+        torch.testing.assert_close(small.out, big.out, atol=1e-6, rtol=0)
+        assert small.length == big.length == big.prefix_len + 3 * bs
+        assert small.capacity == small.length < big.capacity  # it grew, pass by pass
+        for layer in range(cfg.num_layers):
+            torch.testing.assert_close(small.keys[layer], big.keys[layer], atol=1e-6, rtol=0)
+        # crop back to one committed block: the next pass equals a fresh cache's pass over the same state
+        big.crop(big.prefix_len + bs, torch.arange(bs))
+        rest = torch.arange(bs, A)
+        after_crop = m.action_logits(big, tokens[:, rest], rest, span=(bs, A))
+        fresh = m.encode_prefix(imgs, txt, tv, st)
+        s0 = torch.arange(bs)
+        m.action_logits(fresh, tokens[:, s0], s0, commit=bs)
+        torch.testing.assert_close(after_crop, m.action_logits(fresh, tokens[:, rest], rest), atol=1e-5, rtol=0)

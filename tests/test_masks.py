@@ -1,6 +1,6 @@
 import torch
 
-from vla.masks import action_allowed, full_mask, query_mask
+from vla.masks import action_allowed, action_table, full_mask, query_mask
 
 
 def _allowed(m):
@@ -37,3 +37,17 @@ def test_query_mask_matches_full_mask_rows():
     # keys of the incremental pass are [prefix | cached | query] = the full sequence order here
     assert torch.equal(qm[0, 0], full[0, 0, 4 + 4 :, :])
     assert action_allowed(q, q, 2, "block_causal").tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+
+
+def test_action_table_slices_equal_query_masks():
+    """The per-chunk table the decoders slice gives query_mask's mask for every contiguous pass they run."""
+    pv = torch.tensor([[True, False, True, True, True], [True, True, True, False, False]])
+    A, bs = 12, 3
+    for mode in ("bidirectional", "block_causal"):
+        table = action_table(pv, A, bs, mode)
+        assert table.shape == (2, 1, A, pv.shape[1] + A)
+        for lo in range(A):  # cache holds slots 0 .. lo-1, the pass queries lo .. hi-1
+            for hi in range(lo + 1, A + 1):
+                want = query_mask(pv, torch.arange(lo), torch.arange(lo, hi), bs, mode)
+                got = table[:, :, lo:hi, : pv.shape[1] + hi]
+                assert torch.equal(got, want), (mode, lo, hi)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from vla.config import DecodeConfig
@@ -117,7 +118,7 @@ def decode_parallel(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
     for s in range(K):
         if bool(revealed.all()):
             break
-        logits = model.action_logits(cache, tokens, slots)
+        logits = model.action_logits(cache, tokens, slots, span=(0, A))
         nfe += 1
         pred, conf = _confidence(logits, dcfg.temperature, generator)
         _reveal_top(tokens, revealed, pred, conf, _schedule_counts(revealed, s, K, A, dcfg.schedule))
@@ -142,7 +143,7 @@ def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=
             # full pass; keep every token's KV as the stale cache for the next passes
             _crop(cache, base_len, base_slots)
             slots = torch.arange(A, device=dev)
-            logits_all = model.action_logits(cache, tokens, slots, mode="bidirectional", commit=A)
+            logits_all = model.action_logits(cache, tokens, slots, mode="bidirectional", commit=A, span=(0, A))
             q_slots = slots
             logits = logits_all
         else:
@@ -160,105 +161,132 @@ def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=
 
 
 def _crop(cache: KVCache, length: int, slots: torch.Tensor) -> None:
-    for i in range(len(cache.keys)):
-        cache.keys[i] = cache.keys[i][:, :, :length]
-        cache.values[i] = cache.values[i][:, :, :length]
-    cache.slots = slots
+    cache.crop(length, slots)
 
 
 # --------------------------------------------------------------------------------------------------------------
+def _np_confidence(logits: torch.Tensor, temperature: float, generator):
+    """logits (B, Q, V) -> numpy predictions (B, Q) int64 and confidences (B, Q) float32."""
+    pred, conf = _confidence(logits, temperature, generator)
+    return pred.cpu().numpy(), conf.cpu().numpy()
+
+
+def _np_reveal_fully_active(t, r, p, c, tau_conf: float, n: int) -> None:
+    """_reveal_fully_active on numpy rows (B', D'), in place on t (ids) and r (revealed flags)."""
+    remaining = (~r).sum(axis=1)  # (B',)
+    k = np.minimum(np.maximum(np.ceil(remaining / n).astype(np.int64), 1), remaining)
+    score = np.where(r, np.float32(-1.0), c)
+    kth = -np.sort(-score, axis=1)[np.arange(len(k)), np.maximum(k - 1, 0)]  # k-th best confidence
+    thr = np.minimum(kth, np.float32(tau_conf))
+    chosen = (score >= thr[:, None]) & ~r & (remaining > 0)[:, None]
+    t[chosen] = p[chosen]
+    r |= chosen
+
+
+class _Chunk:
+    """Decode state on the host: token ids and revealed flags as numpy (B, A); passes feed slices to the model.
+
+    A pass's bookkeeping (which tokens to reveal, block states) runs over a handful of numbers per block, where
+    each torch op costs more than the arithmetic; numpy does it at a fraction of the cost, and the GPU (if any)
+    only runs the model."""
+
+    def __init__(self, cfg, cache: KVCache, dcfg: DecodeConfig):
+        self.B = cache.prefix_valid.shape[0]
+        self.A = _n_tokens(cfg, dcfg)
+        self.dev = cache.prefix_valid.device
+        self.tokens = np.full((self.B, self.A), cfg.mask_id, dtype=np.int64)
+        self.revealed = np.zeros((self.B, self.A), dtype=bool)
+        self.slots = torch.arange(self.A, device=self.dev)
+
+    def logits(self, model, cache, lo: int, hi: int, commit: int = 0) -> torch.Tensor:
+        """One pass over slots lo .. hi-1 (the cache holds slots 0 .. lo-1): logits (B, hi-lo, bins)."""
+        tok = torch.from_numpy(self.tokens[:, lo:hi]).to(self.dev)
+        return model.action_logits(cache, tok, self.slots[lo:hi], commit=commit, span=(lo, hi))
+
+    def result(self) -> torch.Tensor:
+        return torch.from_numpy(self.tokens).to(self.dev)
+
+
 def decode_block(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
     """Block by block (the paper's BlockDiff row). Requires a block-causal model."""
     cfg = model.cfg
     _require_block_causal(cfg, "block")
-    tokens, revealed = _blank(cfg, cache, dcfg)  # (B, A)
-    A = tokens.shape[1]
-    bs = cfg.block_size
-    dev = tokens.device
+    ch = _Chunk(cfg, cache, dcfg)
+    A, bs = ch.A, cfg.block_size
     nfe = 0
-    pending = None  # a finished block to commit in the next pass
+    pending = False  # the previous block is finished and goes in front of the next pass, to be committed
     for j in range(A // bs):
-        cur = torch.arange(j * bs, (j + 1) * bs, device=dev)
-        while not bool(revealed[:, cur].all()):
-            if pending is not None:
-                slots = torch.cat([pending, cur])
-                logits = model.action_logits(cache, tokens[:, slots], slots, commit=bs)[:, bs:]
-                pending = None
+        lo, hi = j * bs, (j + 1) * bs
+        while not ch.revealed[:, lo:hi].all():
+            if pending:
+                logits = ch.logits(model, cache, lo - bs, hi, commit=bs)[:, bs:]
+                pending = False
             else:
-                logits = model.action_logits(cache, tokens[:, cur], cur)
+                logits = ch.logits(model, cache, lo, hi)
             nfe += 1
-            pred, conf = _confidence(logits, dcfg.temperature, generator)
-            t, r = tokens[:, cur].clone(), revealed[:, cur].clone()
-            _reveal_fully_active(t, r, pred, conf, dcfg.tau_conf, dcfg.n)
-            tokens[:, cur], revealed[:, cur] = t, r
-        pending = cur
-    return tokens, {"nfe": nfe, "prefix_passes": 1, "tokens": A}
+            pred, conf = _np_confidence(logits, dcfg.temperature, generator)
+            t, r = ch.tokens[:, lo:hi], ch.revealed[:, lo:hi]  # views: updated in place
+            _np_reveal_fully_active(t, r, pred, conf, dcfg.tau_conf, dcfg.n)
+        pending = True
+    return ch.result(), {"nfe": nfe, "prefix_passes": 1, "tokens": A}
 
 
 def decode_pipelined(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
     """Fast-dVLA inter-block pipelined decoding (batched in lockstep; each row keeps its own block states)."""
     cfg = model.cfg
     _require_block_causal(cfg, "pipelined")
-    tokens, revealed = _blank(cfg, cache, dcfg)  # (B, A)
-    B, A = tokens.shape
-    bs = cfg.block_size
+    ch = _Chunk(cfg, cache, dcfg)
+    B, A, bs = ch.B, ch.A, cfg.block_size
     nb = A // bs
-    dev = tokens.device
     INACTIVE, SEMI, FULL = 0, 1, 2
-    status = torch.zeros(B, nb, dtype=torch.long, device=dev)
+    status = np.zeros((B, nb), dtype=np.int64)
     status[:, 0] = FULL
     committed = 0  # blocks [0, committed) are in the cache
     nfe = 0
     while committed < nb:
-        done = revealed.view(B, nb, bs).all(dim=2)  # (B, nb)
+        done = ch.revealed.reshape(B, nb, bs).all(axis=2)  # (B, nb)
         # leading blocks finished in every row: fed clean at the front of this pass, then committed
         n_commit = 0
-        while committed + n_commit < nb and bool(done[:, committed + n_commit].all()):
+        while committed + n_commit < nb and done[:, committed + n_commit].all():
             n_commit += 1
-        active_any = (status > INACTIVE).any(dim=0)  # (nb,)
-        last = int(active_any.nonzero().max()) if bool(active_any.any()) else committed
         if committed + n_commit >= nb:
             break  # everything decoded; nothing left to run (commit of the tail is not needed for the output)
+        active_any = (status > INACTIVE).any(axis=0)  # (nb,)
+        last = int(np.flatnonzero(active_any).max()) if active_any.any() else committed
         hi = max(last + 1, committed + n_commit + 1)
-        slots = torch.arange(committed * bs, hi * bs, device=dev)
-        logits = model.action_logits(cache, tokens[:, slots], slots, commit=n_commit * bs)
+        off = committed * bs
+        logits = ch.logits(model, cache, off, hi * bs, commit=n_commit * bs)
         nfe += 1
         committed += n_commit
-        pred, conf = _confidence(logits, dcfg.temperature, generator)
-        off = (committed - n_commit) * bs
+        pred, conf = _np_confidence(logits, dcfg.temperature, generator)  # (B, Q)
         for j in range(committed, hi):
-            blk = slots[(j * bs - off):((j + 1) * bs - off)]
-            if blk.numel() == 0:
-                continue
             q = slice(j * bs - off, (j + 1) * bs - off)
-            t, r = tokens[:, blk].clone(), revealed[:, blk].clone()
-            st = status[:, j]
+            t, r = ch.tokens[:, j * bs:(j + 1) * bs], ch.revealed[:, j * bs:(j + 1) * bs]  # views
             p, c = pred[:, q], conf[:, q]
+            st = status[:, j]
             full_rows = st == FULL
-            semi_rows = st == SEMI
-            if bool(full_rows.any()):
-                tf, rf = t[full_rows], r[full_rows]
-                _reveal_fully_active(tf, rf, p[full_rows], c[full_rows], dcfg.tau_conf, dcfg.n)
+            if full_rows.any():
+                tf, rf = t[full_rows], r[full_rows]  # copies (boolean row selection)
+                _np_reveal_fully_active(tf, rf, p[full_rows], c[full_rows], dcfg.tau_conf, dcfg.n)
                 t[full_rows], r[full_rows] = tf, rf
-            if bool(semi_rows.any()):
-                chosen = (c >= dcfg.tau_conf) & ~r & semi_rows[:, None]
+            semi_rows = st == SEMI
+            if semi_rows.any():
+                chosen = (c >= np.float32(dcfg.tau_conf)) & ~r & semi_rows[:, None]
                 t[chosen] = p[chosen]
                 r |= chosen
-            tokens[:, blk], revealed[:, blk] = t, r
         # state transitions, per row
-        frac = revealed.view(B, nb, bs).float().mean(dim=2)  # (B, nb)
+        frac = ch.revealed.reshape(B, nb, bs).mean(axis=2)  # (B, nb)
         for b in range(B):
-            active = (status[b] > INACTIVE).nonzero()[:, 0]
-            newest = int(active.max())
+            newest = int(np.flatnonzero(status[b] > INACTIVE).max())
             if newest + 1 < nb and frac[b, newest] >= dcfg.tau_add:
                 status[b, newest + 1] = SEMI
             for j in range(1, nb):
                 if status[b, j] == SEMI and (frac[b, j - 1] >= dcfg.tau_act or frac[b, j - 1] >= 1.0):
                     status[b, j] = FULL
             # never stall: when every active block is finished, the next block starts fully active
-            if newest + 1 < nb and status[b, newest + 1] == INACTIVE and bool((frac[b, : newest + 1] >= 1.0).all()):
+            if newest + 1 < nb and status[b, newest + 1] == INACTIVE and (frac[b, : newest + 1] >= 1.0).all():
                 status[b, newest + 1] = FULL
-    return tokens, {"nfe": nfe, "prefix_passes": 1, "tokens": A}
+    return ch.result(), {"nfe": nfe, "prefix_passes": 1, "tokens": A}
 
 
 def _require_block_causal(cfg, name: str) -> None:

@@ -3,9 +3,10 @@
 At decode time a pass runs 7-56 action tokens through a ~2.6M-parameter stack, so on a CPU its cost is set
 by the number of kernel launches and small matmuls, not by FLOPs. transformers' layers spend three matmuls on
 q/k/v and two on gate/up, recompute the rotary table every pass, and run RMSNorm as five ops. This path uses
-the same weights, fused once into [q|k|v] and [gate|up] matrices (rebuilt whenever a weight changes in place,
-e.g. an optimizer step between evaluations), a rotary table computed once, `F.rms_norm` and one SDPA call,
-and computes the same function: tests/test_fast_layers.py checks it against the transformers forward.
+the same weights, fused once into one [q|k|v] matrix and one [gate|up] matrix (rebuilt whenever
+a weight changes in place, e.g. an optimizer step between evaluations), a rotary table computed once,
+`F.rms_norm` and one SDPA call, and computes the same function: tests/test_fast_layers.py checks it against
+the transformers forward.
 
 Only for inference (no autograd); training always runs transformers' modules.
 """
@@ -72,6 +73,8 @@ class FastStack:
                 w_gu, m.down_proj.weight.detach(),
             ))
         self._layers = layers
+        self._heads = _heads(bb.config)
+        self._final = (bb.norm.weight.detach(), bb.norm.variance_epsilon)
         cfg = bb.config
         rot = bb.rotary_emb
         n_pos = int(cfg.max_position_embeddings)
@@ -91,30 +94,32 @@ class FastStack:
         return self.ok
 
     @torch.no_grad()
-    def run(self, h: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache) -> torch.Tensor:
+    def run(self, h: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor | None, cache,
+            pos_start: int | None = None) -> torch.Tensor:
         """h (B, Q, d), mask (B, 1, Q, K) additive float, position_ids (B, Q) -> final-normed hidden (B, Q, d).
 
+        pos_start: every row's positions are pos_start .. pos_start + Q - 1 (position_ids may then be None).
         Call refresh() first (it returns False where this path cannot run).
         """
         if not self.ok:
             raise RuntimeError("FastStack.run: call refresh() first; it must return True")
-        bb = self.backbone
-        cfg = bb.config
+        nh, nkv, hd = self._heads
         B, Q, d = h.shape
-        nh = cfg.num_attention_heads
-        nkv = cfg.num_key_value_heads or nh
-        hd = getattr(cfg, "head_dim", None) or d // nh
-        cos = self._cos[position_ids][:, None]  # (B, 1, Q, hd)
-        sin = self._sin[position_ids][:, None]
-        half = hd // 2
+        if pos_start is not None:
+            cos = self._cos[pos_start:pos_start + Q][:, None]  # (Q, 1, hd): broadcasts over (B, Q, heads, hd)
+            sin = self._sin[pos_start:pos_start + Q][:, None]
+        else:
+            cos = self._cos[position_ids][:, :, None]  # (B, Q, 1, hd)
+            sin = self._sin[position_ids][:, :, None]
+        n_qk, half = (nh + nkv) * hd, hd // 2
         for i, (w_in, eps_in, w_qkv, b_qkv, w_o, b_o, w_post, eps_post, w_gu, w_down) in enumerate(self._layers):
             x = _rms(h, w_in, eps_in)
-            qkv = F.linear(x, w_qkv, b_qkv)  # (B, Q, (nh+2nkv)*hd)
-            q = qkv[..., : nh * hd].view(B, Q, nh, hd).transpose(1, 2)  # (B, nh, Q, hd)
-            k = qkv[..., nh * hd:(nh + nkv) * hd].view(B, Q, nkv, hd).transpose(1, 2)  # (B, nkv, Q, hd)
-            v = qkv[..., (nh + nkv) * hd:].view(B, Q, nkv, hd).transpose(1, 2)
-            q = q * cos + torch.cat([-q[..., half:], q[..., :half]], dim=-1) * sin
-            k = k * cos + torch.cat([-k[..., half:], k[..., :half]], dim=-1) * sin
+            y = F.linear(x, w_qkv, b_qkv)  # (B, Q, (nh+2nkv) hd): [q | k | v]
+            qk = y[..., :n_qk].view(B, Q, nh + nkv, hd)  # q and k heads side by side: RoPE'd together
+            qk = torch.addcmul(qk * cos, torch.cat([-qk[..., half:], qk[..., :half]], dim=-1), sin)
+            q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, Q, hd)
+            k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, Q, hd)
+            v = y[..., n_qk:].view(B, Q, nkv, hd).transpose(1, 2)
             if cache is not None:
                 k, v = cache.update(k, v, i)  # (B, nkv, K, hd)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=hd**-0.5, enable_gqa=nkv != nh)
@@ -122,7 +127,12 @@ class FastStack:
             x = _rms(h, w_post, eps_post)
             g, u = F.linear(x, w_gu).chunk(2, dim=-1)  # (B, Q, I) each
             h = h + F.linear(F.silu(g) * u, w_down)
-        return _rms(h, bb.norm.weight, bb.norm.variance_epsilon)
+        return _rms(h, *self._final)
+
+
+def _heads(cfg) -> tuple[int, int, int]:
+    nh = cfg.num_attention_heads
+    return nh, cfg.num_key_value_heads or nh, getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:

@@ -61,3 +61,14 @@ def query_mask(
     act = action_allowed(query_slots, keys, block_size, mode)  # (Q, C+Q)
     allowed = torch.cat([prefix_valid[:, None, :].expand(B, Q, P), act[None].expand(B, Q, len(keys))], dim=2)
     return to_additive(allowed[:, None], dtype)
+
+
+def action_table(prefix_valid: torch.Tensor, n_action: int, block_size: int, mode: str, dtype=torch.float32) -> torch.Tensor:
+    """Every incremental pass's mask at once, for caches whose committed slots are 0 .. C-1 and whose query is
+    the contiguous slots q0 .. q0+Q-1 with q0 = C (what the block and pipelined decoders run):
+    query_mask(...) == table[:, :, q0:q0+Q, :P+q0+Q]. prefix_valid (B, P) bool -> (B, 1, A, P+A) additive."""
+    B, P = prefix_valid.shape
+    slots = torch.arange(n_action, device=prefix_valid.device)
+    allowed = torch.cat([prefix_valid[:, None, :].expand(B, n_action, P),
+                         action_allowed(slots, slots, block_size, mode)[None].expand(B, n_action, n_action)], dim=2)
+    return to_additive(allowed[:, None], dtype)

@@ -23,7 +23,7 @@ from vla.config import ModelConfig
 from vla.fast_layers import FastStack
 from vla.fast_layers import supported as fast_supported
 from vla.kv_cache import KVCache
-from vla.masks import full_mask, query_mask
+from vla.masks import action_table, full_mask, query_mask
 
 
 def backbone_config(cfg: ModelConfig, vocab_size: int):
@@ -237,17 +237,19 @@ class DVLA(nn.Module):
         return self.action_embed(tokens) + self.action_slot[slots]
 
     # ----- the stack -----
-    def run_layers(self, h, mask, position_ids, cache: KVCache | None = None, capture_layer: int | None = None):
+    def run_layers(self, h, mask, position_ids, cache: KVCache | None = None, capture_layer: int | None = None,
+                   fast: "FastStack | None" = None, pos_start: int | None = None):
         """h (B, Q, d), mask (B, 1, Q, K), position_ids (B, Q) -> (normed hidden (B, Q, d), captured hidden or None).
 
-        Without autograd (decoding) this runs vla.fast_layers' lean path over the same weights.
+        Without autograd (decoding) this runs vla.fast_layers' lean path over the same weights: `fast` when the
+        caller already refreshed it for this chunk (see fast_stack()), else looked up and refreshed here.
+        pos_start: position_ids are pos_start .. pos_start + Q - 1 in every row (lets the lean path slice its
+        rotary table instead of gathering it).
         """
-        if capture_layer is None and self.fast_inference and not torch.is_grad_enabled():
-            fast = self.__dict__.get("_fast")
-            if fast is None:
-                fast = self.__dict__["_fast"] = FastStack(self.backbone) if fast_supported(self.backbone) else False
-            if fast and fast.refresh():
-                return fast.run(h, mask, position_ids, cache), None
+        if fast is None and capture_layer is None:
+            fast = self.fast_stack()
+        if fast is not None and capture_layer is None:
+            return fast.run(h, mask, position_ids, cache, pos_start=pos_start), None
         pos_emb = self.backbone.rotary_emb(h, position_ids=position_ids)
         captured = None
         for i, layer in enumerate(self.backbone.layers):
@@ -256,6 +258,16 @@ class DVLA(nn.Module):
             if capture_layer is not None and i + 1 == capture_layer:
                 captured = h
         return self.backbone.norm(h), captured
+
+    def fast_stack(self) -> "FastStack | None":
+        """The lean inference path, refreshed against the current weights; None where it cannot run (autograd on,
+        fast_inference off, a LoRA-wrapped or unsupported backbone)."""
+        if not self.fast_inference or torch.is_grad_enabled():
+            return None
+        fast = self.__dict__.get("_fast")
+        if fast is None:
+            fast = self.__dict__["_fast"] = FastStack(self.backbone) if fast_supported(self.backbone) else False
+        return fast if fast and fast.refresh() else None
 
     def prefix_valid(self, text_valid: torch.Tensor) -> torch.Tensor:
         """(B, L) bool -> (B, P) bool: vision and state tokens always valid, text padding not."""
@@ -285,35 +297,54 @@ class DVLA(nn.Module):
 
     # ----- cached inference -----
     @torch.no_grad()
-    def encode_prefix(self, images, text_ids, text_valid, state) -> KVCache:
-        """Run the prefix once; its KV stays in the returned cache for every denoising pass of this chunk."""
+    def encode_prefix(self, images, text_ids, text_valid, state, capacity: int | None = None) -> KVCache:
+        """Run the prefix once; its KV stays in the returned cache for every denoising pass of this chunk.
+
+        The lean path's weights are checked against the model's here, once per chunk (cache.fast), not per pass.
+        capacity: tokens the cache's buffers hold before growing (default prefix + 2 chunks: every decoder fits).
+        """
         prefix = self.embed_prefix(images, text_ids, state, text_valid)  # (B, P, d)
         B, P, _ = prefix.shape
         pv = self.prefix_valid(text_valid)
-        cache = KVCache(prefix_valid=pv, n_layers=len(self.backbone.layers))
+        cache = KVCache(prefix_valid=pv, n_layers=len(self.backbone.layers), capacity=capacity or P + 2 * self.cfg.n_action_tokens)
+        cache.fast = self.fast_stack()
         mask = full_mask(pv, 0, self.cfg.block_size, "bidirectional", prefix.dtype)  # (B, 1, P, P)
         pos = torch.arange(P, device=prefix.device)[None].expand(B, -1)
-        self.run_layers(prefix, mask, pos, cache=cache)
+        self.run_layers(prefix, mask, pos, cache=cache, fast=cache.fast, pos_start=0)
         cache.commit(P)
         return cache
 
     @torch.no_grad()
     def action_logits(self, cache: KVCache, tokens: torch.Tensor, slots: torch.Tensor, mode: str | None = None,
-                      commit: int = 0) -> torch.Tensor:
+                      commit: int = 0, span: tuple[int, int] | None = None) -> torch.Tensor:
         """One denoising pass for action `slots` (Q,) holding `tokens` (B, Q) against the cache.
 
         Keys: prefix + committed action slots + these Q slots. The KV of the first `commit` query tokens is
         appended to the cache afterwards (finished blocks, fed as clean tokens in this very pass).
+        span: (lo, hi) when slots is exactly lo .. hi-1 (the decoders know it): with a cache holding slots
+        0 .. lo-1 the mask is a slice of a per-chunk table and the rotary table is sliced, not gathered.
         Returns logits (B, Q, num_bins).
         """
         cfg = self.cfg
         mode = mode or cfg.attention
         h = self.embed_actions(tokens, slots)  # (B, Q, d)
-        mask = query_mask(cache.prefix_valid, cache.slots, slots, cfg.block_size, mode, h.dtype)
-        pos = (cache.prefix_len + slots)[None].expand(h.shape[0], -1)
-        out, _ = self.run_layers(h, mask, pos, cache=cache)
+        P = cache.prefix_len
+        if span is not None and cache.slots_contiguous and span[0] == cache.n_slots:
+            lo, hi = span
+            table = cache.masks.get(mode)
+            if table is None or table.dtype != h.dtype:
+                table = cache.masks[mode] = action_table(cache.prefix_valid, cfg.n_action_tokens, cfg.block_size,
+                                                         mode, h.dtype)  # (B, 1, A, P+A)
+            mask = table[:, :, lo:hi, :P + hi]  # (B, 1, Q, P+C+Q)
+            pos_start = P + lo
+        else:
+            mask = query_mask(cache.prefix_valid, cache.slots, slots, cfg.block_size, mode, h.dtype)
+            pos_start = None
+        fast = getattr(cache, "fast", None) if self.fast_inference else None
+        pos = None if fast is not None and pos_start is not None else (P + slots)[None].expand(h.shape[0], -1)
+        out, _ = self.run_layers(h, mask, pos, cache=cache, fast=fast, pos_start=pos_start)
         if commit:
-            cache.commit(commit, slots[:commit])
+            cache.commit(commit, slots[:commit], first_slot=None if pos_start is None else span[0])
         else:
             cache.discard()
         return self.head(out)  # (B, Q, bins)
