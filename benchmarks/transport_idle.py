@@ -54,20 +54,49 @@ class HoldPolicy:
         return [{"actions": a, "timing": {"model_ms": ms}} for _ in obs_list]
 
 
+class TimedServer(PolicyServer):
+    """PolicyServer that stamps when the worker starts building a reply and when the socket thread sends it."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.done_at: list[float] = []
+        self.sent_at: list[float] = []
+
+    def _done(self, *a, **kw):
+        self.done_at.append(time.perf_counter())  # before the reply is built: the socket thread may send it
+        super()._done(*a, **kw)                   # before this call returns
+
+    def _flush(self, sock) -> None:
+        pending = not self._outbox.empty()
+        super()._flush(sock)
+        if pending:
+            self.sent_at.append(time.perf_counter())
+
+
 def measure(mode: str, hold_ms: float, n: int, size: int) -> dict:
+    """overhead = round trip - the policy's time, split into: reply hand-off (worker done -> reply packed -> socket
+    thread sent),
+    reply tail (sent -> the client holds the decoded reply) and the rest (request side: client send -> socket
+    thread -> worker thread starts the policy). Server and client share this process (and its clock)."""
     rng = np.random.default_rng(0)
     obs = {"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in ("agentview", "wrist")},
            "state": np.zeros(9, np.float32), "instruction": "lift the cube"}
-    with PolicyServer(HoldPolicy(mode, hold_ms, size), bind="tcp://127.0.0.1:0") as srv:
+    with TimedServer(HoldPolicy(mode, hold_ms, size), bind="tcp://127.0.0.1:0") as srv:
         with PolicyClient(srv.address, timeout_ms=10_000) as c:
             c.hello()
-            over = []
+            over, got = [], []
             for i in range(n + 5):
                 t = c.infer(obs)["timing"]
                 if i >= 5:
+                    got.append(time.perf_counter())
                     over.append(t["rtt_ms"] - t["infer_ms"])
-    return {"mode": mode, "hold_ms": hold_ms if mode != "none" else 0.0, "overhead_ms_p50": float(np.median(over)),
-            "overhead_ms_p99": float(np.percentile(over, 99)), "n": n}
+        done, sent = np.array(srv.done_at[-n:]), np.array(srv.sent_at[-n:])
+    handoff = (sent - done) * 1e3
+    tail = (np.array(got) - sent) * 1e3  # includes the client's unpack and its own timing code: an upper bound
+    med = lambda x: float(np.median(x))  # noqa: E731
+    return {"mode": mode, "hold_ms": hold_ms if mode != "none" else 0.0, "overhead_ms_p50": med(over),
+            "overhead_ms_p99": float(np.percentile(over, 99)), "reply_handoff_ms_p50": med(handoff),
+            "reply_tail_ms_p50": med(tail), "request_side_ms_p50": med(np.array(over) - handoff - tail), "n": n}
 
 
 def main(argv=None) -> int:
