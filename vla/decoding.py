@@ -171,14 +171,21 @@ def _np_confidence(logits: torch.Tensor, temperature: float, generator):
     return pred.cpu().numpy(), conf.cpu().numpy()
 
 
-def _np_reveal_fully_active(t, r, p, c, tau_conf: float, n: int) -> None:
-    """_reveal_fully_active on numpy rows (B', D'), in place on t (ids) and r (revealed flags)."""
-    remaining = (~r).sum(axis=1)  # (B',)
+def _np_fully_active_choice(r, c, tau_conf: float, n: int):
+    """The fully active rule on numpy blocks (..., D'): which still-masked tokens to reveal. Per block,
+    threshold = min(tau_conf, k-th best confidence), k = max(1, ceil(remaining / n)) (never more than remain)."""
+    remaining = (~r).sum(axis=-1)  # (...)
     k = np.minimum(np.maximum(np.ceil(remaining / n).astype(np.int64), 1), remaining)
     score = np.where(r, np.float32(-1.0), c)
-    kth = -np.sort(-score, axis=1)[np.arange(len(k)), np.maximum(k - 1, 0)]  # k-th best confidence
+    ranked = -np.sort(-score, axis=-1)
+    kth = np.take_along_axis(ranked, np.maximum(k - 1, 0)[..., None], axis=-1)[..., 0]  # k-th best confidence
     thr = np.minimum(kth, np.float32(tau_conf))
-    chosen = (score >= thr[:, None]) & ~r & (remaining > 0)[:, None]
+    return (score >= thr[..., None]) & ~r & (remaining > 0)[..., None]
+
+
+def _np_reveal_fully_active(t, r, p, c, tau_conf: float, n: int) -> None:
+    """_reveal_fully_active on numpy rows (B', D'), in place on t (ids) and r (revealed flags)."""
+    chosen = _np_fully_active_choice(r, c, tau_conf, n)
     t[chosen] = p[chosen]
     r |= chosen
 
@@ -259,33 +266,32 @@ def decode_pipelined(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
         nfe += 1
         committed += n_commit
         pred, conf = _np_confidence(logits, dcfg.temperature, generator)  # (B, Q)
-        for j in range(committed, hi):
-            q = slice(j * bs - off, (j + 1) * bs - off)
-            t, r = ch.tokens[:, j * bs:(j + 1) * bs], ch.revealed[:, j * bs:(j + 1) * bs]  # views
-            p, c = pred[:, q], conf[:, q]
-            st = status[:, j]
-            full_rows = st == FULL
-            if full_rows.any():
-                tf, rf = t[full_rows], r[full_rows]  # copies (boolean row selection)
-                _np_reveal_fully_active(tf, rf, p[full_rows], c[full_rows], dcfg.tau_conf, dcfg.n)
-                t[full_rows], r[full_rows] = tf, rf
-            semi_rows = st == SEMI
-            if semi_rows.any():
-                chosen = (c >= np.float32(dcfg.tau_conf)) & ~r & semi_rows[:, None]
-                t[chosen] = p[chosen]
-                r |= chosen
-        # state transitions, per row
-        frac = ch.revealed.reshape(B, nb, bs).mean(axis=2)  # (B, nb)
+        # every in-flight block [committed, hi) at once, each by its own state: (B, nq, bs) views and slices
+        nq = hi - committed
+        lo_t = n_commit * bs  # the clean blocks at the front of the query are not revealed again
+        t = ch.tokens[:, committed * bs:hi * bs].reshape(B, nq, bs)
+        r = ch.revealed[:, committed * bs:hi * bs].reshape(B, nq, bs)
+        p = pred[:, lo_t:].reshape(B, nq, bs)
+        c = conf[:, lo_t:].reshape(B, nq, bs)
+        st = status[:, committed:hi]  # (B, nq)
+        chosen = _np_fully_active_choice(r, c, dcfg.tau_conf, dcfg.n) & (st == FULL)[..., None]
+        chosen |= (c >= np.float32(dcfg.tau_conf)) & ~r & (st == SEMI)[..., None]
+        t[chosen] = p[chosen]
+        r |= chosen
+        # state transitions, per row (a handful of numbers: plain Python)
+        frac = ch.revealed.reshape(B, nb, bs).mean(axis=2).tolist()  # (B, nb)
         for b in range(B):
-            newest = int(np.flatnonzero(status[b] > INACTIVE).max())
-            if newest + 1 < nb and frac[b, newest] >= dcfg.tau_add:
-                status[b, newest + 1] = SEMI
+            fb, sb = frac[b], status[b].tolist()
+            newest = max(j for j in range(nb) if sb[j] > INACTIVE)
+            if newest + 1 < nb and fb[newest] >= dcfg.tau_add:
+                sb[newest + 1] = SEMI
             for j in range(1, nb):
-                if status[b, j] == SEMI and (frac[b, j - 1] >= dcfg.tau_act or frac[b, j - 1] >= 1.0):
-                    status[b, j] = FULL
+                if sb[j] == SEMI and (fb[j - 1] >= dcfg.tau_act or fb[j - 1] >= 1.0):
+                    sb[j] = FULL
             # never stall: when every active block is finished, the next block starts fully active
-            if newest + 1 < nb and status[b, newest + 1] == INACTIVE and (frac[b, : newest + 1] >= 1.0).all():
-                status[b, newest + 1] = FULL
+            if newest + 1 < nb and sb[newest + 1] == INACTIVE and all(f >= 1.0 for f in fb[: newest + 1]):
+                sb[newest + 1] = FULL
+            status[b] = sb
     return ch.result(), {"nfe": nfe, "prefix_passes": 1, "tokens": A}
 
 
