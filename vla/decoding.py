@@ -66,21 +66,6 @@ def _schedule_counts(revealed: torch.Tensor, s: int, K: int, A: int, schedule: s
     return torch.clamp((~revealed).sum(dim=1) - target_masked, min=1)
 
 
-def _reveal_fully_active(tokens, revealed, pred, conf, tau_conf: float, n: int):
-    """Fully active rule on one block (B, D'): threshold = min(tau_conf, k-th best confidence), k = max(1, ceil(rem/n))."""
-    remaining = (~revealed).sum(dim=1)  # (B,)
-    k = torch.clamp(torch.ceil(remaining.float() / n).long(), min=1)
-    k = torch.minimum(k, remaining)
-    score = conf.masked_fill(revealed, -1.0)
-    sorted_scores = score.sort(dim=1, descending=True).values  # (B, D')
-    kth = sorted_scores.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]  # (B,)
-    thr = torch.minimum(kth, torch.full_like(kth, tau_conf))
-    chosen = (score >= thr[:, None]) & ~revealed & (remaining > 0)[:, None]
-    tokens[chosen] = pred[chosen]
-    revealed |= chosen
-    return chosen
-
-
 def _n_tokens(model_cfg, dcfg: DecodeConfig) -> int:
     A = model_cfg.n_action_tokens
     if dcfg.decode_steps is None:
@@ -184,7 +169,7 @@ def _np_fully_active_choice(r, c, tau_conf: float, n: int):
 
 
 def _np_reveal_fully_active(t, r, p, c, tau_conf: float, n: int) -> None:
-    """_reveal_fully_active on numpy rows (B', D'), in place on t (ids) and r (revealed flags)."""
+    """The fully active rule on rows (B', D'), in place on t (ids) and r (revealed flags)."""
     chosen = _np_fully_active_choice(r, c, tau_conf, n)
     t[chosen] = p[chosen]
     r |= chosen
