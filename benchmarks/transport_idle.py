@@ -74,10 +74,10 @@ class TimedServer(PolicyServer):
 
 
 def measure(mode: str, hold_ms: float, n: int, size: int) -> dict:
-    """overhead = round trip - the policy's time, split into: reply hand-off (worker done -> reply packed -> socket
-    thread sent),
-    reply tail (sent -> the client holds the decoded reply) and the rest (request side: client send -> socket
-    thread -> worker thread starts the policy). Server and client share this process (and its clock)."""
+    """overhead = round trip - the policy's time, split into: reply hand-off (worker done -> reply packed ->
+    socket thread sent), reply tail (sent -> the client holds the decoded reply) and the rest (request side:
+    client send -> socket thread -> worker thread starts the policy). Server and client share this process (and
+    its clock)."""
     rng = np.random.default_rng(0)
     obs = {"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in ("agentview", "wrist")},
            "state": np.zeros(9, np.float32), "instruction": "lift the cube"}

@@ -126,7 +126,7 @@ def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=
         refresh = s == 0 or (dcfg.cache_refresh and s % dcfg.cache_refresh == 0) or B > 1
         if refresh:
             # full pass; keep every token's KV as the stale cache for the next passes
-            _crop(cache, base_len, base_slots)
+            cache.crop(base_len, base_slots)
             slots = torch.arange(A, device=dev)
             logits_all = model.action_logits(cache, tokens, slots, mode="bidirectional", commit=A, span=(0, A))
             q_slots = slots
@@ -141,12 +141,8 @@ def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=
         sub_tok, sub_rev = tokens[:, q_slots].clone(), revealed[:, q_slots].clone()
         _reveal_top(sub_tok, sub_rev, pred, conf, counts)
         tokens[:, q_slots], revealed[:, q_slots] = sub_tok, sub_rev
-    _crop(cache, base_len, base_slots)
+    cache.crop(base_len, base_slots)
     return tokens, {"nfe": nfe, "prefix_passes": 1, "tokens": A}
-
-
-def _crop(cache: KVCache, length: int, slots: torch.Tensor) -> None:
-    cache.crop(length, slots)
 
 
 # --------------------------------------------------------------------------------------------------------------

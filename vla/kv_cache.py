@@ -33,6 +33,7 @@ class KVCache:
         self.slots_contiguous = True  # committed action slots are exactly 0 .. n_slots - 1, in that order
         self._committed_prefix = False
         self.masks: dict = {}  # per-chunk mask tables (vla.masks.action_table), keyed by mode
+        self.fast = None  # the model's lean path (vla.fast_layers.FastStack), checked once for this chunk; None: off
 
     # transformers Cache protocol (the part the attention layers use)
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):

@@ -340,7 +340,7 @@ class DVLA(nn.Module):
         else:
             mask = query_mask(cache.prefix_valid, cache.slots, slots, cfg.block_size, mode, h.dtype)
             pos_start = None
-        fast = getattr(cache, "fast", None) if self.fast_inference else None
+        fast = cache.fast if self.fast_inference else None
         pos = None if fast is not None and pos_start is not None else (P + slots)[None].expand(h.shape[0], -1)
         out, _ = self.run_layers(h, mask, pos, cache=cache, fast=fast, pos_start=pos_start)
         if commit:
