@@ -4,7 +4,8 @@
         --teacher PickColor=... --student PickColor=... --episodes 50 --out benchmarks/results/decode.json
 
 Rows per task: parallel (bidirectional teacher, K passes), parallel-cached (teacher, stale action KV),
-block and pipelined (distilled block-causal student), pipelined with --decode-steps m (m = the executed steps).
+block and pipelined (distilled block-causal student), pipelined with --start-blocks k (k blocks in flight from the
+first pass), pipelined with --decode-steps m (m = the executed steps), and both together.
 Latency/tokens/NFE: batch 1 over observations from the task's demos; success: closed-loop episodes (fixed seeds).
 distill_steps_fraction = the student's distillation steps / the teacher's training steps (read from the checkpoints'
 training records); distill_reaches_teacher says whether, at that many steps, the student's pipelined success is
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=None, help="parallel decoder passes (default: the teacher's config)")
     ap.add_argument("--decode-steps", type=int, default=None, help="m for the decode-only-what-runs row (default: replan)")
+    ap.add_argument("--start-blocks", type=int, default=None,
+                    help="also a pipelined row with this many blocks in flight at the first pass")
     ap.add_argument("--latency-obs", type=int, default=100)
     ap.add_argument("--skip-success", action="store_true", help="latency rows only")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the latency rows")
@@ -68,8 +71,14 @@ def main() -> None:
             ("block", sdir, {"decoder": "block"}),
             ("pipelined", sdir, {"decoder": "pipelined"}),
         ]
+        sb = args.start_blocks
+        if sb:
+            variants.append((f"pipelined+start_blocks{sb}", sdir, {"decoder": "pipelined", "start_blocks": sb}))
         if m < tpol.cfg.chunk_size:
             variants.append((f"pipelined+decode_steps{m}", sdir, {"decoder": "pipelined", "decode_steps": m}))
+            if sb:
+                variants.append((f"pipelined+start_blocks{sb}+decode_steps{m}", sdir,
+                                 {"decoder": "pipelined", "start_blocks": sb, "decode_steps": m}))
         for name, pdir, dec in variants:
             pol = Policy.from_pretrained(pdir, decode=dec)
             lat = measure(pol, obs)

@@ -11,6 +11,7 @@ def add_serve(sub) -> None:
     s.add_argument("--decoder", help="parallel | parallel-cached | block | pipelined")
     s.add_argument("--decode-steps", type=int, help="decode only the first m timesteps (block-causal models)")
     s.add_argument("--steps-k", type=int, dest="k", help="forward passes of the parallel decoder")
+    s.add_argument("--start-blocks", type=int, help="pipelined decoder: blocks in flight at the first pass (default 1)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--max-batch", type=int, default=8, help="largest batch formed across clients")

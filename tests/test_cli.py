@@ -49,3 +49,25 @@ def test_export_half_precision_keeps_notes(tmp_path):
     assert json.loads(r.stdout)["model_bytes"] < 0.55 * os.path.getsize(tmp_path / "p" / "model.safetensors")
     r = _vla("export", "--policy", str(tmp_path / "p"), "--out", str(tmp_path / "z"), "--note", "oops")
     assert r.returncode == 2 and "--note" in r.stderr
+
+
+def test_decode_flags_reach_the_decode_config():
+    """`vla eval` and `vla serve` share the decode flags; they become DecodeConfig fields, and a bad value is a
+    clear error naming the field."""
+    from vla.cli import _load_extra_commands, build_parser
+    from vla.commands import decode_overrides
+
+    _load_extra_commands()
+
+    args = build_parser().parse_args(["eval", "--policy", "p", "--task", "Lift", "--decoder", "pipelined",
+                                      "--decode-steps", "4", "--start-blocks", "3", "--steps-k", "6"])
+    assert decode_overrides(args) == {"decoder": "pipelined", "decode_steps": 4, "start_blocks": 3, "steps": 6}
+    sargs = build_parser().parse_args(["serve", "--policy", "p", "--start-blocks", "2"])
+    assert decode_overrides(sargs) == {"start_blocks": 2}
+    import pytest
+
+    from vla.config import DecodeConfig
+
+    with pytest.raises(ValueError, match="start_blocks: expected >= 1"):
+        DecodeConfig(decoder="pipelined", **decode_overrides(build_parser().parse_args(
+            ["eval", "--policy", "p", "--task", "Lift", "--start-blocks", "-1"])))

@@ -120,14 +120,16 @@ def test_extreme_thresholds_make_pipelined_block(tau_add, tau_act):
             assert sp["nfe"] <= sb["nfe"]
 
 
-@pytest.mark.parametrize("decoder,preset", [("parallel", "tiny"), ("parallel-cached", "tiny"), ("block", "tiny_block"),
-                                            ("pipelined", "tiny_block"), ("parallel", "tiny_block")])
-def test_every_token_revealed_exactly_once(decoder, preset):
+@pytest.mark.parametrize("decoder,preset,extra", [("parallel", "tiny", {}), ("parallel-cached", "tiny", {}),
+                                                  ("block", "tiny_block", {}), ("pipelined", "tiny_block", {}),
+                                                  ("pipelined", "tiny_block", {"start_blocks": 4}),
+                                                  ("parallel", "tiny_block", {})])
+def test_every_token_revealed_exactly_once(decoder, preset, extra):
     m = _model(preset, seed=5)
     cfg = m.cfg
     imgs, txt, tv, st = _prefix(m, B=2, seed=5)
     with torch.no_grad(), Recorder(m) as rec:
-        tokens, stats = decode(m, m.encode_prefix(imgs, txt, tv, st), DecodeConfig(decoder=decoder, steps=6))
+        tokens, stats = decode(m, m.encode_prefix(imgs, txt, tv, st), DecodeConfig(decoder=decoder, steps=6, **extra))
     assert tokens.shape == (2, cfg.n_action_tokens)
     assert bool((tokens != cfg.mask_id).all()) and bool((tokens >= 0).all())
     assert stats["nfe"] == len(rec.calls)
@@ -152,6 +154,26 @@ def test_pipelined_overlaps_blocks_and_saves_passes():
     widths = [len(s) for s, _, _ in rec.calls[: sp["nfe"]]]
     assert max(widths) > 2 * m.cfg.block_size  # several blocks in flight in one pass
     assert sp["nfe"] < sb["nfe"]
+
+
+def test_start_blocks_puts_blocks_in_flight_from_the_first_pass():
+    """start_blocks = k: the first pass queries k blocks (block 0 fully active, the others semi-active); with
+    tau_conf 1 the semi-active blocks reveal nothing, so the first pass reveals exactly what start_blocks = 1 does."""
+    m = _model(seed=6)
+    imgs, txt, tv, st = _prefix(m, B=1, seed=6)
+    bs = m.cfg.block_size
+    firsts = {}
+    for k in (1, 3):
+        with torch.no_grad(), Recorder(m) as rec:
+            decode(m, m.encode_prefix(imgs, txt, tv, st), DecodeConfig(decoder="pipelined", tau_conf=1.0, start_blocks=k))
+        firsts[k] = rec.calls
+        assert len(rec.calls[0][0]) == k * bs
+    # pass 2 inputs: what pass 1 revealed (block 0 only in both)
+    s1, t1, _ = firsts[1][1]
+    s3, t3, _ = firsts[3][1]
+    assert torch.equal(t1[:, :bs], t3[:, :bs]) and bool((t3[:, bs:] == m.cfg.mask_id).all())
+    with pytest.raises(ValueError, match="start_blocks"):
+        DecodeConfig(decoder="pipelined", start_blocks=0)
 
 
 def test_decode_steps_is_exact_prefix_of_full_decode():
@@ -231,3 +253,4 @@ def test_kv_cache_grows_and_crops_without_changing_logits():
         s0 = torch.arange(bs)
         m.action_logits(fresh, tokens[:, s0], s0, commit=bs)
         torch.testing.assert_close(after_crop, m.action_logits(fresh, tokens[:, rest], rest), atol=1e-5, rtol=0)
+

@@ -93,6 +93,7 @@ def _add_eval(sub) -> None:
     s.add_argument("--decoder", help="parallel | parallel-cached | block | pipelined")
     s.add_argument("--decode-steps", type=int, help="decode only the first m timesteps (block-causal models)")
     s.add_argument("--steps-k", type=int, dest="k", help="forward passes of the parallel decoder")
+    s.add_argument("--start-blocks", type=int, help="pipelined decoder: blocks in flight at the first pass (default 1)")
     s.add_argument("--image-size", type=int, default=128)
     s.add_argument("--workers", type=int, default=1, help="parallel episode processes")
     s.add_argument("--videos", type=int, default=2, help="episodes per task to record as MP4 (the first ones)")
@@ -113,6 +114,8 @@ def decode_overrides(args) -> dict:
         d["decode_steps"] = args.decode_steps
     if getattr(args, "k", None):
         d["steps"] = args.k
+    if getattr(args, "start_blocks", None):
+        d["start_blocks"] = args.start_blocks
     return d
 
 

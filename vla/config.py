@@ -147,6 +147,7 @@ class DecodeConfig:
     tau_act: float = 0.7  # pipelined: a semi-active block becomes fully active once its predecessor is this far
     tau_conf: float = 0.5  # confidence threshold to reveal a token
     n: int = 2  # a fully active block reveals at least 1/n of its remaining tokens per pass
+    start_blocks: int = 1  # pipelined: blocks in flight at the first pass (block 0 fully active, the rest semi-active); the paper: 1
     decode_steps: int | None = None  # decode only the first m timesteps (block-causal models only)
     cache_refresh: int = 0  # parallel-cached: recompute the cached action KV every this many passes (0 = never)
 
@@ -157,6 +158,8 @@ class DecodeConfig:
             raise ValueError(f"steps: expected >= 1, got {self.steps}")
         if self.n < 1:
             raise ValueError(f"n: expected >= 1, got {self.n}")
+        if self.start_blocks < 1:
+            raise ValueError(f"start_blocks: expected >= 1, got {self.start_blocks}")
         if self.schedule not in ("cosine", "linear"):
             raise ValueError(f"schedule: expected 'cosine' or 'linear', got {self.schedule!r}")
 

@@ -11,6 +11,10 @@
                      a new block is appended (semi-active) once the newest is tau_add decoded; it becomes fully
                      active once its predecessor is tau_act decoded; semi-active blocks reveal tokens with
                      confidence >= tau_conf, fully active ones at least max(1, ceil(remaining / n)).
+                     `start_blocks` > 1 (ours, not the paper's) starts the first pass with that many blocks
+                     in flight, the later ones semi-active: a block-causal student trained with diffusion
+                     forcing has seen later blocks noisier than earlier ones, and its confident tokens there
+                     save passes (the paper's rule adds at most one block per pass).
 
 KV commit rule (block and pipelined): a block whose tokens are all revealed is fed as clean tokens in the next
 pass, at the front of the query, and the KV of that pass is committed. Blocks are committed strictly in order:
@@ -228,6 +232,7 @@ def decode_pipelined(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
     nb = A // bs
     INACTIVE, SEMI, FULL = 0, 1, 2
     status = np.zeros((B, nb), dtype=np.int64)
+    status[:, :dcfg.start_blocks] = SEMI
     status[:, 0] = FULL
     committed = 0  # blocks [0, committed) are in the cache
     nfe = 0
