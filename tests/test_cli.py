@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -64,8 +66,6 @@ def test_decode_flags_reach_the_decode_config():
     assert decode_overrides(args) == {"decoder": "pipelined", "decode_steps": 4, "start_blocks": 3, "steps": 6}
     sargs = build_parser().parse_args(["serve", "--policy", "p", "--start-blocks", "2"])
     assert decode_overrides(sargs) == {"start_blocks": 2}
-    import pytest
-
     from vla.config import DecodeConfig
 
     with pytest.raises(ValueError, match="start_blocks: expected >= 1"):

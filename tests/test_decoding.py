@@ -169,8 +169,8 @@ def test_start_blocks_puts_blocks_in_flight_from_the_first_pass():
         firsts[k] = rec.calls
         assert len(rec.calls[0][0]) == k * bs
     # pass 2 inputs: what pass 1 revealed (block 0 only in both)
-    s1, t1, _ = firsts[1][1]
-    s3, t3, _ = firsts[3][1]
+    _, t1, _ = firsts[1][1]
+    _, t3, _ = firsts[3][1]
     assert torch.equal(t1[:, :bs], t3[:, :bs]) and bool((t3[:, bs:] == m.cfg.mask_id).all())
     with pytest.raises(ValueError, match="start_blocks"):
         DecodeConfig(decoder="pipelined", start_blocks=0)
@@ -253,4 +253,3 @@ def test_kv_cache_grows_and_crops_without_changing_logits():
         s0 = torch.arange(bs)
         m.action_logits(fresh, tokens[:, s0], s0, commit=bs)
         torch.testing.assert_close(after_crop, m.action_logits(fresh, tokens[:, rest], rest), atol=1e-5, rtol=0)
-

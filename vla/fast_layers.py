@@ -10,7 +10,7 @@ the transformers forward.
 
 Why transposed: `F.linear(x, W)` with W (out, in) multiplies by W^T; with the transposed copy stored contiguous
 (in, out), `x @ W^T` ran 1.2-1.7x faster for these shapes (7-56 rows, 192-1024 columns) on the 2-core Xeon VM,
-and 1.04-1.07x faster per whole chunk with the same actions (benchmarks/decode_ab.py, docs/BENCHMARKS.md).
+and 1.06-1.09x faster per whole chunk with the same actions (benchmarks/decode_ab.py, docs/BENCHMARKS.md).
 
 Only for inference (no autograd); training always runs transformers' modules.
 """
@@ -65,11 +65,11 @@ class FastStack:
             projs = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
             if any(type(p) is not torch.nn.Linear for p in projs) or m.gate_proj.bias is not None:
                 return False
-            w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0).detach().t().contiguous()  # (d, (nh+2nkv)*hd)
+            w_qkv = _t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0))  # (d, (nh+2nkv)*hd)
             b_qkv = None
             if a.q_proj.bias is not None:
                 b_qkv = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], 0).detach()
-            w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight], 0).detach().t().contiguous()  # (d, 2*I)
+            w_gu = _t(torch.cat([m.gate_proj.weight, m.up_proj.weight], 0))  # (d, 2*I)
             layers.append((
                 layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon,
                 w_qkv, b_qkv, _t(a.o_proj.weight), None if a.o_proj.bias is None else a.o_proj.bias.detach(),
