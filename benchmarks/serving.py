@@ -151,7 +151,7 @@ class ReplayRobot:
     """Recorded demo observations as the loop's robot: apply() moves to the next recorded frame at no cost.
 
     The loop, client, server and policy run for real; only the arm is replaced by a recording, so the loop rate
-    is bounded by serving, not by robosuite's physics step (40-60 ms here, which caps a sim loop below 30 Hz).
+    is bounded by serving, not by robosuite's physics step and camera renders.
     Success has no meaning here (the actions do not move the recording).
     """
 
@@ -352,6 +352,7 @@ def main(argv=None) -> int:
         "transport_floor_ms_p50": details["a0"]["transport_ms_p50"],
         "transport_floor_ms_p99": details["a0"]["transport_ms_p99"],
         "loop_hz": details["b"]["loop_hz"],
+        "tick_hz": details["b"]["tick_hz"],
         "starvation_events": details["b"]["starvation_events"],
         "jitter_ms_p99": details["b"]["jitter_ms_p99"],
         "max_hz_zero_starvation": max(zero) if zero else None,

@@ -41,7 +41,11 @@ class Robot(Protocol):
 
 
 class EnvRobot:
-    """A gymnasium env (e.g. sim.env.VLAEnv) as a Robot: apply() steps the env, done on terminated/truncated."""
+    """A gymnasium env (e.g. sim.env.VLAEnv) as a Robot: apply() steps the env, done on terminated/truncated.
+
+    An env with `advance(action)` and `observe()` (VLAEnv) is stepped without rendering; its cameras are rendered
+    only when the loop asks for an observation (once per chunk request), which is most of a sim step's cost.
+    """
 
     def __init__(self, env):
         self.env = env
@@ -49,6 +53,8 @@ class EnvRobot:
         self.done = False
         self.success = False
         self.steps = 0
+        self._lazy = callable(getattr(env, "advance", None)) and callable(getattr(env, "observe", None))
+        self._started = False
 
     @property
     def horizon(self) -> int:
@@ -56,16 +62,22 @@ class EnvRobot:
 
     def reset(self, seed: int | None = None) -> dict:
         self.obs, _ = self.env.reset(seed=seed)
-        self.done, self.success, self.steps = False, False, 0
+        self.done, self.success, self.steps, self._started = False, False, 0, True
         return self.obs
 
     def get_observation(self) -> dict:
-        if self.obs is None:
+        if not self._started:
             raise RuntimeError("EnvRobot: reset() before get_observation()")
+        if self.obs is None:  # lazy env stepped since the last observation
+            self.obs = self.env.observe()
         return self.obs
 
     def apply(self, action: np.ndarray) -> None:
-        self.obs, _, terminated, truncated, _ = self.env.step(action)
+        if self._lazy:
+            _, terminated, truncated, _ = self.env.advance(action)
+            self.obs = None
+        else:
+            self.obs, _, terminated, truncated, _ = self.env.step(action)
         self.steps += 1
         self.success = self.success or bool(terminated)
         self.done = bool(terminated or truncated)
@@ -122,7 +134,8 @@ class LoopStats:
         jitter = np.abs(p - self.target_period_ms) if len(p) else p
         return {
             "steps": self.steps,
-            "loop_hz": self.steps / self.seconds if self.seconds > 0 else 0.0,
+            "loop_hz": self.steps / self.seconds if self.seconds > 0 else 0.0,  # incl. first chunk and drain
+            "tick_hz": 1e3 / float(np.mean(p)) if len(p) else None,  # between the first and the last tick
             "period_ms_p50": float(np.median(p)) if len(p) else None,
             "jitter_ms_p99": float(np.percentile(jitter, 99)) if len(p) else None,
             "latency_ms_p50": float(np.median(lat)) if len(lat) else None,

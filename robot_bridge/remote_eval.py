@@ -40,7 +40,7 @@ def evaluate_server(
     episodes and the first `failure_videos` failed ones among the others.
     """
     from sim.env import VLAEnv
-    from sim.evaluate import EVAL_SEED_BASE, summarize, video_path, write_video
+    from sim.evaluate import EVAL_SEED_BASE, frame, summarize, video_path, write_video
 
     if failure_videos < 0:
         raise ValueError(f"failure_videos: expected >= 0, got {failure_videos}")
@@ -65,11 +65,11 @@ def evaluate_server(
             on_step = None
             if frames is not None:
                 def on_step(t, obs, a, frames=frames):
-                    frames.append(_frame(obs))
+                    frames.append(frame(obs))
             log = ctl.run_episode(seed=seed, max_steps=max_steps, keep_actions=keep_actions, on_step=on_step)
             video = None
             if frames is not None and (chosen or not log.success):
-                frames.append(_frame(robot.get_observation()))
+                frames.append(frame(robot.get_observation()))
                 video = video_path(out_dir, task, seed, log.success, f"_{cfg.mode}")
                 write_video(frames, video)
                 failures_written += not chosen
@@ -125,7 +125,8 @@ def aggregate_stats(stats: list) -> dict:
     target = stats[0].target_period_ms
     steps, secs = sum(s.steps for s in stats), sum(s.seconds for s in stats)
     return {
-        "loop_hz": steps / secs if secs else 0.0,
+        "loop_hz": steps / secs if secs else 0.0,  # whole episodes: the first chunk's wait and the last drain too
+        "tick_hz": 1e3 / float(np.mean(periods)) if len(periods) else None,  # while ticking
         "jitter_ms_p99": float(np.percentile(np.abs(periods - target), 99)) if len(periods) else None,
         "period_ms_p50": float(np.median(periods)) if len(periods) else None,
         "latency_ms_p50": float(np.median(lat)) if len(lat) else None,
@@ -133,10 +134,6 @@ def aggregate_stats(stats: list) -> dict:
         **{k: int(sum(getattr(s, k) for s in stats)) for k in ("steps", "chunks", "starvation_events", "stale_dropped",
                                                                "late_discarded", "request_failures", "overruns")},
     }
-
-
-def _frame(obs: dict) -> np.ndarray:
-    return np.concatenate([obs["images"][c] for c in sorted(obs["images"])], axis=1)
 
 
 def _progress(items, desc: str, enabled: bool):

@@ -70,6 +70,31 @@ def configure_fast_rendering(rs_env, size: int) -> None:
     ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
 
 
+def outside_view(model, data, camera: str, aspect: float = 1.0) -> np.ndarray | None:
+    """bool (ngeom,): geoms whose bounding sphere lies wholly outside `camera`'s view cone (None: no such camera).
+
+    Conservative: the cone circumscribes the view frustum (half-angle from the frame's diagonal), a geom counts as
+    outside only if its whole bounding sphere (geom_rbound about geom_xpos) is, and geoms without a bound (planes)
+    or around the camera never are. So hiding them cannot change a pixel; it only skips their vertices.
+    """
+    import mujoco
+
+    cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cid < 0:
+        return None
+    rot = data.cam_xmat[cid].reshape(3, 3)  # columns: camera x, y, z in world; the camera looks along -z
+    rel = data.geom_xpos - data.cam_xpos[cid]  # (ngeom, 3)
+    dist = np.linalg.norm(rel, axis=1)
+    depth = -(rel @ rot[:, 2])
+    lateral = np.linalg.norm(rel @ rot[:, :2], axis=1)
+    half_y = np.deg2rad(model.cam_fovy[cid]) / 2
+    half_diag = np.arctan(np.tan(half_y) * np.sqrt(1.0 + aspect * aspect))
+    rbound = model.geom_rbound
+    off_axis = np.arctan2(lateral, depth)  # 0 on the optical axis, pi behind the camera
+    spread = np.arcsin(np.clip(rbound / np.maximum(dist, 1e-9), 0.0, 1.0))
+    return (rbound > 0) & (dist > rbound) & (off_axis - spread > half_diag)
+
+
 class VLAEnv(gym.Env):
     """One robosuite task behind the shared observation schema. Deterministic under `reset(seed=...)`."""
 
@@ -113,10 +138,9 @@ class VLAEnv(gym.Env):
             robots="Panda",
             has_renderer=False,
             has_offscreen_renderer=bool(cameras) or render_mode == "rgb_array",
-            use_camera_obs=bool(cameras),
-            camera_names=[CAMERA_SOURCES[c] for c in cameras] or "agentview",
-            camera_heights=self.image_size,
-            camera_widths=self.image_size,
+            # cameras are rendered by observe(), only when an observation is asked for (see advance()); the pixels
+            # are the ones robosuite's camera observables return (tests/test_sim_envs.py checks it)
+            use_camera_obs=False,
             hard_reset=False,
             ignore_done=True,
             horizon=100_000,
@@ -139,7 +163,8 @@ class VLAEnv(gym.Env):
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), dtype=np.float32)
         self._t = 0
-        self._last_rs_obs: dict | None = None
+        self._last_rs_obs: dict | None = None  # robosuite's proprio observation of step self._t (no images)
+        self._obs: dict | None = None  # the schema observation of step self._t, built on first request
         self._has_reset = False
 
     # ----- gymnasium API -----
@@ -151,20 +176,40 @@ class VLAEnv(gym.Env):
             self._rs.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         self._make_current()
         self._last_rs_obs = self._rs.reset()
+        self._obs = None
         self._t = 0
         self._has_reset = True
-        return self._make_obs(self._last_rs_obs), self._info(False)
+        return self.observe(), self._info(False)
 
     def step(self, action):
+        reward, terminated, truncated, info = self.advance(action)
+        return self.observe(), reward, terminated, truncated, info
+
+    def advance(self, action) -> tuple[float, bool, bool, dict]:
+        """step() without the observation: (reward, terminated, truncated, info); observe() renders it on demand.
+
+        The camera frames are most of a step's cost (two 128 px frames ~22 of ~30 ms on a 2-core CPU with Mesa
+        llvmpipe, physics ~8 ms), and a policy that replans every N steps reads them only every N-th step.
+        """
         if not self._has_reset:
             raise RuntimeError("step() called before reset()")
         a = validate_action(action)
         self._make_current()
         self._last_rs_obs, _, _, _ = self._rs.step(a)
+        self._obs = None
         self._t += 1
         success = bool(self._rs._check_success())
         truncated = self._t >= self.horizon and not success
-        return self._make_obs(self._last_rs_obs), float(success), success, truncated, self._info(success)
+        return float(success), success, truncated, self._info(success)
+
+    def observe(self) -> dict:
+        """The observation of the current step (the one step() returns); rendered once, then the same dict."""
+        if not self._has_reset:
+            raise RuntimeError("observe() called before reset()")
+        if self._obs is None:
+            self._make_current()
+            self._obs = self._make_obs(self._last_rs_obs)
+        return self._obs
 
     def _make_current(self) -> None:
         """robosuite renders into whichever EGL context is current; with several envs in one process (or after
@@ -174,9 +219,9 @@ class VLAEnv(gym.Env):
             ctx.gl_ctx.make_current()
 
     def render(self):
+        if "agentview" in self.cameras and self._has_reset:
+            return self.observe()["images"]["agentview"].copy()
         self._make_current()
-        if "agentview" in self.cameras and self._last_rs_obs is not None:
-            return self._last_rs_obs["agentview_image"][::-1].copy()
         img = self._rs.sim.render(camera_name="agentview", width=self.image_size, height=self.image_size)
         return img[::-1].copy()
 
@@ -195,11 +240,34 @@ class VLAEnv(gym.Env):
         return self._t
 
     def _make_obs(self, rs_obs: dict) -> dict:
-        images = {c: np.ascontiguousarray(rs_obs[f"{CAMERA_SOURCES[c]}_image"][::-1]) for c in self.cameras}
+        images = {c: self._render_camera(CAMERA_SOURCES[c]) for c in self.cameras}
         state = np.concatenate(
             [rs_obs["robot0_eef_pos"], rs_obs["robot0_eef_quat"], rs_obs["robot0_gripper_qpos"]]
         ).astype(np.float32)
         return {"images": images, "state": state, "instruction": self.instruction}
+
+    def _render_camera(self, name: str) -> np.ndarray:
+        """robosuite's camera_rgb sensor (sim.render, OpenGL row order) flipped upright; uint8 (S, S, 3).
+
+        Geoms that cannot appear in this camera's view are hidden while it renders (frustum culling): Mesa's
+        llvmpipe shades every vertex of every drawn mesh (~170k Panda triangles), so this saves ~2 ms on agentview
+        and ~5 ms on the wrist camera, and the pixels stay the same (tests/test_sim_envs.py).
+        """
+        s, sim = self.image_size, self._rs.sim
+        model = getattr(sim.model, "_model", sim.model)
+        hidden = outside_view(model, getattr(sim.data, "_data", sim.data), name)  # square frames
+        if hidden is None or not hidden.any():
+            return np.ascontiguousarray(sim.render(camera_name=name, width=s, height=s)[::-1])
+        ctx = sim._render_context_offscreen
+        off = [g for g in range(len(ctx.vopt.geomgroup)) if not ctx.vopt.geomgroup[g]]
+        if not off:
+            return np.ascontiguousarray(sim.render(camera_name=name, width=s, height=s)[::-1])
+        groups = model.geom_group.copy()
+        try:
+            model.geom_group[hidden] = off[-1]
+            return np.ascontiguousarray(sim.render(camera_name=name, width=s, height=s)[::-1])
+        finally:
+            model.geom_group[:] = groups
 
     def _info(self, success: bool) -> dict:
         return {"success": success, "t": self._t}

@@ -41,7 +41,7 @@ class EpisodeResult:
 
 def rollout(env, policy, seed: int, replan_every: int, frames: list | None = None, keep_actions: bool = False,
             max_steps: int | None = None) -> EpisodeResult:
-    obs, _ = env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed)  # env.observe() returns the current step's obs, rendered only when asked for
     policy.reset()
     res = EpisodeResult(task=env.task.name, seed=seed, success=False, length=0, instruction=obs["instruction"],
                         actions=[] if keep_actions else None)
@@ -49,6 +49,7 @@ def rollout(env, policy, seed: int, replan_every: int, frames: list | None = Non
     horizon = max_steps or env.horizon
     for t in range(horizon):
         if not queue:
+            obs = env.observe()
             t0 = time.perf_counter()
             out = policy.infer(obs)
             res.chunk_ms.append((time.perf_counter() - t0) * 1e3)
@@ -58,8 +59,8 @@ def rollout(env, policy, seed: int, replan_every: int, frames: list | None = Non
         if keep_actions:
             res.actions.append(a.tolist())
         if frames is not None:
-            frames.append(np.concatenate([obs["images"][c] for c in sorted(obs["images"])], axis=1))
-        obs, _, terminated, truncated, info = env.step(a)
+            frames.append(frame(env.observe()))
+        _, terminated, truncated, info = env.advance(a)
         res.length = t + 1
         if terminated:
             res.success = True
@@ -67,8 +68,13 @@ def rollout(env, policy, seed: int, replan_every: int, frames: list | None = Non
         if truncated:
             break
     if frames is not None:
-        frames.append(np.concatenate([obs["images"][c] for c in sorted(obs["images"])], axis=1))
+        frames.append(frame(env.observe()))
     return res
+
+
+def frame(obs: dict) -> np.ndarray:
+    """One video frame: the cameras side by side, sorted by name. uint8 (S, S * n_cameras, 3)."""
+    return np.concatenate([obs["images"][c] for c in sorted(obs["images"])], axis=1)
 
 
 def write_video(frames: list[np.ndarray], path: str, fps: int = 20) -> None:

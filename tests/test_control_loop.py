@@ -208,6 +208,8 @@ def test_remote_eval_async_reports_loop_stats(policy):
     loop = s["loop"]
     assert s["mode"] == "async" and s["rate_hz"] == 10 and loop["steps"] == 25
     assert 5 < loop["loop_hz"] <= 10.5 and loop["chunks"] >= 3 and loop["jitter_ms_p99"] is not None
+    # tick_hz: the mean period between ticks (24 periods here), without the first chunk's wait and the drain
+    assert 9 < loop["tick_hz"] <= 10.5
 
 
 def test_linear_blend_cross_fades_overlap(policy, env):
