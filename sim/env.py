@@ -188,8 +188,8 @@ class VLAEnv(gym.Env):
     def advance(self, action) -> tuple[float, bool, bool, dict]:
         """step() without the observation: (reward, terminated, truncated, info); observe() renders it on demand.
 
-        The camera frames are most of a step's cost (two 128 px frames ~22 of ~30 ms on a 2-core CPU with Mesa
-        llvmpipe, physics ~8 ms), and a policy that replans every N steps reads them only every N-th step.
+        The camera frames are most of a step's cost (two 128 px frames ~16.5 ms, physics ~5.5 ms for Lift on a 2-core
+        CPU with Mesa llvmpipe), and a policy that replans every N steps reads them only every N-th step.
         """
         if not self._has_reset:
             raise RuntimeError("step() called before reset()")
