@@ -68,14 +68,11 @@ class EnvRobot:
     def get_observation(self) -> dict:
         if not self._started:
             raise RuntimeError("EnvRobot: reset() before get_observation()")
-        if self.obs is None:  # lazy env stepped since the last observation
-            self.obs = self.env.observe()
-        return self.obs
+        return self.env.observe() if self._lazy else self.obs  # observe(): rendered once per step, then cached
 
     def apply(self, action: np.ndarray) -> None:
         if self._lazy:
             _, terminated, truncated, _ = self.env.advance(action)
-            self.obs = None
         else:
             self.obs, _, terminated, truncated, _ = self.env.step(action)
         self.steps += 1

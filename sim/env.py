@@ -256,18 +256,17 @@ class VLAEnv(gym.Env):
         s, sim = self.image_size, self._rs.sim
         model = getattr(sim.model, "_model", sim.model)
         hidden = outside_view(model, getattr(sim.data, "_data", sim.data), name)  # square frames
-        if hidden is None or not hidden.any():
-            return np.ascontiguousarray(sim.render(camera_name=name, width=s, height=s)[::-1])
-        ctx = sim._render_context_offscreen
-        off = [g for g in range(len(ctx.vopt.geomgroup)) if not ctx.vopt.geomgroup[g]]
-        if not off:
-            return np.ascontiguousarray(sim.render(camera_name=name, width=s, height=s)[::-1])
-        groups = model.geom_group.copy()
-        try:
+        shown = sim._render_context_offscreen.vopt.geomgroup
+        off = [g for g in range(len(shown)) if not shown[g]]  # a geom group this context does not draw
+        groups = None
+        if hidden is not None and hidden.any() and off:
+            groups = model.geom_group.copy()
             model.geom_group[hidden] = off[-1]
+        try:
             return np.ascontiguousarray(sim.render(camera_name=name, width=s, height=s)[::-1])
         finally:
-            model.geom_group[:] = groups
+            if groups is not None:
+                model.geom_group[:] = groups
 
     def _info(self, success: bool) -> dict:
         return {"success": success, "t": self._t}
