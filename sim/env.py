@@ -239,12 +239,16 @@ class VLAEnv(gym.Env):
     def t(self) -> int:
         return self._t
 
+    def state(self) -> np.ndarray:
+        """The current step's proprio state without rendering anything: float32 (9,) = eef pos (3), eef quat xyzw
+        (4), gripper qpos (2); the same values observe()["state"] holds. A fresh array on every call."""
+        if not self._has_reset:
+            raise RuntimeError("state() called before reset()")
+        return _state(self._last_rs_obs)
+
     def _make_obs(self, rs_obs: dict) -> dict:
         images = {c: self._render_camera(CAMERA_SOURCES[c]) for c in self.cameras}
-        state = np.concatenate(
-            [rs_obs["robot0_eef_pos"], rs_obs["robot0_eef_quat"], rs_obs["robot0_gripper_qpos"]]
-        ).astype(np.float32)
-        return {"images": images, "state": state, "instruction": self.instruction}
+        return {"images": images, "state": _state(rs_obs), "instruction": self.instruction}
 
     def _render_camera(self, name: str) -> np.ndarray:
         """robosuite's camera_rgb sensor (sim.render, OpenGL row order) flipped upright; uint8 (S, S, 3).
@@ -322,6 +326,13 @@ class VLAEnv(gym.Env):
                 "control_freq": 20,
             },
         }
+
+
+def _state(rs_obs: dict) -> np.ndarray:
+    """robosuite's proprio observables -> float32 (9,): eef pos (3), eef quat xyzw (4), gripper qpos (2)."""
+    return np.concatenate(
+        [rs_obs["robot0_eef_pos"], rs_obs["robot0_eef_quat"], rs_obs["robot0_gripper_qpos"]]
+    ).astype(np.float32)
 
 
 def make_env(task: str, **kwargs) -> VLAEnv:

@@ -81,3 +81,18 @@ def test_uniform_task_sampling_gives_each_task_an_equal_share():
     assert np.array_equal(uniform, data.sample(n, torch.Generator().manual_seed(0), "uniform"))
     with pytest.raises(ValueError, match="task_sampling"):
         DataConfig(task_sampling="balanced")
+    # "weighted": each task drawn by its weight (PickColor 0.2, Lift 0.8), then a frame of it; reproducible
+    w = {"PickColor": 1.0, "Lift": 4.0}
+    assert data.task_names == ["Lift", "PickColor"] and short.task == "PickColor"
+    weighted = data.sample(n, torch.Generator().manual_seed(0), "weighted", w)
+    assert abs((weighted < 5).mean() - 0.2) < 0.03, (weighted < 5).mean()
+    assert set(weighted[weighted < 5]) == set(range(5)) and set(weighted[weighted >= 5]) == set(range(5, 50))
+    assert np.array_equal(weighted, data.sample(n, torch.Generator().manual_seed(0), "weighted", w))
+    assert (data.sample(200, torch.Generator().manual_seed(0), "weighted", {"PickColor": 0, "Lift": 1}) >= 5).all()
+    with pytest.raises(ValueError, match=r"task_weights.*missing \['PickColor'\].*not in the data \['Stack'\]"):
+        data.sample(8, torch.Generator(), "weighted", {"Lift": 1.0, "Stack": 1.0})
+    for bad in ({"task_sampling": "weighted"}, {"task_sampling": "uniform", "task_weights": w},
+                {"task_sampling": "weighted", "task_weights": {"Lift": -1.0}},
+                {"task_sampling": "weighted", "task_weights": {"Lift": 0.0}}):
+        with pytest.raises(ValueError, match="data.task_weights"):
+            DataConfig(**bad)

@@ -130,3 +130,44 @@ def test_sim_robot_server_matches_in_process_env(env):
     n_steps = sum(lg.length for lg in via_replay[0] + via_untrained[0])
     assert counters["applied"] == n_steps and safety["intervened"] == 0
     assert not any(k.startswith("dropped") for k in counters), counters
+
+
+def test_sim_robot_renders_only_when_observed(env):
+    """Applying actions steps the physics only; snapshot() renders the current step once (cached), with the same
+    pixels and state as the gymnasium step() path. Fails if SimRobot renders every step or serves a stale frame."""
+    robot = SimRobot(env=env).connect()
+    robot.reset(seed=5)
+    renders = []
+    render = env._render_camera
+    env._render_camera = lambda name: (renders.append(name), render(name))[1]
+    rng = np.random.default_rng(0)
+    try:
+        applied = []
+        for _ in range(3):
+            a = np.zeros(7, np.float32)
+            a[:3] = rng.uniform(-0.5, 0.5, 3)
+            applied.append(robot.send_action(a))
+        assert renders == [], "applying actions rendered the cameras"
+        state = robot.get_state()
+        snap = robot.snapshot()
+        assert len(renders) == len(env.cameras)
+        again = robot.snapshot()
+        assert len(renders) == len(env.cameras), "a second snapshot of the same step rendered again"
+        applied.append(robot.send_action(applied[0]))
+        after = robot.snapshot()  # a new step: rendered anew
+        assert len(renders) == 2 * len(env.cameras)
+    finally:
+        del env._render_camera
+    np.testing.assert_array_equal(snap["state"], state)
+    for c in env.cameras:
+        assert snap["images"][c] is again["images"][c]
+    gl_current(env)
+    obs, _ = env.reset(seed=5)
+    for i, a in enumerate(applied):
+        obs = env.step(a)[0]
+        seen = {2: snap, len(applied) - 1: after}.get(i)  # what the robot served after the same steps
+        if seen is not None:
+            for c in env.cameras:
+                np.testing.assert_array_equal(seen["images"][c], obs["images"][c], err_msg=f"step {i}: {c}")
+            np.testing.assert_array_equal(seen["state"], obs["state"], err_msg=f"step {i}")
+    robot.disconnect()

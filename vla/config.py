@@ -174,15 +174,27 @@ class DataConfig:
     max_demos_per_task: int | None = None
     augment_shift: int = 4  # pixels of random shift (pad + random crop), 0 = off
     augment_color: float = 0.0  # probability of a colour swap (RGB channels reordered, colour words renamed: vla/data.py)
-    task_sampling: str = "frames"  # "frames": every frame equally likely; "uniform": each task equally likely, then a frame
+    task_sampling: str = "frames"  # "frames": every frame equally likely; "uniform": each task equally likely, then a
+    # frame; "weighted": a task with probability task_weights[task] / sum, then a frame
+    task_weights: dict | None = None  # {task name: weight >= 0}, every task in the data; only with "weighted"
 
     def __post_init__(self):
         if not 0.0 <= self.augment_color <= 1.0:
             raise ValueError(f"data.augment_color: expected a probability in [0, 1], got {self.augment_color}")
         if self.augment_shift < 0:
             raise ValueError(f"data.augment_shift: expected >= 0 pixels, got {self.augment_shift}")
-        if self.task_sampling not in ("frames", "uniform"):
-            raise ValueError(f"data.task_sampling: expected 'frames' or 'uniform', got {self.task_sampling!r}")
+        if self.task_sampling not in ("frames", "uniform", "weighted"):
+            raise ValueError(f"data.task_sampling: expected 'frames', 'uniform' or 'weighted', got {self.task_sampling!r}")
+        if (self.task_sampling == "weighted") != (self.task_weights is not None):
+            raise ValueError("data.task_weights: expected a {task: weight} mapping exactly when data.task_sampling is "
+                             f"'weighted' (task_sampling {self.task_sampling!r}, task_weights {self.task_weights!r})")
+        if self.task_weights is not None:
+            w = self.task_weights
+            if not isinstance(w, dict) or not w or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in w.values()):
+                raise ValueError(f"data.task_weights: expected a non-empty {{task: weight >= 0}} mapping, got {w!r}")
+            if sum(w.values()) <= 0:
+                raise ValueError(f"data.task_weights: expected at least one weight > 0, got {w!r}")
 
 
 @dataclass(frozen=True)

@@ -66,17 +66,36 @@ class DemoBatches:
         self.n = len(self.state)
         task_names = sorted(set(self.tasks))
         task_of_frame = np.array([task_names.index(self.tasks[i]) for i in self.demo_of])  # (N,)
+        self.task_names = task_names
         self.task_frames = [np.nonzero(task_of_frame == t)[0] for t in range(len(task_names))]  # frame ids per task
 
     def __len__(self) -> int:
         return self.n
 
-    def sample(self, batch_size: int, generator: torch.Generator, task_sampling: str = "frames") -> np.ndarray:
+    def task_probs(self, task_weights: dict) -> torch.Tensor:
+        """{task: weight} -> (n_tasks,) float64 probabilities in self.task_names order; every task needs a weight."""
+        missing = [t for t in self.task_names if t not in task_weights]
+        unknown = sorted(set(task_weights) - set(self.task_names))
+        if missing or unknown:
+            raise ValueError(f"data.task_weights: expected a weight for each task in the data {self.task_names}; "
+                             f"missing {missing}, not in the data {unknown}")
+        w = torch.tensor([float(task_weights[t]) for t in self.task_names], dtype=torch.float64)
+        if w.sum() <= 0:
+            raise ValueError(f"data.task_weights: expected a weight > 0 for a task in the data, got {task_weights}")
+        return w / w.sum()
+
+    def sample(self, batch_size: int, generator: torch.Generator, task_sampling: str = "frames",
+               task_weights: dict | None = None) -> np.ndarray:
         """-> (B,) frame indices. "frames": uniform over frames, so long tasks dominate a mixture; "uniform": a task
-        uniformly, then a frame of it uniformly (every task gets the same share of the batches)."""
-        if task_sampling == "frames" or len(self.task_frames) == 1:
+        uniformly, then a frame of it uniformly (every task gets the same share of the batches); "weighted": a task
+        with probability task_weights[task] / sum, then a frame of it uniformly."""
+        if task_sampling == "weighted":
+            probs = self.task_probs(task_weights or {})  # checked even for one task: a misnamed task is an error
+            t = torch.multinomial(probs, batch_size, replacement=True, generator=generator).numpy()
+        elif task_sampling == "frames" or len(self.task_frames) == 1:
             return torch.randint(0, self.n, (batch_size,), generator=generator).numpy()
-        t = torch.randint(0, len(self.task_frames), (batch_size,), generator=generator).numpy()
+        else:
+            t = torch.randint(0, len(self.task_frames), (batch_size,), generator=generator).numpy()
         u = torch.rand(batch_size, generator=generator, dtype=torch.float64).numpy()
         return np.array([self.task_frames[ti][int(ui * len(self.task_frames[ti]))] for ti, ui in zip(t, u)])
 

@@ -152,6 +152,8 @@ class Trainer:
             if valid else None
         )
         self.tasks = sorted(set(self.train_data.tasks))
+        if cfg.data.task_sampling == "weighted":
+            self.train_data.task_probs(cfg.data.task_weights)  # a task without a weight fails here, not mid-run
         # objective pieces
         self.teacher = None
         if cfg.objective == "distill":
@@ -243,7 +245,8 @@ class Trainer:
         return loss, metrics
 
     def _batch(self, data: DemoBatches, gen: torch.Generator, augment: bool) -> dict:
-        idx = data.sample(self.cfg.batch_size, gen, self.cfg.data.task_sampling if augment else "frames")
+        idx = data.sample(self.cfg.batch_size, gen, self.cfg.data.task_sampling if augment else "frames",
+                          self.cfg.data.task_weights)
         b = data.batch(idx, self.cfg.data.augment_shift if augment else 0, gen, self.cfg.aux_future_steps,
                        self.cfg.data.augment_color if augment else 0.0)
         return {k: v.to(self.device) for k, v in b.items()}

@@ -1,7 +1,9 @@
 """A robosuite/MuJoCo task (sim.env.VLAEnv) as a robot behind the robot server.
 
 The simulator is "stepped": it advances one control step per applied action and stands still otherwise, so hold
-and e-stop need no motion (time stops). Its safety defaults are permissive (only the action limits can intervene):
+and e-stop need no motion (time stops). A step runs the physics only; the cameras are rendered when an
+observation is asked for (`snapshot`, on the robot server's thread), so a client that replans every N steps pays
+for N-1 fewer renders. Its safety defaults are permissive (only the action limits can intervene):
 robosuite's controller already bounds a step to 0.05 m / 0.5 rad, and the same policy and seeds must give the same
 episodes through the server as in-process.
 """
@@ -34,7 +36,7 @@ class SimRobot(Robot):
         super().__init__(cameras=None, safety=safety)
         self.env = env
         self._own_env = env is None
-        self.obs: dict | None = None
+        self._live = False  # connected and reset: the env has a current step
         self.done = self.success = False
         self.steps = 0
         self.episodes = 0
@@ -51,10 +53,12 @@ class SimRobot(Robot):
             c = self.config
             self.env = VLAEnv(c.task, image_size=c.image_size, cameras=tuple(c.cameras), horizon=c.horizon)
         self._gl_current()
-        self.obs, _ = self.env.reset()
+        self.env.reset()
         self._gl_done()
+        self._live = True
 
     def _disconnect(self) -> None:
+        self._live = False
         if self._own_env and self.env is not None:
             self.env.close()
             self.env = None
@@ -67,23 +71,29 @@ class SimRobot(Robot):
             gl_release(self.env)
 
     # ----- state -----
-    def _obs(self) -> dict:
-        if self.obs is None:
+    def _check(self) -> None:
+        if not self._live or self.env is None:
             raise RobotError("sim: not connected")
-        return self.obs
 
     def get_state(self) -> np.ndarray:
-        return np.asarray(self._obs()["state"], dtype=np.float32).copy()
+        self._check()
+        return self.env.state()  # float32 (9,), a fresh array; no rendering
 
     def reference_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        s = self._obs()["state"]
+        s = self.get_state()
         return np.asarray(s[0:3], np.float64), np.asarray(s[3:7], np.float64)
 
     def snapshot(self) -> dict:
+        """Renders the current step's cameras (once per step; the env caches them) on the calling thread."""
         import time
 
-        obs = self._obs()  # env.step returns fresh arrays: this snapshot never changes under the reader
-        return {"state": np.asarray(obs["state"], np.float32), "t": time.time(), "images": dict(obs["images"])}
+        self._check()
+        self._gl_current()
+        try:
+            obs = self.env.observe()  # a new dict of new arrays per step: this snapshot never changes under a reader
+        finally:
+            self._gl_done()
+        return {"state": np.asarray(obs["state"], np.float32).copy(), "t": time.time(), "images": dict(obs["images"])}
 
     @property
     def observation_spec(self) -> ObservationSpec:
@@ -97,15 +107,16 @@ class SimRobot(Robot):
 
     @property
     def instruction(self) -> str | None:
-        return None if self.obs is None else str(self.obs["instruction"])
+        return str(self.env.instruction) if self._live and self.env is not None else None
 
     def status(self) -> dict:
         return {"done": self.done, "success": self.success, "steps": self.steps, "episode": self.episodes}
 
     # ----- actions -----
     def _apply(self, action: np.ndarray) -> None:
+        self._check()
         self._gl_current()
-        self.obs, _, terminated, truncated, _ = self.env.step(action)
+        _, terminated, truncated, _ = self.env.advance(action)  # physics only; snapshot() renders on demand
         self.steps += 1
         self.success = self.success or bool(terminated)
         self.done = bool(terminated or truncated)
@@ -118,8 +129,9 @@ class SimRobot(Robot):
         pass  # stepped: nothing moves; send_action is refused until release()
 
     def reset(self, seed: int | None = None) -> None:
+        self._check()
         self._gl_current()
-        self.obs, _ = self.env.reset(seed=seed)
+        self.env.reset(seed=seed)
         self._gl_done()
         self.done = self.success = False
         self.steps = 0
