@@ -38,18 +38,19 @@ def franky_sim():
         yield sim
 
 
-def _franka(cameras=False, safety: SafetyConfig | None = None, control: str = "cartesian") -> FrankaRobot:
+def _franka(cameras=False, safety: SafetyConfig | None = None, control: str = "cartesian",
+            max_lead_m: float = 0.03) -> FrankaRobot:
     cams = {"agentview": SimCamera("fr3-front", (64, 64)), "wrist": SimCamera("fr3-wrist", (64, 64))} if cameras else None
     cfg = FrankaConfig(host="127.0.0.1", realtime=False, relative_dynamics_factor=1.0, auto_recover=True,
-                       home_joints=HOME, control=control)
+                       home_joints=HOME, control=control, max_lead_m=max_lead_m)
     return FrankaRobot(cfg, cameras=cams, safety=safety)
 
 
 class Rig:
     """A robot server on the franka adapter plus a client, the arm homed."""
 
-    def __init__(self, cameras=False, safety=None, control="cartesian"):
-        self.robot = _franka(cameras, safety, control)
+    def __init__(self, cameras=False, safety=None, control="cartesian", max_lead_m=0.03):
+        self.robot = _franka(cameras, safety, control, max_lead_m)
         self.server = RobotServer(self.robot, bind="tcp://127.0.0.1:0", watchdog_ms=WATCHDOG_MS).start()
         self.client = RobotClient(self.server.address, timeout_ms=20_000)
         self.meta = self.client.hello()
@@ -73,7 +74,9 @@ def test_policy_server_control_loop_robot_server_franky_sim(franky_sim):
     up[:, 0], up[:, 2] = 0.05, -0.03  # 2.5 mm +x, 1.5 mm -z per step (franky-sim may run at 1/4 real time)
     policy = ScriptedPolicy([up, up, up])  # three chunks of motion, then zeros
     psrv = PolicyServer(policy, bind="tcp://127.0.0.1:0").start()
-    rig = Rig(cameras=True)
+    # franky-sim's physics can fall far behind real time on a loaded machine (CI saw the arm lag > 3 cm): a lead
+    # allowance above the whole ~7 cm path keeps every delta counted, and the arm catches up before the check
+    rig = Rig(cameras=True, max_lead_m=0.10)
     pclient = PolicyClient(psrv.address, timeout_ms=3000)
     remote = RemoteRobot(rig.client, instruction="move forward and down")
     try:
@@ -91,7 +94,7 @@ def test_policy_server_control_loop_robot_server_franky_sim(franky_sim):
     assert log.length == 40 and log.stats.chunks >= 3
     assert policy.calls >= 3  # the policy saw images from the robot side's cameras (checked in infer_batch)
     assert np.linalg.norm(want) > 0.04  # it really moved (about 7 cm commanded)
-    assert rig.robot.lead_capped == 0  # the arm kept up: every delta counts
+    assert rig.robot.lead_capped == 0  # no start was pulled back: every delta counts
     np.testing.assert_allclose(moved, want, atol=3e-3, err_msg=f"measured {moved}, applied deltas sum {want}")
     assert st["counters"]["applied"] >= 40 and st["safety"]["intervened"] == 0
 
