@@ -25,24 +25,18 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def trace(policy, env, seed: int, replan: int) -> dict:
-    """One episode: per step eef (3,), object rows 0-1 (2, 3), action (7,); success and length."""
-    env.reset(seed=seed)
-    policy.reset()
-    queue: list[np.ndarray] = []
+    """One `vla eval` rollout: per step eef (3,), object rows 0-1 (2, 3), action (7,); success and length."""
+    from sim.evaluate import rollout
+
     steps = []
-    success = False
-    for t in range(env.horizon):
-        if not queue:
-            queue = list(np.asarray(policy.infer(env.observe())["actions"], dtype=np.float32)[:replan])
-        a = queue.pop(0)
+
+    def record(t, a):
         p = env.privileged()
         steps.append({"t": t, "eef": p["eef_pos"].round(4).tolist(), "objects": p["object_pos"][:2].round(4).tolist(),
-                      "action": a.round(3).tolist()})
-        _, terminated, truncated, _ = env.advance(a)
-        if terminated or truncated:
-            success = bool(terminated)
-            break
-    return {"seed": seed, "success": success, "length": len(steps), "steps": steps}
+                      "action": np.asarray(a).round(3).tolist()})
+
+    r = rollout(env, policy, seed, replan, on_step=record)
+    return {"seed": seed, "success": bool(r.success), "length": r.length, "steps": steps}
 
 
 def main(argv=None) -> None:

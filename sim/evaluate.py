@@ -40,7 +40,8 @@ class EpisodeResult:
 
 
 def rollout(env, policy, seed: int, replan_every: int, frames: list | None = None, keep_actions: bool = False,
-            max_steps: int | None = None) -> EpisodeResult:
+            max_steps: int | None = None, on_step=None) -> EpisodeResult:
+    """One closed-loop episode; `on_step(t, action)`, if given, is called before each action is executed."""
     obs, _ = env.reset(seed=seed)  # env.observe() returns the current step's obs, rendered only when asked for
     policy.reset()
     res = EpisodeResult(task=env.task.name, seed=seed, success=False, length=0, instruction=obs["instruction"],
@@ -60,6 +61,8 @@ def rollout(env, policy, seed: int, replan_every: int, frames: list | None = Non
             res.actions.append(a.tolist())
         if frames is not None:
             frames.append(frame(env.observe()))
+        if on_step is not None:
+            on_step(t, a)
         _, terminated, truncated, info = env.advance(a)
         res.length = t + 1
         if terminated:

@@ -53,6 +53,7 @@ class ScriptedExpert:
     """Base: follows a list of waypoints rebuilt from the live object positions at every step."""
 
     gain = 1.2  # proportional gain on position error (in units of the per-step limit)
+    grasp_tol = 0.008  # m; the gripper closes once the hand is this close to the grasp point
 
     def __init__(self, noise: float = 0.0, seed: int | None = None, rotate: bool = False):
         """rotate=False: top-down grasps with zero rotation actions (the OSC controller holds the orientation well
@@ -112,7 +113,6 @@ class PickExpert(ScriptedExpert):
     """Grasp object row 0 and lift it (Lift, PickColor)."""
 
     lift_height = 0.15
-    grasp_tol = 0.008  # m; the gripper closes once the hand is this close to the grasp point
 
     def waypoints(self, p):
         obj = p["object_pos"][0].astype(np.float64)
@@ -135,7 +135,6 @@ class PickPlaceExpert(ScriptedExpert):
     grasp_offset = -0.003
     retreat = 0.10
     place_tol = 0.01  # m; how close the carried object must get above/onto the target
-    grasp_tol = 0.008  # m; the gripper closes once the hand is this close to the grasp point
     target_shift = np.zeros(3)  # aim point relative to the privileged target position
 
     def reset(self, seed: int | None = None) -> None:
