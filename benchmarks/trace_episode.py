@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     ap.add_argument("--task", required=True)
     ap.add_argument("--seeds", default="1000000", help="comma-separated; vla eval's episode i has seed 1000000 + i")
     ap.add_argument("--every", type=int, default=6, help="print one line every N steps")
-    ap.add_argument("--replan", type=int, default=8)
+    ap.add_argument("--replan", type=int, default=None, help="actions executed per chunk (default: the policy's n_action_steps, as vla eval)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the full per-step traces here")
     args = ap.parse_args(argv)
@@ -57,9 +57,10 @@ def main(argv=None) -> None:
 
     policy = Policy.from_pretrained(args.policy)
     env = VLAEnv(args.task, cameras=policy.cfg.cameras)
+    replan = args.replan or policy.n_action_steps
     out = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        tr = trace(policy, env, seed, args.replan)
+        tr = trace(policy, env, seed, replan)
         out.append(tr)
         print(f"seed {seed}: {'success' if tr['success'] else 'failure'} after {tr['length']} steps")
         for s in tr["steps"][:: args.every]:
