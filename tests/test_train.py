@@ -123,6 +123,25 @@ def test_torchrun_two_processes(dataset, tmp_path):
     Policy.from_pretrained(str(out / "policy"))
 
 
+def test_n_action_steps_is_saved_with_the_policy(dataset, tmp_path):
+    """The replan interval a recipe was evaluated with travels with its policy (vla eval's default)."""
+    train(_cfg(dataset, tmp_path / "r", steps=1, n_action_steps=4), progress=False)
+    p = Policy.from_pretrained(str(tmp_path / "r" / "policy"))
+    assert p.n_action_steps == 4 and json.load(open(tmp_path / "r" / "policy" / "config.json"))["n_action_steps"] == 4
+    obs = {"images": {c: np.zeros((32, 32, 3), np.uint8) for c in ("agentview", "wrist")},
+           "state": np.zeros(9, np.float32), "instruction": "lift the cube"}
+    chunks = []
+    orig = p.predict_action_chunk
+    p.predict_action_chunk = lambda o: chunks.append(1) or orig(o)
+    for _ in range(8):
+        p.select_action(obs)
+    assert len(chunks) == 2  # a new chunk every 4 actions
+    with pytest.raises(ValueError, match="n_action_steps"):
+        _cfg(dataset, tmp_path, n_action_steps=0)
+    with pytest.raises(ValueError, match="n_action_steps: expected 1..8"):
+        Policy.from_pretrained(str(tmp_path / "r" / "policy"), n_action_steps=9)
+
+
 def test_train_config_errors(dataset, tmp_path):
     with pytest.raises(ValueError, match="objective"):
         _cfg(dataset, tmp_path, objective="difusion")

@@ -249,6 +249,9 @@ class TrainConfig:
     keep_last: int = 2
     threads: int | None = None
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    # actions the saved policy runs per chunk before it decodes the next (`vla eval`'s default --replan-every);
+    # None: the whole chunk
+    n_action_steps: int | None = None
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -263,6 +266,8 @@ class TrainConfig:
             raise ValueError(f"orth_form: expected 'cosine' or 'inner', got {self.orth_form!r}")
         if self.grad_accum < 1 or self.batch_size < 1:
             raise ValueError("batch_size and grad_accum: expected >= 1")
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise ValueError(f"n_action_steps: expected >= 1 or null, got {self.n_action_steps}")
 
 
 OBJECTIVES = ("diffusion", "diffusion_forcing", "distill")

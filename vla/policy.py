@@ -54,6 +54,8 @@ class Policy:
         self.text_tokenizer = text_tokenizer
         self.decode_cfg = decode_cfg or DecodeConfig(decoder="pipelined" if self.cfg.attention == "block_causal" else "parallel")
         self.n_action_steps = int(n_action_steps or self.cfg.chunk_size)
+        if not 1 <= self.n_action_steps <= self.cfg.chunk_size:
+            raise ValueError(f"n_action_steps: expected 1..{self.cfg.chunk_size} (the chunk length), got {self.n_action_steps}")
         self.stats = stats or {}
         self.device = torch.device(device)
         self.model.to(self.device)

@@ -357,7 +357,7 @@ class Trainer:
 
             model = merged_copy(self.model)
         return Policy(model, self.action_tok, self.state_norm, self.text_tok, decode_cfg=self.cfg.decode,
-                      stats=self.stats)
+                      n_action_steps=self.cfg.n_action_steps, stats=self.stats)
 
     def save_checkpoint(self) -> None:
         from safetensors.torch import save_file
