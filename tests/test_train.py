@@ -139,6 +139,9 @@ def test_n_action_steps_is_saved_with_the_policy(dataset, tmp_path):
     with pytest.raises(ValueError, match="n_action_steps"):
         _cfg(dataset, tmp_path, n_action_steps=0)
     with pytest.raises(ValueError, match="n_action_steps: expected 1..8"):
+        train(_cfg(dataset, tmp_path / "too_long", steps=1, n_action_steps=9), progress=False)
+    assert not os.path.exists(tmp_path / "too_long" / "checkpoints")  # refused before any training
+    with pytest.raises(ValueError, match="n_action_steps: expected 1..8"):
         Policy.from_pretrained(str(tmp_path / "r" / "policy"), n_action_steps=9)
 
 

@@ -145,6 +145,9 @@ class Trainer:
         model, self.action_tok, self.state_norm, self.text_tok = build_components(cfg, train, stats)
         self.model = model.to(self.device)
         self.mcfg: ModelConfig = model.cfg
+        # checked here, before any step, rather than when the first checkpoint builds the Policy
+        if cfg.n_action_steps is not None and cfg.n_action_steps > self.mcfg.chunk_size:
+            raise ValueError(f"n_action_steps: expected 1..{self.mcfg.chunk_size} (the model's chunk length), got {cfg.n_action_steps}")
         self.train_data = DemoBatches(train, self.mcfg, self.action_tok, self.state_norm, self.text_tok)
         self.stats["object_pos_norm"] = self.train_data.object_stats
         self.valid_data = (
