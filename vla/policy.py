@@ -34,6 +34,13 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing a file or was written by an incompatible version."""
 
 
+def check_n_action_steps(n: int, chunk_size: int) -> int:
+    """Actions run per chunk must fit in the chunk: 1..chunk_size."""
+    if not 1 <= n <= chunk_size:
+        raise ValueError(f"n_action_steps: expected 1..{chunk_size} (the chunk length), got {n}")
+    return n
+
+
 class Policy:
     def __init__(
         self,
@@ -53,9 +60,7 @@ class Policy:
         self.state_normalizer = state_normalizer
         self.text_tokenizer = text_tokenizer
         self.decode_cfg = decode_cfg or DecodeConfig(decoder="pipelined" if self.cfg.attention == "block_causal" else "parallel")
-        self.n_action_steps = int(n_action_steps or self.cfg.chunk_size)
-        if not 1 <= self.n_action_steps <= self.cfg.chunk_size:
-            raise ValueError(f"n_action_steps: expected 1..{self.cfg.chunk_size} (the chunk length), got {self.n_action_steps}")
+        self.n_action_steps = check_n_action_steps(int(n_action_steps or self.cfg.chunk_size), self.cfg.chunk_size)
         self.stats = stats or {}
         self.device = torch.device(device)
         self.model.to(self.device)

@@ -29,7 +29,7 @@ from vla.data import DemoBatches, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
 from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, masked_mse, noise, target_columns
-from vla.policy import Policy, _atomic, _atomic_json
+from vla.policy import Policy, _atomic, _atomic_json, check_n_action_steps
 from vla.tokenizers import ActionTokenizer, ByteTokenizer, HFTokenizer, WordTokenizer, instruction_vocabulary
 
 
@@ -145,9 +145,8 @@ class Trainer:
         model, self.action_tok, self.state_norm, self.text_tok = build_components(cfg, train, stats)
         self.model = model.to(self.device)
         self.mcfg: ModelConfig = model.cfg
-        # checked here, before any step, rather than when the first checkpoint builds the Policy
-        if cfg.n_action_steps is not None and cfg.n_action_steps > self.mcfg.chunk_size:
-            raise ValueError(f"n_action_steps: expected 1..{self.mcfg.chunk_size} (the model's chunk length), got {cfg.n_action_steps}")
+        if cfg.n_action_steps is not None:  # before any step, not when the first checkpoint builds the Policy
+            check_n_action_steps(cfg.n_action_steps, self.mcfg.chunk_size)
         self.train_data = DemoBatches(train, self.mcfg, self.action_tok, self.state_norm, self.text_tok)
         self.stats["object_pos_norm"] = self.train_data.object_stats
         self.valid_data = (
