@@ -40,10 +40,19 @@ class EpisodeResult:
 
 
 def rollout(env, policy, seed: int, replan_every: int, frames: list | None = None, keep_actions: bool = False,
-            max_steps: int | None = None, on_step=None) -> EpisodeResult:
-    """One closed-loop episode; `on_step(t, action)`, if given, is called before each action is executed."""
+            max_steps: int | None = None, on_step=None, ensemble: float | None = None) -> EpisodeResult:
+    """One closed-loop episode; `on_step(t, action)`, if given, is called before each action is executed.
+
+    ensemble: None runs each chunk's first `replan_every` actions as decoded; a float is the temporal-ensembling
+    coefficient (vla.ensemble.TemporalEnsembler): every step executes the weighted mean of all decoded chunks that
+    cover it (a chunk is still requested every `replan_every` steps)."""
     obs, _ = env.reset(seed=seed)  # env.observe() returns the current step's obs, rendered only when asked for
     policy.reset()
+    ens = None
+    if ensemble is not None:
+        from vla.ensemble import TemporalEnsembler
+
+        ens = TemporalEnsembler(ensemble)
     res = EpisodeResult(task=env.task.name, seed=seed, success=False, length=0, instruction=obs["instruction"],
                         actions=[] if keep_actions else None)
     queue: list[np.ndarray] = []
@@ -55,8 +64,13 @@ def rollout(env, policy, seed: int, replan_every: int, frames: list | None = Non
             out = policy.infer(obs)
             res.chunk_ms.append((time.perf_counter() - t0) * 1e3)
             res.nfe.append(int(out.get("timing", {}).get("nfe", 0)))
-            queue = list(np.asarray(out["actions"], dtype=np.float32)[:replan_every])
-        a = queue.pop(0)
+            chunk = np.asarray(out["actions"], dtype=np.float32)  # (H, D)
+            queue = list(chunk[:replan_every])
+            if ens is not None:
+                ens.add(t, chunk)
+        a = queue.pop(0)  # the queue still times the replans
+        if ens is not None:
+            a = ens.action(t)
         if keep_actions:
             res.actions.append(a.tolist())
         if frames is not None:
@@ -97,7 +111,7 @@ def video_path(out_dir: str, task: str, seed: int, success: bool, suffix: str = 
 
 def _worker(args) -> list[dict]:
     (policy_path, decode, task, seeds, replan, image_size, video_seeds, failure_videos, out_dir, threads, keep_actions,
-     max_steps, progress) = args
+     max_steps, progress, ensemble) = args
     import torch
 
     torch.set_num_threads(threads)
@@ -114,7 +128,7 @@ def _worker(args) -> list[dict]:
         # frames of every episode while failure videos are wanted: which episodes fail is known only at their end
         record = out_dir and (s in video_seeds or failures_written < failure_videos)
         frames = [] if record else None
-        r = rollout(env, policy, s, replan, frames, keep_actions, max_steps=max_steps)
+        r = rollout(env, policy, s, replan, frames, keep_actions, max_steps=max_steps, ensemble=ensemble)
         row = {**r.summary(), **({"actions": r.actions} if keep_actions else {})}
         if frames is not None and (s in video_seeds or not r.success):
             path = video_path(out_dir, task, s, r.success)
@@ -142,12 +156,13 @@ def evaluate_policy_dir(
     max_steps: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    ensemble: float | None = None,
 ) -> dict:
     """Evaluate a saved policy; episodes split over `workers` processes, each with `threads` torch threads
     (default: 1 per worker when several workers share the cores, else all cores). Fixed thread counts keep reruns
     identical. max_steps cuts episodes short (smoke tests); default the task's horizon. Videos (with out_dir): the
     first `videos` episodes, plus the first `failure_videos` failed episodes among the others (by seed, whatever the
-    number of workers); each episode's row names its video."""
+    number of workers); each episode's row names its video. ensemble: temporal-ensembling coefficient (see rollout)."""
     from vla.policy import read_checkpoint_files
 
     config, _, _ = read_checkpoint_files(policy_path)
@@ -160,7 +175,7 @@ def evaluate_policy_dir(
     if failure_videos < 0:
         raise ValueError(f"failure_videos: expected >= 0, got {failure_videos}")
     jobs = [(policy_path, decode, task, c, replan, image_size, video_seeds, failure_videos, out_dir, threads,
-             keep_actions, max_steps, progress and i == 0) for i, c in enumerate(chunks)]
+             keep_actions, max_steps, progress and i == 0, ensemble) for i, c in enumerate(chunks)]
     t0 = time.time()
     if workers == 1:
         results = _worker(jobs[0])
@@ -172,7 +187,7 @@ def evaluate_policy_dir(
     results.sort(key=lambda r: r["seed"])
     _keep_first_failure_videos(results, video_seeds, failure_videos, out_dir)
     return summarize(results, task, time.time() - t0, out_dir, extra={"policy": policy_path, "replan_every": replan,
-                                                                      "decode": decode or {}})
+                                                                      "decode": decode or {}, "ensemble": ensemble})
 
 
 def _keep_first_failure_videos(results: list[dict], video_seeds: set, n: int, out_dir: str | None) -> None:

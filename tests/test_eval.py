@@ -48,3 +48,87 @@ def test_failure_videos_keep_the_first_failures_across_workers(policy_dir, tmp_p
     assert rows[0]["video"] == f"videos/Lift_seed{base}_fail.mp4" and "video" not in rows[1] and "video" not in rows[2]
     with pytest.raises(ValueError, match="failure_videos"):
         evaluate_policy_dir(policy_dir, task="Lift", episodes=1, failure_videos=-1, out_dir=str(tmp_path))
+
+
+def test_temporal_ensembler_weights_expiry_and_errors():
+    import numpy as np
+
+    from vla.ensemble import TemporalEnsembler
+
+    e = TemporalEnsembler(coeff=0.0)
+    e.add(0, np.full((4, 2), 1.0))
+    e.add(2, np.full((4, 2), 3.0))
+    assert np.allclose(e.action(1), 1.0)  # only the first chunk covers step 1
+    assert np.allclose(e.action(2), 2.0)  # both: plain mean
+    assert np.allclose(e.action(4), 3.0)  # the first chunk (steps 0..3) has expired
+    w = TemporalEnsembler(coeff=1.0)
+    w.add(0, np.zeros((4, 1)))
+    w.add(1, np.ones((4, 1)))
+    # w_i = exp(-i), i = 0 the oldest: the old chunk weighs e times the new one
+    assert np.allclose(w.action(1), 1.0 / (1.0 + np.e))
+    with pytest.raises(ValueError, match="t: expected a step after"):
+        w.add(1, np.ones((4, 1)))
+    with pytest.raises(ValueError, match="chunk: expected"):
+        w.add(5, np.ones(4))
+    with pytest.raises(ValueError, match="no chunk covers step 9"):
+        w.action(9)
+    with pytest.raises(ValueError, match="coeff"):
+        TemporalEnsembler(float("nan"))
+
+
+def test_rollout_with_ensemble_executes_the_mean_of_overlapping_chunks(policy_dir):
+    # the real untrained tiny policy in the real Lift env; the wrapper only records the chunks it returns
+    import numpy as np
+
+    from sim.env import VLAEnv
+    from sim.evaluate import rollout
+
+    class Recording:
+        def __init__(self, p):
+            self.p, self.chunks = p, []
+
+        def reset(self):
+            self.p.reset()
+
+        def infer(self, obs):
+            out = self.p.infer(obs)
+            self.chunks.append(np.asarray(out["actions"], dtype=np.float32))
+            return out
+
+    policy = Recording(Policy.from_pretrained(policy_dir))
+    env = VLAEnv("Lift", image_size=64, cameras=policy.p.cfg.cameras)
+    try:
+        r = rollout(env, policy, seed=3, replan_every=2, keep_actions=True, max_steps=10, ensemble=0.0)
+        plain = rollout(env, policy, seed=3, replan_every=2, keep_actions=True, max_steps=10)
+    finally:
+        env.close()
+    chunks = policy.chunks[:5]  # the ensembled episode asked at steps 0, 2, 4, 6, 8
+    assert len(policy.chunks) == 10
+    for t, a in enumerate(r.actions):
+        covering = [c[t - 2 * i] for i, c in enumerate(chunks) if 0 <= t - 2 * i < len(c)]
+        assert np.allclose(a, np.mean(covering, axis=0), atol=1e-6), t
+    # without ensembling step 1 runs the first chunk's action 1; with it, the same (one chunk covers it)
+    assert np.allclose(r.actions[1], chunks[0][1]) and np.allclose(plain.actions[0], policy.chunks[5][0])
+    assert not np.allclose(r.actions[2], chunks[1][0])  # step 2 mixes chunks 0 and 1
+
+
+def test_trace_classify_labels_which_object_was_lifted_first():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "trace_episode", os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "trace_episode.py"))
+    te = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(te)
+
+    def trace(rows, eef, success=False):  # rows: per step [[x, y, z] of object 0, [x, y, z] of object 1]
+        return {"success": success, "steps": [{"objects": o, "eef": e} for o, e in zip(rows, eef)]}
+
+    base = [[0.0, 0.0, 0.82], [0.1, 0.0, 0.82]]
+    # the base cube (row 1) is carried onto object 0: reversed stack
+    rev = [base, [[0.0, 0.0, 0.82], [0.1, 0.0, 0.90]], [[0.0, 0.0, 0.82], [0.0, 0.0, 0.86]]]
+    assert te.classify(trace(rev, [[0.1, 0, 0.9]] * 3)) == "failure: object 1 lifted first, reversed stack"
+    # object 0 lifted and still held above the table at the end
+    held = [base, [[0.0, 0.0, 0.90], [0.1, 0.0, 0.82]], [[0.05, 0.0, 0.90], [0.1, 0.0, 0.82]]]
+    assert te.classify(trace(held, [[0, 0, 0.9], [0, 0, 0.9], [0.05, 0, 0.9]])) == (
+        "failure: object 0 lifted first, holding object 0 at the end")
+    assert te.classify(trace([base, base], [[0, 0, 1.0]] * 2, success=True)) == "success: none lifted"

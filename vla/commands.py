@@ -94,6 +94,9 @@ def _add_eval(sub) -> None:
     s.add_argument("--decode-steps", type=int, help="decode only the first m timesteps (block-causal models)")
     s.add_argument("--steps-k", type=int, dest="k", help="forward passes of the parallel decoder")
     s.add_argument("--start-blocks", type=int, help="pipelined decoder: blocks in flight at the first pass (default 1)")
+    s.add_argument("--ensemble", type=float, default=None, metavar="COEFF",
+                   help="temporal ensembling of overlapping chunks (ACT), weights exp(-COEFF * i), i = 0 the oldest; "
+                        "local policy only")
     s.add_argument("--image-size", type=int, default=128)
     s.add_argument("--workers", type=int, default=1, help="parallel episode processes")
     s.add_argument("--videos", type=int, default=2, help="episodes per task to record as MP4 (the first ones)")
@@ -127,6 +130,9 @@ def _cmd_eval(args) -> int:
 
     for t in tasks:
         get_task(t)
+    if args.server and args.ensemble is not None:
+        raise SystemExit("--ensemble: supported with --policy only (the server's control loop blends with "
+                         "LoopConfig.blend)")
     out = args.out or (f"{args.policy}/eval" if args.policy else "eval")
     summaries = []
     for task in tasks:
@@ -134,7 +140,7 @@ def _cmd_eval(args) -> int:
             s = evaluate_policy_dir(args.policy, task, episodes=args.episodes, replan_every=args.replan_every,
                                     decode=decode_overrides(args) or None, image_size=args.image_size,
                                     workers=args.workers, videos=args.videos, out_dir=out,
-                                    failure_videos=args.failure_videos,
+                                    failure_videos=args.failure_videos, ensemble=args.ensemble,
                                     seed_base=args.seed_base if args.seed_base is not None else EVAL_SEED_BASE)
         else:
             from robot_bridge.remote_eval import evaluate_server
