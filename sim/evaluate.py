@@ -174,6 +174,10 @@ def evaluate_policy_dir(
     chunks = [seeds[i::workers] for i in range(workers)]
     if failure_videos < 0:
         raise ValueError(f"failure_videos: expected >= 0, got {failure_videos}")
+    if ensemble is not None:  # a bad coefficient fails here, not in each worker
+        from vla.ensemble import check_coeff
+
+        ensemble = check_coeff(ensemble)
     jobs = [(policy_path, decode, task, c, replan, image_size, video_seeds, failure_videos, out_dir, threads,
              keep_actions, max_steps, progress and i == 0, ensemble) for i, c in enumerate(chunks)]
     t0 = time.time()

@@ -76,6 +76,13 @@ def test_temporal_ensembler_weights_expiry_and_errors():
         TemporalEnsembler(float("nan"))
 
 
+def test_eval_rejects_a_bad_ensemble_coefficient_before_any_episode(policy_dir, tmp_path):
+    with pytest.raises(ValueError, match="ensemble coeff: expected a finite float"):
+        evaluate_policy_dir(policy_dir, task="Lift", episodes=2, workers=2, ensemble=float("inf"),
+                            out_dir=str(tmp_path))
+    assert not os.path.exists(tmp_path / "episodes_Lift.jsonl")
+
+
 def test_rollout_with_ensemble_executes_the_mean_of_overlapping_chunks(policy_dir):
     # the real untrained tiny policy in the real Lift env; the wrapper only records the chunks it returns
     import numpy as np

@@ -13,11 +13,15 @@ import math
 import numpy as np
 
 
+def check_coeff(coeff: float) -> float:
+    if not isinstance(coeff, (int, float)) or not math.isfinite(coeff):
+        raise ValueError(f"ensemble coeff: expected a finite float, got {coeff!r}")
+    return float(coeff)
+
+
 class TemporalEnsembler:
     def __init__(self, coeff: float = 0.01):
-        if not math.isfinite(coeff):
-            raise ValueError(f"ensemble coeff: expected a finite float, got {coeff!r}")
-        self.coeff = float(coeff)
+        self.coeff = check_coeff(coeff)
         self._chunks: list[tuple[int, np.ndarray]] = []  # (start step, chunk (H, D)), oldest first
 
     def reset(self) -> None:
