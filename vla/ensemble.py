@@ -24,9 +24,6 @@ class TemporalEnsembler:
         self.coeff = check_coeff(coeff)
         self._chunks: list[tuple[int, np.ndarray]] = []  # (start step, chunk (H, D)), oldest first
 
-    def reset(self) -> None:
-        self._chunks.clear()
-
     def add(self, t: int, chunk: np.ndarray) -> None:
         """Register a chunk decoded at step t: chunk[j] is the action for step t + j. chunk: (H, D)."""
         chunk = np.asarray(chunk, dtype=np.float32)
