@@ -90,6 +90,26 @@ def test_expert_succeeds(task, seed):
     assert ok, f"{task} expert failed on seed {seed} after {steps} steps"
 
 
+@pytest.mark.parametrize("task", ["Stack", "PickPlaceCan"])
+def test_expert_lifts_only_after_fingers_part(task):
+    """Placing experts: between the first "open" label and the end, no label lifts the hand while the finger opening
+    (in the policy's state) is still within release_open of its width just before the release. The gripper's command
+    ramps over several steps; a fixed-count wait made "stay and open" and "lift" labels for the same observed state."""
+    env = VLAEnv(task, cameras=(), render_mode=None)
+    expert = make_expert(task, noise=0.05)
+    labels = []  # (action z, gripper, finger width)
+    ok, steps = run_expert_episode(env, expert, seed=3, record=lambda obs, a, p: labels.append(
+        (float(a[2]), float(a[6]), float(obs["state"][7] - obs["state"][8]))))
+    env.close()
+    assert ok, f"{task} expert failed after {steps} steps"
+    first_open = next(i for i, (_, g, _) in enumerate(labels) if g < 0 and i > 0 and labels[i - 1][1] > 0)
+    width0 = labels[first_open - 1][2]  # the expert measures from the last step before it opens
+    early_lifts = [i for i, (z, g, w) in enumerate(labels[first_open:], first_open)
+                   if z > 0.1 and w <= width0 + expert.release_open]
+    assert not early_lifts, (f"{task}: the expert lifts at steps {early_lifts} with the fingers still within "
+                             f"{expert.release_open} m of their width {width0:.4f} at the release (step {first_open})")
+
+
 def test_unknown_task_lists_known():
     with pytest.raises(ValueError) as e:
         get_task("PickColour")
