@@ -10,7 +10,8 @@ action (x, y, z in units of 5 cm, gripper -1 open / +1 closed). --json writes th
 
 --classify prints one label per episode and a count per label: which object row was lifted first ("object 0" = the
 one to move, "object 1" = the place target, e.g. StackColor's base cube; "none lifted"), whether the episode ended
-with row 1 stacked on row 0 ("reversed stack"), and whether the hand still held a raised object 0 at the end. With
+with row 1 stacked on row 0 ("reversed stack"), whether the hand still held a raised object 0 at the end, and whether
+it opened the gripper over row 1 and then lifted object 0 again still in the hand ("re-lifted ... after opening"). With
 --failures-from <eval dir> it traces the failed episodes of that `vla eval` run (same seeds):
 
     .venv/bin/python benchmarks/trace_episode.py --policy runs/multitask_tiny_can15/checkpoints/step_007200 \
@@ -49,6 +50,8 @@ def trace(policy, env, seed: int, replan: int) -> dict:
 
 LIFT_M = 0.03  # an object counts as lifted once 3 cm above where it started
 STACK_XY_M, STACK_Z_M = 0.03, 0.02
+HELD_M = 0.02  # object 0 counts as in the hand while its centre is this close to the end effector
+RELEASE_XY_M, RELIFT_M = 0.02, 0.01
 
 
 def classify(tr: dict) -> str:
@@ -68,7 +71,23 @@ def classify(tr: dict) -> str:
         label += ", reversed stack"
     if np.linalg.norm(eef[-1] - obj[-1, 0]) < 0.02 and up[-1, 0]:
         label += ", holding object 0 at the end"
+    if relifted_after_opening(tr):
+        label += ", re-lifted object 0 after opening over object 1"
     return ("success: " if tr["success"] else "failure: ") + label
+
+
+def relifted_after_opening(tr: dict) -> bool:
+    """True when the gripper was told to open while holding object 0 within RELEASE_XY_M (x, y) of object 1, and
+    object 0 later rose RELIFT_M higher still in the hand: the release was cut short by a lift."""
+    obj = np.asarray([s["objects"] for s in tr["steps"]])  # (T, 2, 3)
+    eef = np.asarray([s["eef"] for s in tr["steps"]])  # (T, 3)
+    grip = np.asarray([s["action"][6] for s in tr["steps"]])  # (T,)
+    held = np.linalg.norm(eef - obj[:, 0], axis=1) < HELD_M  # (T,)
+    over = np.linalg.norm(obj[:, 0, :2] - obj[:, 1, :2], axis=1) < RELEASE_XY_M  # (T,)
+    for t in np.nonzero(held & over & (grip < 0))[0]:
+        if (held[t:] & (obj[t:, 0, 2] > obj[t, 0, 2] + RELIFT_M)).any():
+            return True
+    return False
 
 
 def main(argv=None) -> None:

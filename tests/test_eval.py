@@ -119,7 +119,7 @@ def test_rollout_with_ensemble_executes_the_mean_of_overlapping_chunks(policy_di
     assert not np.allclose(r.actions[2], chunks[1][0])  # step 2 mixes chunks 0 and 1
 
 
-def test_trace_classify_labels_which_object_was_lifted_first():
+def test_trace_classify_labels_which_object_was_lifted_first_and_cut_short_releases():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -127,8 +127,10 @@ def test_trace_classify_labels_which_object_was_lifted_first():
     te = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(te)
 
-    def trace(rows, eef, success=False):  # rows: per step [[x, y, z] of object 0, [x, y, z] of object 1]
-        return {"success": success, "steps": [{"objects": o, "eef": e} for o, e in zip(rows, eef)]}
+    def trace(rows, eef, success=False, grip=None):  # rows: per step [[x, y, z] of object 0, [x, y, z] of object 1]
+        grip = grip or [1.0] * len(rows)  # the gripper action per step (-1 open, +1 closed)
+        return {"success": success, "steps": [{"objects": o, "eef": e, "action": [0.0] * 6 + [g]}
+                                              for o, e, g in zip(rows, eef, grip)]}
 
     base = [[0.0, 0.0, 0.82], [0.1, 0.0, 0.82]]
     # the base cube (row 1) is carried onto object 0: reversed stack
@@ -139,3 +141,13 @@ def test_trace_classify_labels_which_object_was_lifted_first():
     assert te.classify(trace(held, [[0, 0, 0.9], [0, 0, 0.9], [0.05, 0, 0.9]])) == (
         "failure: object 0 lifted first, holding object 0 at the end")
     assert te.classify(trace([base, base], [[0, 0, 1.0]] * 2, success=True)) == "success: none lifted"
+    # object 0 carried over object 1, the gripper told to open, then object 0 lifted again still in the hand
+    over = [base, [[0.1, 0.0, 0.90], [0.1, 0.0, 0.82]], [[0.1, 0.0, 0.88], [0.1, 0.0, 0.82]],
+            [[0.1, 0.0, 0.92], [0.1, 0.0, 0.82]]]
+    hand = [[0.1, 0.0, o[0][2] + 0.005] for o in over]
+    assert te.classify(trace(over, hand, grip=[-1, 1, -1, 1])) == (
+        "failure: object 0 lifted first, holding object 0 at the end, re-lifted object 0 after opening over object 1")
+    # the same without the open command, or with object 0 left behind (not in the hand) when the hand rises: no label
+    assert "re-lifted" not in te.classify(trace(over, hand, grip=[-1, 1, 1, 1]))
+    assert "re-lifted" not in te.classify(trace(over[:3] + [[[0.1, 0.0, 0.86], [0.1, 0.0, 0.82]]],
+                                                hand[:3] + [[0.1, 0.0, 0.95]], grip=[-1, 1, -1, -1]))
