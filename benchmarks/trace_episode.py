@@ -69,7 +69,7 @@ def classify(tr: dict) -> str:
     end = obj[-1]
     if np.linalg.norm(end[0, :2] - end[1, :2]) < STACK_XY_M and end[1, 2] > end[0, 2] + STACK_Z_M:
         label += ", reversed stack"
-    if np.linalg.norm(eef[-1] - obj[-1, 0]) < 0.02 and up[-1, 0]:
+    if np.linalg.norm(eef[-1] - obj[-1, 0]) < HELD_M and up[-1, 0]:
         label += ", holding object 0 at the end"
     if relifted_after_opening(tr):
         label += ", re-lifted object 0 after opening over object 1"
