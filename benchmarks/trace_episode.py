@@ -71,17 +71,16 @@ def classify(tr: dict) -> str:
         label += ", reversed stack"
     if np.linalg.norm(eef[-1] - obj[-1, 0]) < HELD_M and up[-1, 0]:
         label += ", holding object 0 at the end"
-    if relifted_after_opening(tr):
+    grip = np.asarray([s["action"][6] for s in tr["steps"]])  # (T,)
+    if relifted_after_opening(obj, eef, grip):
         label += ", re-lifted object 0 after opening over object 1"
     return ("success: " if tr["success"] else "failure: ") + label
 
 
-def relifted_after_opening(tr: dict) -> bool:
+def relifted_after_opening(obj: np.ndarray, eef: np.ndarray, grip: np.ndarray) -> bool:
     """True when the gripper was told to open while holding object 0 within RELEASE_XY_M (x, y) of object 1, and
-    object 0 later rose RELIFT_M higher still in the hand: the release was cut short by a lift."""
-    obj = np.asarray([s["objects"] for s in tr["steps"]])  # (T, 2, 3)
-    eef = np.asarray([s["eef"] for s in tr["steps"]])  # (T, 3)
-    grip = np.asarray([s["action"][6] for s in tr["steps"]])  # (T,)
+    object 0 later rose RELIFT_M higher still in the hand: the release was cut short by a lift.
+    obj: (T, 2, 3) object rows 0-1, eef: (T, 3), grip: (T,) gripper actions (-1 open, +1 closed)."""
     held = np.linalg.norm(eef - obj[:, 0], axis=1) < HELD_M  # (T,)
     over = np.linalg.norm(obj[:, 0, :2] - obj[:, 1, :2], axis=1) < RELEASE_XY_M  # (T,)
     for t in np.nonzero(held & over & (grip < 0))[0]:
