@@ -7,6 +7,8 @@ Rows per task: parallel (bidirectional teacher, K passes), parallel-cached (teac
 block and pipelined (distilled block-causal student), pipelined with --start-blocks k (k blocks in flight from the
 first pass), pipelined with --decode-steps m (m = the executed steps), and both together.
 Latency/tokens/NFE: batch 1 over observations from the task's demos; success: closed-loop episodes (fixed seeds).
+On a machine without the simulator or the demo files (a lent GPU): --skip-success --obs Task=file.npz (written by
+`benchmarks/gpu_card.py prepare`) --device cuda.
 distill_steps_fraction = the student's distillation steps / the teacher's training steps (read from the checkpoints'
 training records); distill_reaches_teacher says whether, at that many steps, the student's pipelined success is
 within 2 points of the teacher's.
@@ -22,11 +24,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from latency import measure, sample_observations, training_data  # noqa: E402
+from latency import load_observations, measure, sample_observations, training_data  # noqa: E402
 
 import torch  # noqa: E402
 
-from sim.evaluate import evaluate_policy_dir  # noqa: E402
 from vla.policy import Policy  # noqa: E402
 
 
@@ -52,15 +53,23 @@ def main() -> None:
     ap.add_argument("--latency-obs", type=int, default=100)
     ap.add_argument("--skip-success", action="store_true", help="latency rows only")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the latency rows")
+    ap.add_argument("--device", default="cpu", help="torch device of the policies (cuda on a GPU machine)")
+    ap.add_argument("--obs", action="append", default=[],
+                    help="Task=observations .npz (benchmarks/gpu_card.py prepare) instead of the training demos")
     ap.add_argument("--out", default="benchmarks/results/decode.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    teachers, students = _kv(args.teacher), _kv(args.student)
+    teachers, students, obs_files = _kv(args.teacher), _kv(args.student), _kv(args.obs)
+    if not args.skip_success:
+        from sim.evaluate import evaluate_policy_dir  # the simulator: not needed for latency rows
     rows = []
     eval_root = os.path.splitext(os.path.abspath(args.out))[0] + "_eval"  # decode.json -> decode_eval/
     for task, tdir in teachers.items():
         sdir = students[task]
-        obs = sample_observations(training_data(tdir), n=args.latency_obs, task=task)
+        if task in obs_files:
+            obs = load_observations(obs_files[task])[: args.latency_obs]
+        else:
+            obs = sample_observations(training_data(tdir), n=args.latency_obs, task=task)
         tpol = Policy.from_pretrained(tdir)
         k = args.k or tpol.decode_cfg.steps
         replan = tpol.n_action_steps
@@ -80,7 +89,7 @@ def main() -> None:
                 variants.append((f"pipelined+start_blocks{sb}+decode_steps{m}", sdir,
                                  {"decoder": "pipelined", "start_blocks": sb, "decode_steps": m}))
         for name, pdir, dec in variants:
-            pol = Policy.from_pretrained(pdir, decode=dec)
+            pol = Policy.from_pretrained(pdir, decode=dec, device=args.device)
             lat = measure(pol, obs)
             row = {"decoder": name, "task": task, "policy": pdir, "decode": dec, **lat}
             if not args.skip_success:
@@ -113,9 +122,13 @@ def main() -> None:
         gaps = [100 * (base[r["task"]]["success"] - r["success"]) for r in pip]
         res["success_gap_points"] = max(gaps)
         res["distill_reaches_teacher"] = bool(max(gaps) <= 2.0)
+    if args.device != "cpu":
+        res["device"] = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(res, f, indent=2)
+    os.replace(tmp, args.out)
     print(format_table(rows))
 
 

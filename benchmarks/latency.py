@@ -39,6 +39,30 @@ def sample_observations(dataset: str, n: int = 100, seed: int = 0, task: str | N
     return out
 
 
+def save_observations(path: str, observations: list[dict]) -> None:
+    """Observations (same cameras, state size) -> one compressed .npz (written to a temporary name, then renamed):
+    images_<camera> (N, H, W, 3) uint8, state (N, S) float32, instruction (N,) str."""
+    cams = sorted(observations[0]["images"])
+    arrays = {f"images_{c}": np.stack([np.asarray(o["images"][c], np.uint8) for o in observations]) for c in cams}
+    arrays["state"] = np.stack([np.asarray(o["state"], np.float32) for o in observations])
+    arrays["instruction"] = np.array([o["instruction"] for o in observations])
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_observations(path: str) -> list[dict]:
+    """The inverse of save_observations."""
+    with np.load(path, allow_pickle=False) as z:
+        cams = [k[len("images_"):] for k in z.files if k.startswith("images_")]
+        if not cams or "state" not in z.files or "instruction" not in z.files:
+            raise ValueError(f"{path}: expected images_<camera>, state and instruction arrays, got {z.files}")
+        images = {c: z[f"images_{c}"] for c in cams}
+        state, instr = z["state"], z["instruction"]
+    return [{"images": {c: images[c][i] for c in cams}, "state": state[i], "instruction": str(instr[i])}
+            for i in range(len(state))]
+
+
 def measure(policy, observations: list[dict], warmup: int = 5) -> dict:
     """Per-chunk wall time of policy.infer (prefix + decode + detokenize), batch 1."""
     for o in observations[:warmup]:

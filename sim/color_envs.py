@@ -16,15 +16,8 @@ from robosuite.models.objects import BoxObject
 from robosuite.models.tasks import ManipulationTask
 from robosuite.utils.placement_samplers import UniformRandomSampler
 
-# Plain RGBA colours; names are the words used in instructions.
-PALETTE: dict[str, tuple[float, float, float, float]] = {
-    "red": (0.85, 0.1, 0.1, 1.0),
-    "green": (0.1, 0.75, 0.15, 1.0),
-    "blue": (0.1, 0.25, 0.9, 1.0),
-    "yellow": (0.95, 0.85, 0.1, 1.0),
-    "purple": (0.55, 0.15, 0.75, 1.0),
-    "orange": (1.0, 0.5, 0.05, 1.0),
-}
+from sim.palette import PALETTE
+
 DEFAULT_COLORS = ("red", "green", "blue")
 
 CUBE_HALF = 0.02  # m, every cube is 4 cm wide

@@ -296,6 +296,20 @@ def test_shipped_demo_checkpoint_loads_and_says_how_it_was_made():
     assert a.shape == (p.cfg.chunk_size, 7) and np.all(np.abs(a) <= 1)
 
 
+def test_shipped_fast_student_is_block_causal_and_decodes_pipelined():
+    """`make demo` and the GPU card also use vla/pretrained/lift_tiny_fast, the teacher's distilled student."""
+    import json
+
+    d = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vla", "pretrained", "lift_tiny_fast")
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    assert "vla distill --teacher vla/pretrained/lift_tiny" in cfg["reproduce"]
+    p = Policy.from_pretrained(d)
+    assert p.cfg.attention == "block_causal" and p.decode_cfg.decoder == "pipelined"
+    r = p.infer(_obs(S=p.cfg.image_size))
+    assert r["actions"].shape == (p.cfg.chunk_size, 7) and np.all(np.abs(r["actions"]) <= 1)
+    assert 1 <= r["timing"]["nfe"] <= p.cfg.n_action_tokens
+
+
 def test_vision_target_two_objects():
     """target_objects 2: one token per object (told apart by a slot embedding), the head predicts both rows' x, y,
     and the loss columns pick rows 0 and 1's x, y out of the flattened (x, y, z) rows."""

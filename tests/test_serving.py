@@ -160,6 +160,11 @@ def test_timing_log_and_loopback_default(policy, tmp_path):
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1, 2] and all(x["episode_id"] == 7 for x in lines)
     assert all({"queue_ms", "model_ms", "server_ms", "batch", "nfe"} <= set(x) for x in lines)
+    # what `make demo` reports from the same in-memory log
+    from vla.demo import server_model_ms_p50
+
+    assert server_model_ms_p50(srv.request_log) == pytest.approx(float(np.median([x["model_ms"] for x in lines])))
+    assert server_model_ms_p50([]) is None
 
 
 def test_vla_serve_cli_serves_and_stops_on_sigint(policy, tmp_path):

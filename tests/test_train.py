@@ -269,3 +269,44 @@ def test_orthogonal_penalty_in_training_keeps_the_update_off_the_capability_vect
     train(_cfg(dataset, lora, capvector=vec, orth_weight=1.0, lora_rank=2, **kw), progress=False)
     rows = open(lora / "metrics.csv").read().strip().splitlines()
     assert float(rows[-1].split(",")[rows[0].split(",").index("orth")]) > 0.0  # the A-matrix penalty, via autograd
+
+
+@pytest.mark.parametrize("attention,objective,aux", [("bidirectional", "diffusion", "eef_future"),
+                                                     ("block_causal", "diffusion", "spatial"),
+                                                     ("bidirectional", "distill", None)])
+def test_a_training_step_keeps_every_tensor_on_the_model_device(attention, objective, aux):
+    """On a GPU every tensor of a training step must live on the model's device. There is no GPU here or in CI:
+    the 'meta' device stands in for it, computing no values but raising on any CPU tensor mixed in, as CUDA does.
+    The noise masks come from the trainer's CPU generator (the same masks on any device) and must follow the
+    tokens to their device."""
+    from vla.config import load_model_config
+    from vla.model import DVLA
+    from vla.objectives import aux_loss, make_aux_head, noise
+
+    cfg = load_model_config("tiny", {"attention": attention})
+    dev = torch.device("meta")
+    model = DVLA(cfg, 64).to(dev)
+    B, A = 2, cfg.n_action_tokens
+    images = torch.zeros(B, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, device=dev)
+    text_ids = torch.zeros(B, cfg.max_text_len, dtype=torch.long, device=dev)
+    text_valid = torch.ones(B, cfg.max_text_len, dtype=torch.bool, device=dev)
+    state = torch.zeros(B, cfg.state_dim, device=dev)
+    target = torch.zeros(B, A, dtype=torch.long, device=dev)
+    tcfg = TrainConfig(objective=objective, teacher="unused" if objective == "distill" else None)
+    noised, masked = noise(target, cfg, tcfg, torch.Generator().manual_seed(0))
+    assert noised.device == dev and masked.device == dev and masked.shape == (B, A)
+    logits, vis = model(images, text_ids, text_valid, state, noised, capture_layer=1 if aux else None)
+    # masked_ce / masked_kl select the masked positions (a data-dependent shape, which 'meta' cannot compute; it
+    # runs on any device): here the logits' mean stands in for them, so the backward pass still covers the model
+    loss = logits.float().mean()
+    if aux == "spatial":
+        head = make_aux_head("attn", cfg.n_vision_tokens, cfg.hidden_size, 9).to(dev)
+        batch = {"object_pos": torch.zeros(B, 9, device=dev), "object_valid": torch.ones(B, 9, device=dev)}
+        loss = loss + aux_loss(head, vis, batch, "spatial")
+    elif aux == "eef_future":
+        head = make_aux_head("mlp", cfg.n_vision_tokens, cfg.hidden_size, 3).to(dev)
+        stats = {"mean": [0.0] * 9, "std": [1.0] * 9}
+        loss = loss + aux_loss(head, vis, {"eef_future": torch.zeros(B, 3, device=dev)}, "eef_future", stats)
+    assert loss.device == dev and loss.shape == ()
+    loss.backward()
+    assert all(p.grad is None or p.grad.device == dev for p in model.parameters())

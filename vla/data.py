@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sim.color_envs import PALETTE
+from sim.palette import PALETTE
 from sim.dataset import Demo, dataset_stats, load_demos
 from vla.config import DataConfig, ModelConfig
 from vla.normalization import StateNormalizer

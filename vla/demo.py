@@ -4,7 +4,9 @@
 2. train the tiny preset on them (a short run)          -> demo_out/train (loss curve)
 3. serve the shipped policy over ZeroMQ on loopback     (vla/pretrained/lift_tiny, fp16, 5 MB; reproduced by the
                                                           command in its config.json "reproduce" field)
-4. evaluate it in MuJoCo through the control loop       (sync mode for exact numbers, then the async 20 Hz loop)
+4. evaluate it in MuJoCo through the control loop       (sync mode for exact numbers, then the async 20 Hz loop),
+   then its Fast-dVLA student                           (vla/pretrained/lift_tiny_fast: distilled, block-causal,
+                                                          pipelined decoding; sync mode)
 5. write demo_out/REPORT.md with success rate, decode latency, plots and a video
 """
 
@@ -20,6 +22,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "lift_tiny")
+FAST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "lift_tiny_fast")
 
 
 def _say(msg: str) -> None:
@@ -35,6 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--async-episodes", type=int, default=3)
     ap.add_argument("--policy", default=PRETRAINED, help="policy to serve and evaluate")
     ap.add_argument("--task", default="Lift")
+    ap.add_argument("--fast-policy", default=FAST,
+                    help="its Fast-dVLA student (block-causal, pipelined decoding), also evaluated; '' to skip")
     args = ap.parse_args(argv)
     t_start = time.time()
     out = os.path.abspath(args.out)
@@ -87,13 +92,21 @@ def main(argv=None) -> int:
         asy = evaluate_server(server.address, args.task, episodes=args.async_episodes, videos=0,
                               out_dir=os.path.join(out, "eval_async"), mode="async", rate_hz=20.0,
                               seed_base=2_000_000)
-        lat = [r["timing"]["model_ms"] for r in server.request_log if "timing" in r] if hasattr(server, "request_log") else []
+        model_ms_p50 = server_model_ms_p50(server.request_log)
     finally:
         server.stop()
+    fast = None
+    if args.fast_policy and os.path.isdir(args.fast_policy):
+        _say(f"its Fast-dVLA student {os.path.relpath(args.fast_policy, ROOT)} (pipelined decoding): "
+             f"{args.episodes} synchronous episodes through the server")
+        fast_policy = Policy.from_pretrained(args.fast_policy)
+        with PolicyServer(fast_policy, bind="tcp://127.0.0.1:0", max_batch=4) as fsrv:
+            fs = evaluate_server(fsrv.address, args.task, episodes=args.episodes, videos=0,
+                                 out_dir=os.path.join(out, "eval_fast"), mode="sync")
+        fast = {"policy": os.path.relpath(args.fast_policy, ROOT), "success_rate_sync": fs["success_rate"],
+                "episodes_sync": fs["episodes"], "decode_latency_ms": measure_latency(fast_policy, args.task)}
 
     # 5. report ------------------------------------------------------------------------------------------
-    import numpy as np
-
     lat_info = measure_latency(policy, args.task)
     report = {
         "task": args.task,
@@ -103,21 +116,34 @@ def main(argv=None) -> int:
         "success_rate_async": asy["success_rate"],
         "async_loop": asy.get("loop"),
         "decode_latency_ms": lat_info,
-        "server_model_ms_p50": float(np.median(lat)) if lat else None,
+        "server_model_ms_p50": model_ms_p50,
+        "fast": fast,
         "collect": collect_info,
         "train": {"steps": args.train_steps, "seconds": round(train_s, 1)},
         "total_seconds": round(time.time() - t_start, 1),
     }
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    _write_atomic(os.path.join(out, "report.json"), json.dumps(report, indent=2) + "\n")
     _write_markdown(out, report)
     _say("done")
     print(f"success rate ({args.task}, {sync['episodes']} episodes through the ZeroMQ server): "
           f"{sync['success_rate']:.0%}")
     print(f"chunk decode latency p50: {lat_info['latency_ms_p50']:.1f} ms "
           f"(p99 {lat_info['latency_ms_p99']:.1f} ms, {lat_info['nfe']:.0f} passes, decoder {lat_info['decoder']})")
+    if fast:
+        fl = fast["decode_latency_ms"]
+        print(f"Fast-dVLA student: {fast['success_rate_sync']:.0%} success, chunk p50 {fl['latency_ms_p50']:.1f} ms "
+              f"({fl['nfe']:.1f} passes, decoder {fl['decoder']}; "
+              f"{lat_info['latency_ms_p50'] / fl['latency_ms_p50']:.2f}x faster than the teacher)")
     print(f"report: {os.path.join(out, 'REPORT.md')}  (total {report['total_seconds']:.0f} s)")
     return 0
+
+
+def server_model_ms_p50(request_log) -> float | None:
+    """Median model time (ms) over a PolicyServer's request_log entries; None when it logged no request."""
+    import numpy as np
+
+    ms = [e["model_ms"] for e in request_log]
+    return float(np.median(ms)) if ms else None
 
 
 def measure_latency(policy, task: str, n: int = 30) -> dict:
@@ -149,9 +175,12 @@ def _write_markdown(out: str, r: dict) -> None:
         f"- policy: `{r['policy']}` served over ZeroMQ on loopback, evaluated in MuJoCo (robosuite) through the control loop",
         f"- **{r['task']}: {r['success_rate_sync']:.0%} success** over {r['episodes_sync']} episodes (sync mode, fixed seeds)",
         f"- async 20 Hz loop: {r['success_rate_async']:.0%} success; loop {loop.get('loop_hz', 0) or 0:.1f} Hz, "
-        f"starvation events {loop.get('starvation_events')}, jitter p99 {loop.get('jitter_ms_p99')} ms",
+        f"starvation events {loop.get('starvation_events')}, jitter p99 {loop.get('jitter_ms_p99') or 0:.1f} ms",
         f"- chunk decode latency (batch 1, 1 thread): p50 {r['decode_latency_ms']['latency_ms_p50']:.1f} ms, "
         f"p99 {r['decode_latency_ms']['latency_ms_p99']:.1f} ms, {r['decode_latency_ms']['nfe']:.0f} forward passes",
+        f"- server model time per request: p50 {r['server_model_ms_p50']:.1f} ms"
+        if r["server_model_ms_p50"] is not None else "- server model time: no requests logged",
+        _fast_line(r),
         f"- short training run: {r['train']['steps']} steps in {r['train']['seconds']:.0f} s (loss curve below)",
         f"- total demo time: {r['total_seconds']:.0f} s",
         "",
@@ -160,8 +189,25 @@ def _write_markdown(out: str, r: dict) -> None:
         "Videos (agentview | wrist): " + ", ".join(f"[{v}](eval_sync/videos/{v})" for v in vids),
         "",
     ]
-    with open(os.path.join(out, "REPORT.md"), "w") as f:
-        f.write("\n".join(lines))
+    _write_atomic(os.path.join(out, "REPORT.md"), "\n".join(lines))
+
+
+def _fast_line(r: dict) -> str:
+    f = r.get("fast")
+    if not f:
+        return "- Fast-dVLA student: not evaluated (no --fast-policy)"
+    fl, tl = f["decode_latency_ms"], r["decode_latency_ms"]
+    return (f"- Fast-dVLA student `{f['policy']}` (block-causal, distilled, decoder {fl['decoder']}): "
+            f"**{f['success_rate_sync']:.0%}** over {f['episodes_sync']} sync episodes; chunk p50 "
+            f"{fl['latency_ms_p50']:.1f} ms, {fl['nfe']:.1f} passes ({tl['latency_ms_p50'] / fl['latency_ms_p50']:.2f}x "
+            "the teacher's speed on this machine)")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ from vla.config import ModelConfig, TrainConfig
 
 
 def mask_uniform(tokens: torch.Tensor, mask_id: int, eps: float, g: torch.Generator | None):
-    """tokens (B, A) -> (noised (B, A), masked (B, A) bool)."""
+    """tokens (B, A) -> (noised (B, A), masked (B, A) bool). The draws come from the CPU generator `g` (the same
+    masks on any device), then move to the tokens' device."""
     B, A = tokens.shape
     t = torch.rand(B, 1, generator=g)
     p = (1 - eps) * t + eps
-    masked = torch.rand(B, A, generator=g) < p
+    masked = (torch.rand(B, A, generator=g) < p).to(tokens.device)
     return tokens.masked_fill(masked, mask_id), masked
 
 
@@ -49,11 +50,12 @@ def mask_blockwise(tokens: torch.Tensor, mask_id: int, block_size: int, cfg: Tra
     B, A = tokens.shape
     nb = A // block_size
     ratios = block_ratios(B, nb, cfg, g).repeat_interleave(block_size, dim=1)  # (B, A)
-    masked = torch.rand(B, A, generator=g) < ratios
+    masked = torch.rand(B, A, generator=g) < ratios  # drawn on the CPU generator, as in mask_uniform
     # at least one masked token per sample, so every sample contributes to the loss
     none = ~masked.any(dim=1)
     if bool(none.any()):
         masked[none, -1] = True
+    masked = masked.to(tokens.device)
     return tokens.masked_fill(masked, mask_id), masked
 
 
@@ -140,6 +142,7 @@ def aux_loss(head: nn.Module, vis_hidden: torch.Tensor, batch: dict, kind: str, 
     if kind == "spatial":
         return masked_mse(pred, batch["object_pos"], batch["object_valid"])
     target = batch["eef_future"]  # (B, 3) metres; centre/scale with dataset stats
-    mean = torch.tensor(eef_stats["mean"][:3]) if eef_stats else 0.0
-    std = torch.tensor(eef_stats["std"][:3]) + 1e-3 if eef_stats else 1.0
+    dev = target.device
+    mean = torch.tensor(eef_stats["mean"][:3], device=dev) if eef_stats else 0.0
+    std = torch.tensor(eef_stats["std"][:3], device=dev) + 1e-3 if eef_stats else 1.0
     return F.mse_loss(pred, (target - mean) / std)

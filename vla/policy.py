@@ -226,7 +226,7 @@ class Policy:
         _atomic_json(os.path.join(path, "config.json"), config)  # last: its presence marks a complete checkpoint
 
     @classmethod
-    def untrained(cls, model: str = "tiny", seed: int = 0, **overrides) -> "Policy":
+    def untrained(cls, model: str = "tiny", seed: int = 0, device: str = "cpu", **overrides) -> "Policy":
         """A randomly initialised policy of a preset (tests, serving smoke runs): real model, no training.
 
         Normalization spans the action space [-1, 1] and a typical Panda state range.
@@ -241,7 +241,7 @@ class Policy:
         act = ActionTokenizer(low=-np.ones(mcfg.action_dim), high=np.ones(mcfg.action_dim), num_bins=mcfg.num_bins)
         low = np.array([-0.3, -0.4, 0.8, -1, -1, -1, -1, -0.01, -0.05])[: mcfg.state_dim]
         high = np.array([0.3, 0.4, 1.2, 1, 1, 1, 1, 0.05, 0.01])[: mcfg.state_dim]
-        return cls(net, act, StateNormalizer(low, high), text_tok, seed=seed)
+        return cls(net, act, StateNormalizer(low, high), text_tok, seed=seed, device=device)
 
     @classmethod
     def from_pretrained(cls, path: str, device: str = "cpu", decode: dict | None = None, **kw) -> "Policy":

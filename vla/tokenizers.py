@@ -189,7 +189,7 @@ def text_tokenizer_from_json(d: dict, checkpoint_dir: str | None = None) -> Text
 
 def instruction_vocabulary() -> list[str]:
     """Every word our tasks can say (all palette colours included), so held-out colours are not <unk>."""
-    from sim.color_envs import PALETTE
+    from sim.palette import PALETTE
     from sim.tasks import TASKS
 
     texts = [t.instruction for t in TASKS.values() if t.instruction]
