@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 
@@ -197,24 +198,22 @@ def run(args) -> int:
             json.dump(res, f, indent=2)
         os.replace(args.out + ".tmp", args.out)
 
-    for preset in args.presets.split(","):  # each piece on its own: one failure must not cost the rest of the run
+    def piece(section: str, preset: str, fn) -> None:
+        """One figure on its own: a failure (with its traceback in the log) must not cost the rest of the run."""
         try:
-            r = pass_costs(preset, device, n=args.passes)
-            res["passes"].append(r)
+            r = fn()
+            res[section].append(r)
             print(json.dumps(r), flush=True)
         except Exception as e:  # noqa: BLE001
-            res["errors"].append({"what": f"passes {preset}", "error": repr(e)})
-            print(f"passes {preset}: {e!r}", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            res["errors"].append({"what": f"{section} {preset}", "error": repr(e)})
         save()
+
+    for preset in args.presets.split(",") if args.presets else []:
+        piece("passes", preset, lambda: pass_costs(preset, device, n=args.passes))
     for preset in args.train_presets.split(",") if args.train_presets else []:
-        try:
-            r = train_throughput(preset, args.data, device, args.train_steps, args.train_warmup, args.batch_size)
-            res["train"].append(r)
-            print(json.dumps(r), flush=True)
-        except Exception as e:  # noqa: BLE001
-            res["errors"].append({"what": f"train {preset}", "error": repr(e)})
-            print(f"train {preset}: {e!r}", file=sys.stderr, flush=True)
-        save()
+        piece("train", preset, lambda: train_throughput(preset, args.data, device, args.train_steps,
+                                                        args.train_warmup, args.batch_size))
     return 1 if res["errors"] else 0
 
 

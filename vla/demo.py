@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         fl = fast["decode_latency_ms"]
         print(f"Fast-dVLA student: {fast['success_rate_sync']:.0%} success, chunk p50 {fl['latency_ms_p50']:.1f} ms "
               f"({fl['nfe']:.1f} passes, decoder {fl['decoder']}; "
-              f"{lat_info['latency_ms_p50'] / fl['latency_ms_p50']:.2f}x faster than the teacher)")
+              f"{lat_info['latency_ms_p50'] / fl['latency_ms_p50']:.2f}x the teacher's speed)")
     print(f"report: {os.path.join(out, 'REPORT.md')}  (total {report['total_seconds']:.0f} s)")
     return 0
 
