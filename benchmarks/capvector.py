@@ -29,6 +29,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from results_io import write_json  # noqa: E402
 
 from sim.evaluate import evaluate_policy_dir  # noqa: E402
 from vla.capvector import extract, merge  # noqa: E402
@@ -130,7 +133,7 @@ def main() -> None:
                 else:
                     r = evaluate_policy_dir(ck, args.downstream_task, episodes=args.episodes, workers=2, videos=0)
                     sr = r["success_rate"]
-                    json.dump(r, open(cache, "w"))
+                    write_json(cache, r, indent=None)  # resume cache: never left half-written
                 curve[s] = sr
             summ = json.load(open(f"{out}/train_summary.json"))
             results[arm]["seeds"][seed] = {"curve": curve, "step_time_s": summ["train_seconds"] / summ["steps"]}
@@ -168,7 +171,7 @@ def main() -> None:
         print("[capvector] interleaved step-time measurement", flush=True)
         st_int = interleaved_step_times({a: arms[a] for a in ("a", "b", "d")}, args.downstream,
                                         args.downstream_demos, w)
-        json.dump(st_int, open(st_path, "w"))
+        write_json(st_path, st_int, indent=None)
     summary["step_time_interleaved_s"] = st_int
     # the figure: SFT + orthogonal penalty against plain SFT, same process, interleaved
     summary["orth_step_time_ratio"] = st_int["d"] / st_int["a"]
@@ -179,7 +182,7 @@ def main() -> None:
     else:
         print("[capvector] whole-run step times, (d) and (c) alternated", flush=True)
         wr = alternating_whole_runs(arms["c"], arms["d"], args.downstream, args.downstream_demos, w)
-        json.dump(wr, open(wr_path, "w"), indent=1)
+        write_json(wr_path, wr, indent=1)
     summary["whole_run_step_times"] = wr
     summary["orth_step_time_ratio_whole_runs"] = wr["ratio"]
     old_path = f"{w}/steptime_autograd.json"  # the same measurement before the closed-form gradient, if kept
@@ -190,10 +193,7 @@ def main() -> None:
     summary["orth_step_time_ratio_runs"] = summary["arms"]["d"]["step_time_s"] / summary["arms"]["c"]["step_time_s"]
     summary["wall_minutes"] = round((time.time() - t0) / 60, 1)
     plot(summary, os.path.join(os.path.dirname(os.path.abspath(args.out)), "capvector.png"))
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, summary)
     print(json.dumps(summary, indent=2))
     print(markdown_table(summary))
 

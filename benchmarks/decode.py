@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from latency import load_observations, measure, sample_observations, training_data  # noqa: E402
+from results_io import write_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -124,11 +125,7 @@ def main() -> None:
         res["distill_reaches_teacher"] = bool(max(gaps) <= 2.0)
     if args.device != "cpu":
         res["device"] = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(res, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, res)
     print(format_table(rows))
 
 

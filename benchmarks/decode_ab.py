@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from latency import sample_observations, training_data  # noqa: E402
+from results_io import write_json  # noqa: E402
 from vla.policy import Policy  # noqa: E402
 
 
@@ -80,11 +81,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     res = {"command": "python benchmarks/decode_ab.py " + " ".join(sys.argv[1:]), "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(res, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, res)
 
 
 if __name__ == "__main__":

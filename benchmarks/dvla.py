@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from latency import measure, sample_observations  # noqa: E402
+from results_io import write_json  # noqa: E402
 
 from sim.evaluate import evaluate_policy_dir  # noqa: E402
 from sim.tasks import TASKS  # noqa: E402
@@ -106,9 +107,7 @@ def main() -> None:
                 res["demos_per_task"] = len(f["data"].keys())
         except Exception:
             pass
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
+    write_json(args.out, res)
     print(json.dumps(res, indent=2))
 
 

@@ -15,6 +15,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from results_io import write_json  # noqa: E402
 
 from sim.collect import collect  # noqa: E402
 from sim.env import VLAEnv  # noqa: E402
@@ -95,9 +98,7 @@ def main() -> None:
     out["collect_demos_per_min"] = res.demos_per_min
     out["collect_note"] = f"Lift, {args.collect_demos} demos, two 128 px cameras, env creation included"
     print("collection", res.demos_per_min, "demos/min", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
+    write_json(args.out, out)
     print(json.dumps(out, indent=2))
 
 

@@ -38,6 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from results_io import write_json  # noqa: E402
+
 PREP = os.path.join(ROOT, ".gpu")
 # what the device image lacks (its package list: /work/.library/device/KINDS.md): gymnasium (`import sim` registers
 # the tasks with it; no simulator runs there) and pyzmq (transport_idle.py)
@@ -193,10 +195,7 @@ def run(args) -> int:
     print(json.dumps(res["card"]), flush=True)
 
     def save():
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(res, f, indent=2)
-        os.replace(args.out + ".tmp", args.out)
+        write_json(args.out, res)
 
     def piece(section: str, preset: str, fn) -> None:
         """One figure on its own: a failure (with its traceback in the log) must not cost the rest of the run."""

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 from latency import measure, sample_observations, training_data  # noqa: E402
+from results_io import write_json  # noqa: E402
 
 from sim.evaluate import evaluate_policy_dir  # noqa: E402
 from vla.policy import Policy  # noqa: E402
@@ -65,9 +66,7 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     res = {"command": "python benchmarks/pipeline_sweep.py " + " ".join(sys.argv[1:]), "policy": args.policy,
            "task": args.task, "rows": rows}
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(res, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    write_json(args.out, res)
     print(f"{'tau_add':>8}{'tau_act':>8}{'tau_conf':>9}{'n':>3}{'NFE':>6}{'p50 ms':>8}{'success':>9}")
     for r in rows:
         d = r["decode"]

@@ -24,6 +24,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from results_io import write_json  # noqa: E402
 
 from robot_bridge.robot_client import RobotClient  # noqa: E402
 from robot_bridge.robots.franky_sim import FrankySim  # noqa: E402
@@ -161,9 +164,7 @@ def main() -> int:
                     "note": "franky-sim and the robot server are separate processes on this machine; latency is "
                             "client send -> franky's move() returned in the adapter (not the arm's motion)"},
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "details"}, indent=2))
     return 0
 

@@ -23,6 +23,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from results_io import write_json  # noqa: E402
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -99,11 +102,7 @@ def main() -> int:
         "command_ms_p50": _pct(command_ms, 50), "command_ms_p99": _pct(command_ms, 99),
         "command": "python benchmarks/robot_sim.py " + " ".join(sys.argv[1:]),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0
 

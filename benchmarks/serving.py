@@ -49,6 +49,7 @@ from robot_bridge.client import PolicyClient  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from latency import demo_observation, training_data  # noqa: E402
+from results_io import write_json  # noqa: E402
 from transport_idle import HoldPolicy  # noqa: E402
 
 
@@ -368,11 +369,8 @@ def main(argv=None) -> int:
         "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "policy": label,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.splitext(args.out)[0] + ".details.json", "w") as f:
-        json.dump(details, f, indent=2)
+    write_json(args.out, result)
+    write_json(os.path.splitext(args.out)[0] + ".details.json", details)
     print(json.dumps(result, indent=2))
     return 0
 

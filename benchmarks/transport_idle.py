@@ -21,6 +21,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from results_io import write_json  # noqa: E402
 
 from robot_bridge.client import PolicyClient  # noqa: E402
 from robot_bridge.server import PolicyServer  # noqa: E402
@@ -113,11 +116,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(json.dumps(r))
     out = {"rows": rows, "command": "python benchmarks/transport_idle.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, out)
     return 0
 
 

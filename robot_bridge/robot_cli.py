@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
@@ -181,9 +182,10 @@ def _cmd_run(args) -> int:
     finally:
         policy.close()
         rclient.close()
-    if args.out:
-        with open(args.out, "w") as f:
+    if args.out:  # a temporary name, then renamed: an interrupted write never truncates an earlier log
+        with open(args.out + ".tmp", "w") as f:
             json.dump(logs, f, indent=1, default=float)
+        os.replace(args.out + ".tmp", args.out)
     return 0
 
 
