@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -107,6 +106,8 @@ def main(argv=None) -> int:
                 "episodes_sync": fs["episodes"], "decode_latency_ms": measure_latency(fast_policy, args.task)}
 
     # 5. report ------------------------------------------------------------------------------------------
+    from vla.policy import _atomic_json
+
     lat_info = measure_latency(policy, args.task)
     report = {
         "task": args.task,
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         "train": {"steps": args.train_steps, "seconds": round(train_s, 1)},
         "total_seconds": round(time.time() - t_start, 1),
     }
-    _write_atomic(os.path.join(out, "report.json"), json.dumps(report, indent=2) + "\n")
+    _atomic_json(os.path.join(out, "report.json"), report)
     _write_markdown(out, report)
     _say("done")
     print(f"success rate ({args.task}, {sync['episodes']} episodes through the ZeroMQ server): "
@@ -189,7 +190,7 @@ def _write_markdown(out: str, r: dict) -> None:
         "Videos (agentview | wrist): " + ", ".join(f"[{v}](eval_sync/videos/{v})" for v in vids),
         "",
     ]
-    _write_atomic(os.path.join(out, "REPORT.md"), "\n".join(lines))
+    _atomic_text(os.path.join(out, "REPORT.md"), "\n".join(lines))
 
 
 def _fast_line(r: dict) -> str:
@@ -203,11 +204,14 @@ def _fast_line(r: dict) -> str:
             "the teacher's speed on this machine)")
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _atomic_text(path: str, text: str) -> None:
+    from vla.policy import _atomic
+
+    def write(p):
+        with open(p, "w") as f:
+            f.write(text)
+
+    _atomic(path, write)
 
 
 if __name__ == "__main__":
