@@ -5,11 +5,12 @@ actions remain, the next chunk is requested from a background thread with the cu
 step s; the chunk it returns covers steps s, s+1, ...: on arrival at step t the actions for steps < t are
 dropped (alignment by request step), the rest replace (or blend into) the queue. A reply after its deadline
 (step s + H - 1, when its last action was due) is discarded. By default the loop asks when the queue holds
-fewer actions than `latency_margin` (2) times the slowest of the last 20 request latencies covers (plus one), at
-least half a chunk; the history carries over between episodes. With a chunk of H steps and L-step latencies, a
-request made as the previous chunk lands survives until L_prev + L_next > H, where one made just in time starves
-as soon as one L exceeds the margin it was given. An empty queue when
-an action is due is a starvation event: the loop applies a hold action (zero arm deltas, gripper kept; or all
+fewer actions than `latency_margin` (2) times the slowest of the last 20 requests covers (plus one), at
+least half a chunk; each request counts from the start of its observation (camera capture, rendering) to the
+chunk's arrival, since the queue must cover both; the history carries over between episodes. With a chunk of H
+steps and L-step latencies, a request made as the previous chunk lands survives until L_prev + L_next > H, where
+one made just in time starves as soon as one L exceeds the margin it was given. An empty queue when an action is
+due is a starvation event: the loop applies a hold action (zero arm deltas, gripper kept; or all
 zeros) and keeps asking.
 
 Sync mode (exact evaluation): request a chunk, apply `replan_every` actions, repeat; no clock, no threads:
@@ -281,12 +282,14 @@ class ControlLoop:
         log.success = bool(getattr(self.robot, "success", False))
         return log
 
-    def _record_chunk(self, log: EpisodeLog, out: dict, ms: float) -> None:
+    def _record_chunk(self, log: EpisodeLog, out: dict, ms: float, cover_ms: float | None = None) -> None:
+        """ms: the request's round trip (logged); cover_ms: what the queue had to cover for it (observation +
+        round trip; default ms), the sample the adaptive request threshold uses."""
         log.chunk_ms.append(ms)
         log.nfe.append(int(out.get("timing", {}).get("nfe", 0)))
         log.stats.chunks += 1
         log.stats.latencies_ms.append(ms)
-        self._recent_ms.append(ms)
+        self._recent_ms.append(ms if cover_ms is None else cover_ms)
 
     def _apply(self, log: EpisodeLog, t: int, action: np.ndarray, source: int, on_step) -> None:
         log.sources.append(source)
@@ -356,7 +359,8 @@ class ControlLoop:
                 if res["step"] + len(chunk) <= t:  # past its deadline: its last action was due before now
                     st.late_discarded += 1
                     continue
-                self._record_chunk(log, res["out"], (res["t_recv"] - res["t_sent"]) * 1e3)
+                self._record_chunk(log, res["out"], (res["t_recv"] - res["t_sent"]) * 1e3,
+                                   cover_ms=(res["t_recv"] - res["t_obs"]) * 1e3)
                 skip = t - res["step"]
                 st.stale_dropped += skip
                 self._merge(plan, chunk[skip:], t, res["step"])
@@ -365,7 +369,8 @@ class ControlLoop:
             below = cfg.request_below or self._adaptive_below(list(self._recent_ms), period, chunk_len,
                                                               cfg.latency_margin)
             if len(plan) < below and not req.busy and time.perf_counter() >= retry_at:
-                req.submit({"obs": self.robot.get_observation(), "step": t, "episode": self._episode,
+                t_obs = time.perf_counter()  # the queue must cover the observation too (cameras, rendering)
+                req.submit({"obs": self.robot.get_observation(), "t_obs": t_obs, "step": t, "episode": self._episode,
                             "deadline": time.monotonic() + cfg.request_timeout_ms / 1e3,
                             "timeout_ms": cfg.request_timeout_ms})
 

@@ -224,6 +224,26 @@ def test_linear_blend_cross_fades_overlap(policy, env):
         LoopConfig(on_starvation="repeat")
 
 
+def test_request_cover_counts_the_observation_time(policy, env):
+    """The queue must last through a request's observation (camera capture, rendering) as well as its round trip:
+    the samples behind the adaptive request threshold count both, the logged latencies only the round trip."""
+
+    class SlowCamera(EnvRobot):
+        def get_observation(self):
+            time.sleep(0.12)  # a camera slower than the whole round trip
+            return super().get_observation()
+
+    loop = ControlLoop(policy, SlowCamera(env), LoopConfig(rate_hz=5))
+    try:
+        log = loop.run_episode(seed=3, max_steps=24)
+    finally:
+        loop.close()
+    covers = list(loop._recent_ms)
+    assert log.stats.chunks >= 3 and len(covers) == log.stats.chunks
+    async_rt = log.stats.latencies_ms[1:]  # the first chunk (before the clock starts) is timed with its observation
+    assert min(covers[1:]) >= 120 and all(c >= r + 120 for c, r in zip(covers[1:], async_rt))
+
+
 def test_adaptive_request_threshold_covers_the_slowest_recent_request():
     from robot_bridge.control_loop import ControlLoop
 
