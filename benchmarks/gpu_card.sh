@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU card in one device run (docs/BENCHMARKS.md, "GPU card"). First, here on the CPU machine:
-#     .venv/bin/python benchmarks/gpu_card.py prepare        # -> .gpu/ (observations, 10 demos, a pyzmq wheel)
+#     .venv/bin/python benchmarks/gpu_card.py prepare   # -> .gpu/ (observations, 10 demos, gymnasium + pyzmq wheels)
 # then one device call: command "bash benchmarks/gpu_card.sh", carry [".gpu"], timeout_s 540.
 # Writes 7 files to $OUT (the device tool brings back at most 8). Each step has its own timeout and runs even if an
 # earlier one failed.
