@@ -29,6 +29,12 @@ def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ])
 
 
+def quat_conj(q: np.ndarray) -> np.ndarray:
+    """The inverse rotation of a unit xyzw quaternion."""
+    q = np.asarray(q, dtype=np.float64)
+    return np.array([-q[0], -q[1], -q[2], q[3]])
+
+
 def axis_angle_to_quat(v: np.ndarray) -> np.ndarray:
     """Rotation vector (3,) -> xyzw (4,)."""
     v = np.asarray(v, dtype=np.float64)

@@ -8,6 +8,11 @@ command or the watchdog; its replies return through a queue plus a wake-up pipe,
 Modes: idle (connected, no command yet; after reset/release) -> active (commands flowing) -> holding (watchdog:
 no valid command for watchdog_ms) -> active again on the next valid command. estopped and fault latch until
 `release`. A malformed message costs an error reply, never the server.
+
+Pose monitor: every state tick the measured pose is checked (Robot.pose_violation: the end effector against the
+workspace box, the joints against their limits). Leaving them stops the arm (Robot.stop) and latches a fault, logged
+and counted (`pose_faults`). After a release the arm may walk back in, never further out: the monitor faults again
+as soon as the violation grows past what it was at the release.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class RobotServer:
         self.applied_log: collections.deque = collections.deque(maxlen=100_000)  # one dict per applied command
         self.watchdog = {"ms": self.config.watchdog_ms, "events": 0, "last_reaction_ms": None,
                          "max_reaction_ms": None, "t_hold": None}
+        self.pose_monitor = {"events": 0, "last": None, "last_reaction_ms": None}
+        self._pose_allowance: dict[str, float] = {}  # after a release outside the limits: kind -> excess allowed
         self.last_applied: dict | None = None
         self.auth: ServerAuth | None = None
         self._last_valid: float | None = None  # time.monotonic() of the last applied command
@@ -179,6 +186,7 @@ class RobotServer:
             self.address = router.getsockopt_string(zmq.LAST_ENDPOINT)
             self.state_address = pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self.robot.connect()
+            self._allow_current_pose("started")
         except BaseException as e:  # noqa: BLE001 - reported by start()
             self._start_error = e
             for s in (router, pub):
@@ -367,6 +375,40 @@ class RobotServer:
             pass
         self._publish()
 
+    def _allow_current_pose(self, why: str) -> None:
+        """At start-up and on release, an arm outside its limits may walk back in (or be homed), not further out."""
+        try:
+            v = self.robot.pose_violation(self.robot.get_state())
+        except RobotError:
+            v = None
+        self._pose_allowance = {} if v is None else {v["kind"]: v["excess"]}
+        if v is not None:
+            log.warning("%s outside the limits (%s): commands may move the arm back, not further out", why, v["detail"])
+
+    def _monitor_pose(self, state: np.ndarray, t_read: float) -> None:
+        """The pose monitor, on every state tick (see the module docstring)."""
+        v = self.robot.pose_violation(state)
+        if v is None:
+            self._pose_allowance = {}
+            return
+        allowed = self._pose_allowance.get(v["kind"])
+        if allowed is not None and v["excess"] <= allowed + 1e-3:
+            self._pose_allowance[v["kind"]] = min(allowed, v["excess"])  # a ratchet: walking back in tightens it
+            return
+        try:
+            self.robot.stop()
+        except RobotError as e:
+            log.error("pose monitor: stopping the arm raised %s", e)
+        reaction = (time.monotonic() - t_read) * 1e3
+        self.mode, self.fault, self.hold_reason = "fault", f"pose monitor: {v['detail']}"[:500], "pose_monitor"
+        self.counts["faults"] += 1
+        self.counts["pose_faults"] += 1
+        m = self.pose_monitor
+        m["events"] += 1
+        m["last"] = {"kind": v["kind"], "detail": v["detail"], "t": time.time()}
+        m["last_reaction_ms"] = reaction
+        log.error("POSE FAULT: %s; arm stopped in %.1f ms; latched until release", v["detail"], reaction)
+
     # ----- other requests -----
     def metadata(self) -> dict:
         r = self.robot
@@ -385,7 +427,8 @@ class RobotServer:
 
     def _on_status(self, envelope, req) -> None:
         self._send(envelope, RP.reply("status", req.id, status=self.status(), counters=dict(self.counts),
-                                      safety=self.robot.safety.summary(), watchdog=dict(self.watchdog)))
+                                      safety=self.robot.safety.summary(), watchdog=dict(self.watchdog),
+                                      pose_monitor=dict(self.pose_monitor)))
 
     def _on_observe(self, envelope, req) -> None:
         try:
@@ -430,6 +473,7 @@ class RobotServer:
             self.robot.release()
         except RobotError as e:
             return self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, f"release failed: {e}", req.id)
+        self._allow_current_pose("released")
         self.mode, self.hold_reason, self.fault, self._last_valid = "idle", None, None, None
         self.counts["releases"] += 1
         log.warning("released: idle")
@@ -444,6 +488,8 @@ class RobotServer:
             if self.mode != "fault":
                 return self._set_fault(e)
             state = None
+        if state is not None and self.mode not in ("fault", "estopped"):
+            self._monitor_pose(state, time.monotonic())
         self._pub_seq += 1
         msg = {"v": RP.ROBOT_PROTOCOL_VERSION, "kind": "state", "pub_seq": self._pub_seq, "t": time.time(),
                "state": state, **self.status(), "last_applied": self.last_applied, "counters": dict(self.counts),

@@ -38,6 +38,11 @@ class SafetyConfig:
     max_step_rotation_rad: float = 0.05  # per applied command (at 20 Hz: 1 rad/s)
     gripper_low: float = -1.0
     gripper_high: float = 1.0
+    # pose monitor (robot server, every state tick): a measured end effector further than this outside the box, or a
+    # joint closer than joint_limit_margin_rad to its limit, stops the arm and latches a fault until release
+    pose_tolerance_m: float = 0.02
+    joint_limit_margin_rad: float = 0.02
+    check_reach: bool = True  # at start-up: the box's corners within the arm's reach (robot_bridge.reach)
 
     def __post_init__(self):
         if (self.workspace_low is None) != (self.workspace_high is None):
@@ -51,6 +56,9 @@ class SafetyConfig:
             raise ValueError(f"max_step_translation_m: expected > 0, got {self.max_step_translation_m}")
         if not self.max_step_rotation_rad > 0:
             raise ValueError(f"max_step_rotation_rad: expected > 0, got {self.max_step_rotation_rad}")
+        if not self.pose_tolerance_m >= 0 or not self.joint_limit_margin_rad >= 0:
+            raise ValueError(f"pose_tolerance_m / joint_limit_margin_rad: expected >= 0, got {self.pose_tolerance_m}, "
+                             f"{self.joint_limit_margin_rad}")
         if not -1.0 <= self.gripper_low < self.gripper_high <= 1.0:
             raise ValueError(f"gripper_low/gripper_high: expected -1 <= low < high <= 1, got {self.gripper_low}, "
                              f"{self.gripper_high}")

@@ -12,7 +12,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from robot_bridge.geometry import quat_to_axis_angle
-from robot_bridge.robots.base import MissingExtraError, RobotError, RobotStopped
+from robot_bridge.robots.base import MissingExtraError, RobotError, RobotStopped, anchor_pose
 from robot_bridge.robots.ur import URConfig, URRobot
 from robot_bridge.robots.xarm import XArmConfig, XArmRobot
 from robot_bridge.safety import SafetyConfig
@@ -137,9 +137,10 @@ def test_ur_speedl_hold_stop_and_gripper():
 
 def test_ur_servol_hold_and_default_safety_clip():
     sdk = FakeUR()
+    sdk.pose[0] = 0.3  # inside the default box
     ur = URRobot(URConfig(), sdk=sdk).connect()  # default safety: 1 cm per step
     ur.send_action(_act(1.0))  # 5 cm asked
-    np.testing.assert_allclose(sdk.named("ctrl.servoL")[-1][1][0][0], 0.41, atol=1e-9)
+    np.testing.assert_allclose(sdk.named("ctrl.servoL")[-1][1][0][0], 0.31, atol=1e-9)
     assert ur.safety.counts["max_translation"] == 1
     ur.hold()
     assert sdk.named("ctrl.servoStop")[-1][1] == (2.0,)
@@ -251,3 +252,48 @@ def test_quat_axis_angle_round_trip():
     for v in rng.normal(size=(20, 3)):
         q = Rotation.from_rotvec(v).as_quat()
         assert (Rotation.from_rotvec(quat_to_axis_angle(q)) * Rotation.from_rotvec(v).inv()).magnitude() < 1e-9
+
+
+def test_orientation_lead_is_bounded_like_the_position_lead():
+    """A blocked arm (the fake never moves) turned by rotation commands: the commanded orientation never runs more
+    than max_lead_rad (+ one step) ahead of the measured one, so the arm cannot keep turning after commands stop."""
+    sdk = FakeUR()
+    ur = URRobot(URConfig(max_lead_rad=0.02), safety=_roomy(), sdk=sdk).connect()
+    for _ in range(20):
+        ur.send_action(_act(0, 0, 0, 0, 0, 0.1))  # 0.05 rad about base z each
+    pose = sdk.named("ctrl.servoL")[-1][1][0]
+    lead = (Rotation.from_rotvec(pose[3:]) * DOWN.inv()).magnitude()
+    assert lead == pytest.approx(0.02 + 0.05, abs=1e-6)  # the anchor capped at 0.02 rad, plus this step's 0.05
+    assert ur.lead_capped >= 18
+
+
+def test_anchor_pose_caps_position_and_orientation_separately():
+    from robot_bridge.geometry import axis_angle_to_quat, quat_mul, quat_to_axis_angle
+
+    q = np.array([1.0, 0.0, 0.0, 0.0])
+    target = (np.array([0.5, 0.0, 0.3]), quat_mul(axis_angle_to_quat([0, 0, 0.5]), q))
+    (p, tq), capped = anchor_pose(target, np.array([0.5, 0.0, 0.3]), q, 0.03, 0.05)
+    assert capped and np.allclose(p, target[0])
+    rel = quat_to_axis_angle(quat_mul(tq, np.array([-q[0], -q[1], -q[2], q[3]])))
+    np.testing.assert_allclose(rel, [0, 0, 0.05], atol=1e-9)  # same axis, cut to the bound
+    (p, tq), capped = anchor_pose(target, np.array([0.5, 0.0, 0.3]), target[1], 0.03, 0.05)
+    assert not capped and np.allclose(tq, target[1])
+
+
+@pytest.mark.parametrize("cls", [URRobot, XArmRobot])
+def test_default_workspaces_are_reachable_and_a_far_box_is_refused(cls):
+    from robot_bridge.reach import check_workspace
+
+    cfg = cls.default_safety()
+    check_workspace(cls.name, cls.reach, cfg.workspace_low, cfg.workspace_high)  # raises if not
+    with pytest.raises(ValueError, match=r"workspace for .*corner .*beyond"):
+        check_workspace(cls.name, cls.reach, (0.2, -0.45, 0.05), (0.8, 0.45, 0.8))
+    with pytest.raises(ValueError, match="vertical axis"):
+        check_workspace(cls.name, cls.reach, (-0.1, -0.1, 0.05), (0.1, 0.1, 0.2))
+
+
+def test_a_configured_unreachable_box_fails_at_construction_unless_the_check_is_skipped():
+    far = dict(workspace_low=(-0.6, -0.7, 0.02), workspace_high=(0.6, -0.15, 0.7))  # the old UR default
+    with pytest.raises(ValueError, match=r"workspace for ur: .*not safely reachable"):
+        URRobot(URConfig(), safety=SafetyConfig(**far), sdk=FakeUR())
+    URRobot(URConfig(), safety=SafetyConfig(**far, check_reach=False), sdk=FakeUR())

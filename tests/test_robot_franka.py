@@ -38,19 +38,32 @@ def franky_sim():
         yield sim
 
 
+class InjectedFranka(FrankaRobot):
+    """The franka adapter with a measured-pose error added to what it reports (the pose monitor's test): the arm
+    itself and the commands' anchor (reference_pose) are untouched."""
+
+    offset = np.zeros(3)
+
+    def get_state(self) -> np.ndarray:
+        s = super().get_state()
+        s[:3] += self.offset
+        return s
+
+
 def _franka(cameras=False, safety: SafetyConfig | None = None, control: str = "cartesian",
-            max_lead_m: float = 0.03) -> FrankaRobot:
+            max_lead_m: float = 0.03, dynamics: float = 1.0, cls=FrankaRobot) -> FrankaRobot:
     cams = {"agentview": SimCamera("fr3-front", (64, 64)), "wrist": SimCamera("fr3-wrist", (64, 64))} if cameras else None
-    cfg = FrankaConfig(host="127.0.0.1", realtime=False, relative_dynamics_factor=1.0, auto_recover=True,
+    cfg = FrankaConfig(host="127.0.0.1", realtime=False, relative_dynamics_factor=dynamics, auto_recover=True,
                        home_joints=HOME, control=control, max_lead_m=max_lead_m)
-    return FrankaRobot(cfg, cameras=cams, safety=safety)
+    return cls(cfg, cameras=cams, safety=safety)
 
 
 class Rig:
     """A robot server on the franka adapter plus a client, the arm homed."""
 
-    def __init__(self, cameras=False, safety=None, control="cartesian", max_lead_m=0.03):
-        self.robot = _franka(cameras, safety, control, max_lead_m)
+    def __init__(self, cameras=False, safety=None, control="cartesian", max_lead_m=0.03, dynamics=1.0,
+                 cls=FrankaRobot):
+        self.robot = _franka(cameras, safety, control, max_lead_m, dynamics, cls)
         self.server = RobotServer(self.robot, bind="tcp://127.0.0.1:0", watchdog_ms=WATCHDOG_MS).start()
         self.client = RobotClient(self.server.address, timeout_ms=20_000)
         self.meta = self.client.hello()
@@ -236,3 +249,71 @@ def test_impedance_control_follows_deltas_within_its_compliance(franky_sim):
     np.testing.assert_allclose(moved, want, atol=8e-3)
     assert moved[0] > 0.04 and moved[2] < -0.02
     assert np.linalg.norm(stopped - end) < 2e-3  # the e-stop ends the torque controller without a jump
+
+
+def _angle(qa, qb) -> float:
+    return float(2 * np.arccos(min(1.0, abs(float(np.dot(qa, qb))))))
+
+
+def test_rotation_then_zeros_stops_within_the_orientation_lead(franky_sim):
+    """1.5 s of rz = +0.1 commands, then 3 s of zeros, at the default dynamics factor (0.3): the arm stops turning
+    within the orientation lead bound (+ one step) of where it was when rotation commands stopped (issue: it went on
+    another 0.72-0.95 rad with only the position lead bounded)."""
+    rig = Rig(dynamics=0.3)
+    try:
+        q0 = np.asarray(rig.client.latest_state(200)["state"][3:7], np.float64)
+        a = np.zeros(7, np.float32)
+        a[5] = 0.1  # 0.05 rad per command, 1 rad/s at 20 Hz (the default safety cuts it to 0.03)
+        stream(rig.client, a, steps=30)
+        q1 = np.asarray(rig.client.latest_state(200)["state"][3:7], np.float64)
+        stream(rig.client, np.zeros(7, np.float32), steps=60)
+        q2 = np.asarray(rig.client.latest_state(200)["state"][3:7], np.float64)
+        capped, safety = rig.robot.lead_capped, rig.robot.safety.summary()
+    finally:
+        rig.close()
+    lead = rig.robot.config.max_lead_rad + rig.robot.safety.config.max_step_rotation_rad
+    assert _angle(q0, q1) > 0.3  # it turned
+    assert capped > 0 and safety["max_rotation"] >= 25  # the arm lagged: the lead was capped
+    assert _angle(q1, q2) <= lead + 0.005, (_angle(q1, q2), lead)
+
+
+def test_pose_monitor_latches_a_fault_stops_the_arm_and_release_lets_it_walk_back_only(franky_sim):
+    """A measured pose outside the box (injected: the adapter reports z 0.5 m too high) stops the arm, latches a
+    fault counted as a pose fault, and commands are dropped until release; after the release commands that would
+    take it further out fault again."""
+    rig = Rig(cls=InjectedFranka)
+    try:
+        a = np.zeros(7, np.float32)
+        a[0] = 0.1  # 5 mm per step along +x, inside the box
+        stream(rig.client, a, steps=4)
+        InjectedFranka.offset = np.array([0.0, 0.0, 0.5])
+        st = rig.client.wait_state(lambda s: s["mode"] == "fault", 2.0)
+        assert st is not None, "the pose monitor never fired"
+        assert "pose monitor" in st["fault"] and "outside the workspace box" in st["fault"]
+        stopped = wait_at_rest(rig.client)
+        r = rig.client.command(a)
+        assert r["kind"] == "dropped" and r["reason"] == "fault"
+        stream(rig.client, a, steps=6)
+        time.sleep(0.3)
+        still = np.asarray(rig.client.latest_state(100)["state"][:3])
+        assert np.linalg.norm(still - stopped) < 5e-4  # commands do not move a faulted arm
+        st = rig.client.status()
+        assert st["counters"]["pose_faults"] == 1 and st["pose_monitor"]["last"]["kind"] == "workspace"
+        assert st["pose_monitor"]["last_reaction_ms"] is not None
+        assert rig.client.release()["status"]["mode"] == "idle"  # still outside: may walk back (down) ...
+        down = np.zeros(7, np.float32)
+        down[2] = -0.1
+        stream(rig.client, down, steps=4)
+        assert rig.client.status()["status"]["mode"] == "active"
+        up = np.zeros(7, np.float32)
+        up[2] = 0.2  # ... but not further out
+        stream(rig.client, up, steps=8)
+        st2 = rig.client.wait_state(lambda s: s["mode"] == "fault", 2.0)
+        InjectedFranka.offset = np.zeros(3)
+        assert st2 is not None and rig.server.counts["pose_faults"] == 2
+        wait_at_rest(rig.client)
+        assert rig.client.release()["status"]["mode"] == "idle"  # back inside: the monitor is re-armed, quiet
+        assert rig.client.command(a)["kind"] == "applied"
+    finally:
+        InjectedFranka.offset = np.zeros(3)
+        rig.close()

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from robot_bridge.geometry import axis_angle_to_quat, quat_conj, quat_mul, quat_normalize, quat_to_axis_angle
+from robot_bridge.reach import Reach, check_workspace
 from robot_bridge.safety import SafetyConfig, SafetyFilter
 
 log = logging.getLogger("robot_bridge.robots")
@@ -84,18 +86,26 @@ class ObservationSpec:
 
 
 def anchor_pose(target: tuple[np.ndarray, np.ndarray] | None, pos: np.ndarray, quat: np.ndarray,
-                max_lead_m: float) -> tuple[tuple[np.ndarray, np.ndarray], bool]:
-    """Where the next delta starts for a position-streaming arm: the last target (pos (3,), quat (4,)) pulled to
-    within max_lead_m of the measured position, or the measured pose when there is no target (after a hold).
-    Returns (anchor, capped). Anchoring on the target makes deltas add up exactly while the arm keeps up; the cap
-    keeps a lagging or blocked arm from winding the target up."""
+                max_lead_m: float, max_lead_rad: float) -> tuple[tuple[np.ndarray, np.ndarray], bool]:
+    """Where the next delta starts for a position-streaming arm: the last target (pos (3,), quat xyzw (4,)) pulled to
+    within max_lead_m of the measured position and within max_lead_rad of the measured orientation, or the measured
+    pose when there is no target (after a hold). Returns (anchor, capped). Anchoring on the target makes deltas add
+    up exactly while the arm keeps up; the caps keep a lagging or blocked arm from winding the target up, so when
+    commands stop the arm goes on by at most the caps (docs/ROBOTS.md, "Faults and what the arm does")."""
+    pos, quat = np.asarray(pos, np.float64), quat_normalize(quat)
     if target is None:
-        return (np.asarray(pos, np.float64), np.asarray(quat, np.float64)), False
-    lead = target[0] - pos
+        return (pos, quat), False
+    t_pos, t_quat = np.asarray(target[0], np.float64), quat_normalize(target[1])
+    capped = False
+    lead = t_pos - pos
     n = float(np.linalg.norm(lead))
-    if n <= max_lead_m:
-        return target, False
-    return (pos + lead * (max_lead_m / n), target[1]), True
+    if n > max_lead_m:
+        t_pos, capped = pos + lead * (max_lead_m / n), True
+    rot = quat_to_axis_angle(quat_mul(t_quat, quat_conj(quat)))  # measured -> target, base frame (3,)
+    angle = float(np.linalg.norm(rot))
+    if angle > max_lead_rad:
+        t_quat, capped = quat_normalize(quat_mul(axis_angle_to_quat(rot * (max_lead_rad / angle)), quat)), True
+    return (t_pos, t_quat), capped
 
 
 class Robot(ABC):
@@ -105,12 +115,19 @@ class Robot(ABC):
     #: "realtime": the arm moves on its own clock (hold actively stops it); "stepped": a simulator that advances
     #: only when an action is applied (hold does nothing: time stands still).
     clock = "realtime"
+    #: the arm's reach model: the configured workspace box is checked against it at construction (None: no check)
+    reach: Reach | None = None
+    #: (low (n,), high (n,)) rad: the pose monitor's joint limits, with arm_joints(); None: not checked
+    joint_limits: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __init__(self, cameras: dict | None = None, safety: SafetyConfig | None = None,
                  action_spec: ActionSpec | None = None):
         self.cameras = dict(cameras or {})  # name -> robot_bridge.cameras.Camera
         self.action_spec = action_spec or ActionSpec()
         self.safety = SafetyFilter(safety or self.default_safety(), self.action_spec)
+        cfg = self.safety.config
+        if cfg.check_reach:
+            check_workspace(self.name, self.reach, cfg.workspace_low, cfg.workspace_high)
         self.connected = False
         self.stopped = False  # e-stop latched until release()
         self._lock = threading.Lock()
@@ -143,6 +160,36 @@ class Robot(ABC):
 
     def _release(self) -> None:
         """Clear a latched e-stop / fault on the controller (e.g. automatic error recovery)."""
+
+    def arm_joints(self) -> np.ndarray | None:
+        """The arm's joint positions (n,) rad as of the last get_state(), for the pose monitor; None: not known."""
+        return None
+
+    def pose_violation(self, state: np.ndarray) -> dict | None:
+        """The pose monitor's check of a measured state (S,): None when inside the workspace box (within
+        pose_tolerance_m) and the joints keep joint_limit_margin_rad from their limits; else {"kind": "workspace" |
+        "joint_limits", "excess": how far past (m or rad), "detail": a sentence}."""
+        cfg = self.safety.config
+        worst = None
+        if cfg.workspace_low is not None:
+            pos = np.asarray(state[:3], np.float64)
+            lo, hi = np.asarray(cfg.workspace_low), np.asarray(cfg.workspace_high)
+            out = float(np.max(np.maximum(lo - pos, pos - hi)))  # > 0: outside by this much along some axis
+            if out > cfg.pose_tolerance_m:
+                worst = {"kind": "workspace", "excess": out - cfg.pose_tolerance_m,
+                         "detail": f"end effector {np.round(pos, 3).tolist()} is {out:.3f} m outside the workspace box "
+                                   f"{lo.tolist()}..{hi.tolist()} (tolerance {cfg.pose_tolerance_m} m)"}
+        q = self.arm_joints() if self.joint_limits is not None else None
+        if q is not None and worst is None:
+            lo = np.asarray(self.joint_limits[0]) + cfg.joint_limit_margin_rad
+            hi = np.asarray(self.joint_limits[1]) - cfg.joint_limit_margin_rad
+            past = np.maximum(lo - q, q - hi)
+            j = int(np.argmax(past))
+            if past[j] > 0:
+                worst = {"kind": "joint_limits", "excess": float(past[j]),
+                         "detail": f"joint {j + 1} at {q[j]:.3f} rad is within {cfg.joint_limit_margin_rad} rad of (or "
+                                   f"past) its limits [{self.joint_limits[0][j]}, {self.joint_limits[1][j]}]"}
+        return worst
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode. Hardware: hold where it is (no motion). Simulators reset the scene."""

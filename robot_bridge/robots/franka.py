@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robot_bridge.geometry import apply_delta
+from robot_bridge.reach import Reach
 from robot_bridge.robots.base import MissingExtraError, Robot, RobotError, anchor_pose
 from robot_bridge.safety import SafetyConfig
 
@@ -43,6 +44,7 @@ class FrankaConfig:
     realtime: bool = True  # False: RealtimeConfig.Ignore (no PREEMPT_RT kernel; franky-sim)
     relative_dynamics_factor: float = 0.3  # scales franky's velocity/acceleration/jerk limits (re-planning at each command)
     max_lead_m: float = 0.03  # the target never runs further than this ahead of the measured position
+    max_lead_rad: float = 0.02  # nor turns further than this ahead of the measured orientation (docs/ROBOTS.md)
     gripper: bool = True
     gripper_threshold: float = 0.5  # hysteresis: > +t grasps, < -t opens, in between keeps the last command
     gripper_speed: float = 0.05  # m/s
@@ -60,6 +62,8 @@ class FrankaConfig:
             raise ValueError(f"relative_dynamics_factor: expected 0 < f <= 1, got {self.relative_dynamics_factor}")
         if self.home_joints is not None and len(self.home_joints) != 7:
             raise ValueError(f"home_joints: expected 7 joint angles (rad), got {len(self.home_joints)}")
+        if not (self.max_lead_m > 0 and self.max_lead_rad > 0):
+            raise ValueError(f"max_lead_m / max_lead_rad: expected > 0, got {self.max_lead_m}, {self.max_lead_rad}")
         if not 0 <= self.gripper_threshold < 1:
             raise ValueError(f"gripper_threshold: expected 0 <= t < 1, got {self.gripper_threshold}")
 
@@ -89,10 +93,18 @@ class FrankaRobot(Robot):
         self.lead_capped = 0  # commands whose start was pulled back towards a lagging arm
         self.last_error: str | None = None
 
+    # Franka's 0.855 m reach from the shoulder (joint 2, 0.333 m above the base); flange + hand put the wrist centre
+    # ~0.21 m above a downward-pointing end effector. Joint limits: the tighter of Panda's and FR3's per joint.
+    reach = Reach(shoulder=(0.0, 0.0, 0.333), reach_m=0.855, wrist_offset_m=0.21)
+    joint_limits = ((-2.7437, -1.7628, -2.8973, -3.0421, -2.8065, 0.5445, -2.8973),
+                    (2.7437, 1.7628, 2.8973, -0.1518, 2.8065, 3.7525, 2.8973))
+
     @classmethod
     def default_safety(cls) -> SafetyConfig:
-        return SafetyConfig(workspace_low=(0.25, -0.45, 0.05), workspace_high=(0.80, 0.45, 0.80),
-                            max_step_translation_m=0.01, max_step_rotation_rad=0.05)
+        # box: every corner reached on franky-sim at the default dynamics (docs/ROBOTS.md); rotation per command:
+        # 0.03 rad (0.6 rad/s at 20 Hz), what the arm tracked at relative_dynamics_factor 0.3 there (0.64 rad/s)
+        return SafetyConfig(workspace_low=(0.30, -0.30, 0.05), workspace_high=(0.60, 0.30, 0.50),
+                            max_step_translation_m=0.01, max_step_rotation_rad=0.03)
 
     # ----- lifecycle -----
     def _connect(self) -> None:
@@ -157,10 +169,15 @@ class FrankaRobot(Robot):
         """(9,) arm joints and finger positions as of the last get_state() (sim cameras pose their model with it)."""
         return self._q.copy()
 
+    def arm_joints(self) -> np.ndarray:
+        return self._q[:7].copy()
+
     def reference_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        """Where the next delta starts (base.anchor_pose): the last target, within max_lead_m of the arm."""
+        """Where the next delta starts (base.anchor_pose): the last target, within max_lead_m / max_lead_rad of the
+        arm."""
         pos, quat = self._pose()
-        self._anchor, capped = anchor_pose(self._target, pos, quat, self.config.max_lead_m)
+        self._anchor, capped = anchor_pose(self._target, pos, quat, self.config.max_lead_m,
+                                               self.config.max_lead_rad)
         if capped:
             self.lead_capped += 1
             log.debug("target more than %.0f mm ahead of the arm: start pulled back", self.config.max_lead_m * 1e3)

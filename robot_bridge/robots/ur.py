@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robot_bridge.geometry import apply_delta, axis_angle_to_quat, quat_to_axis_angle
+from robot_bridge.reach import Reach
 from robot_bridge.robots.base import MissingExtraError, Robot, RobotError, anchor_pose
 from robot_bridge.safety import SafetyConfig
 
@@ -33,7 +34,8 @@ class URConfig:
     acceleration: float = 0.5  # speedL tool acceleration, m/s^2
     stop_deceleration: float = 2.0  # servoStop/speedStop on hold, m/s^2
     estop_deceleration: float = 10.0  # on e-stop
-    max_lead_m: float = 0.03
+    max_lead_m: float = 0.03  # the target never runs further than this ahead of the measured position
+    max_lead_rad: float = 0.02  # nor turns further than this ahead of the measured orientation (docs/ROBOTS.md)
     gripper_digital_out: int | None = None  # standard digital output of a binary gripper (HIGH closed); None: none
     gripper_threshold: float = 0.5
     gripper_open_width_m: float = 0.08  # reported finger positions (the output is not a measurement)
@@ -45,6 +47,8 @@ class URConfig:
             raise ValueError(f"lookahead_time: expected 0.03..0.2 s (ur-rtde's range), got {self.lookahead_time}")
         if not 100 <= self.gain <= 2000:
             raise ValueError(f"gain: expected 100..2000 (ur-rtde's range), got {self.gain}")
+        if not (self.max_lead_m > 0 and self.max_lead_rad > 0):
+            raise ValueError(f"max_lead_m / max_lead_rad: expected > 0, got {self.max_lead_m}, {self.max_lead_rad}")
         if not 0.002 <= self.control_period_s <= 1.0:
             raise ValueError(f"control_period_s: expected 0.002..1 s, got {self.control_period_s}")
 
@@ -80,11 +84,14 @@ class URRobot(Robot):
         self._closed = False
         self.lead_capped = 0
 
+    # UR5e: 0.85 m reach from the shoulder (0.1625 m above the base); wrist 3 + flange + a gripper ~0.2 m
+    reach = Reach(shoulder=(0.0, 0.0, 0.1625), reach_m=0.85, wrist_offset_m=0.2)
+
     @classmethod
     def default_safety(cls) -> SafetyConfig:
-        # reach of a UR5e is 0.85 m: a box in front of the base, above the table
-        return SafetyConfig(workspace_low=(-0.6, -0.7, 0.02), workspace_high=(0.6, -0.15, 0.7),
-                            max_step_translation_m=0.01, max_step_rotation_rad=0.05)
+        # a box in front of the base (-y), above the table, within the UR5e's reach (docs/ROBOTS.md)
+        return SafetyConfig(workspace_low=(-0.35, -0.55, 0.05), workspace_high=(0.35, -0.20, 0.35),
+                            max_step_translation_m=0.01, max_step_rotation_rad=0.03)
 
     # ----- lifecycle -----
     def _connect(self) -> None:
@@ -125,7 +132,8 @@ class URRobot(Robot):
 
     def reference_pose(self) -> tuple[np.ndarray, np.ndarray]:
         pos, quat = self._pose()
-        self._anchor, capped = anchor_pose(self._target, pos, quat, self.config.max_lead_m)
+        self._anchor, capped = anchor_pose(self._target, pos, quat, self.config.max_lead_m,
+                                               self.config.max_lead_rad)
         self.lead_capped += capped
         return self._anchor
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robot_bridge.geometry import apply_delta, quat_to_rpy, rpy_to_quat
+from robot_bridge.reach import Reach
 from robot_bridge.robots.base import MissingExtraError, Robot, RobotError, anchor_pose
 from robot_bridge.safety import SafetyConfig
 
@@ -27,7 +28,8 @@ GRIPPER_STROKE_M = 0.085  # xArm Gripper: 0..85 mm opening over SDK positions 0.
 @dataclass(frozen=True)
 class XArmConfig:
     host: str = "192.168.1.185"
-    max_lead_m: float = 0.03
+    max_lead_m: float = 0.03  # the target never runs further than this ahead of the measured position
+    max_lead_rad: float = 0.02  # nor turns further than this ahead of the measured orientation (docs/ROBOTS.md)
     gripper: bool = True
     gripper_open: float = 850.0  # SDK gripper position when open
     gripper_closed: float = 0.0
@@ -37,8 +39,8 @@ class XArmConfig:
     def __post_init__(self):
         if self.gripper_open == self.gripper_closed:
             raise ValueError("gripper_open and gripper_closed must differ")
-        if self.max_lead_m <= 0:
-            raise ValueError(f"max_lead_m: expected > 0, got {self.max_lead_m}")
+        if not (self.max_lead_m > 0 and self.max_lead_rad > 0):
+            raise ValueError(f"max_lead_m / max_lead_rad: expected > 0, got {self.max_lead_m}, {self.max_lead_rad}")
 
 
 def _import_sdk():
@@ -64,10 +66,14 @@ class XArmRobot(Robot):
         self._grip_sent: float | None = None
         self.lead_capped = 0
 
+    # xArm 6/7: 0.7 m reach from the shoulder (0.267 m above the base); flange + gripper ~0.17 m
+    reach = Reach(shoulder=(0.0, 0.0, 0.267), reach_m=0.7, wrist_offset_m=0.17)
+
     @classmethod
     def default_safety(cls) -> SafetyConfig:
-        return SafetyConfig(workspace_low=(0.15, -0.45, 0.02), workspace_high=(0.65, 0.45, 0.6),
-                            max_step_translation_m=0.01, max_step_rotation_rad=0.05)
+        # within the xArm's reach (docs/ROBOTS.md)
+        return SafetyConfig(workspace_low=(0.20, -0.30, 0.05), workspace_high=(0.45, 0.30, 0.35),
+                            max_step_translation_m=0.01, max_step_rotation_rad=0.03)
 
     def _check(self, code, what: str) -> None:
         if code not in (0, None):
@@ -124,7 +130,8 @@ class XArmRobot(Robot):
 
     def reference_pose(self) -> tuple[np.ndarray, np.ndarray]:
         pos, quat = self._pose()
-        self._anchor, capped = anchor_pose(self._target, pos, quat, self.config.max_lead_m)
+        self._anchor, capped = anchor_pose(self._target, pos, quat, self.config.max_lead_m,
+                                               self.config.max_lead_rad)
         self.lead_capped += capped
         return self._anchor
 
