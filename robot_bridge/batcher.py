@@ -57,6 +57,9 @@ class Batcher:
         self._lock = threading.Lock()
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=100_000)
         self.failures = 0
+        self.retried_batches = 0  # batches that failed and were re-run request by request
+        self.suspect_s = 10.0
+        self._suspects: dict = {}  # client -> time.monotonic() its request last failed alone
 
     # ----- lifecycle -----
     def start(self) -> None:
@@ -150,25 +153,39 @@ class Batcher:
             _finish(job, None, ("inference_failed", f"{type(e).__name__}: {e}"))
 
     def _infer(self, batch: list[Job]) -> None:
+        """One forward for the batch. If it fails, the requests run one by one so good ones still get answers, and a
+        client whose request failed alone becomes a suspect: for the next `suspect_s` its requests run apart from the
+        batch, so one client's bad requests cost the others one retry at most, not one per request."""
         t0 = time.perf_counter()
-        try:
-            results = self.policy.infer_batch([j.obs for j in batch])
-            errors = [None] * len(batch)
-        except Exception as e:  # noqa: BLE001
-            if len(batch) == 1:
-                results, errors = [None], [_err(e)]
-            else:  # find the culprit: run one by one so good requests still get answers
-                results, errors = [], []
-                for j in batch:
-                    try:
-                        results.append(self.policy.infer_batch([j.obs])[0])
-                        errors.append(None)
-                    except Exception as e1:  # noqa: BLE001
-                        results.append(None)
-                        errors.append(_err(e1))
+        now = time.monotonic()
+        suspect = [j.client is not None and now - self._suspects.get(j.client, -1e9) < self.suspect_s for j in batch]
+        results: list = [None] * len(batch)
+        errors: list = [None] * len(batch)
+        main = [i for i, s in enumerate(suspect) if not s]
+        if main:
+            try:
+                out = self.policy.infer_batch([batch[i].obs for i in main])
+                for i, r in zip(main, out):
+                    results[i] = r
+            except Exception as e:  # noqa: BLE001
+                if len(main) == 1:
+                    errors[main[0]] = _err(e)
+                    self._suspect(batch[main[0]].client)
+                else:  # find the culprit: run one by one so good requests still get answers
+                    self.retried_batches += 1
+                    for i in main:
+                        self._alone(batch, i, results, errors)
         t1 = time.perf_counter()
-        self.batch_sizes.append(len(batch))
-        for j, r, err in zip(batch, results, errors):
+        self.batch_sizes.append(len(main) or 1)
+        self._reply([batch[i] for i in main], [results[i] for i in main], [errors[i] for i in main], t0, t1)
+        for i, s in enumerate(suspect):  # after the others have their answers
+            if s:
+                t0 = time.perf_counter()
+                self._alone(batch, i, results, errors)
+                self._reply([batch[i]], [results[i]], [errors[i]], t0, time.perf_counter())
+
+    def _reply(self, jobs: list[Job], results: list, errors: list, t0: float, t1: float) -> None:
+        for j, r, err in zip(jobs, results, errors):
             if err is not None:
                 self.failures += 1
                 _finish(j, None, err)
@@ -181,9 +198,23 @@ class Batcher:
                 "prefix_ms": float(pt.get("prefix_ms", 0.0)),
                 "decode_ms": float(pt.get("decode_ms", 0.0)),
                 "nfe": int(pt.get("nfe", 0)),
-                "batch": len(batch),
+                "batch": len(jobs),
             }
             _finish(j, {"actions": r["actions"], "timing": timing}, None)
+
+    def _alone(self, batch: list[Job], i: int, results: list, errors: list) -> None:
+        try:
+            results[i] = self.policy.infer_batch([batch[i].obs])[0]
+            self._suspects.pop(batch[i].client, None)
+        except Exception as e:  # noqa: BLE001
+            errors[i] = _err(e)
+            self._suspect(batch[i].client)
+
+    def _suspect(self, client) -> None:
+        if client is not None:
+            if len(self._suspects) > 4096:
+                self._suspects.clear()
+            self._suspects[client] = time.monotonic()
 
     def _drain(self, why: str) -> None:
         while True:

@@ -11,7 +11,10 @@ chunk's arrival, since the queue must cover both; the history carries over betwe
 steps and L-step latencies, a request made as the previous chunk lands survives until L_prev + L_next > H, where
 one made just in time starves as soon as one L exceeds the margin it was given. An empty queue when an action is
 due is a starvation event: the loop applies a hold action (zero arm deltas, gripper kept; or all
-zeros) and keeps asking.
+zeros) for at most `starvation_hold_s` (None: for as long as it lasts, what an in-process simulator needs, whose
+time moves only with actions), then stops commanding: a robot server's watchdog then holds the arm, and its state
+says so. A queue that stays empty for `policy_lost_s` is a policy outage: logged once with the last request error,
+counted, and the loop keeps retrying; the next chunk resumes commanding.
 
 Sync mode (exact evaluation): request a chunk, apply `replan_every` actions, repeat; no clock, no threads:
 the same actions as `sim.evaluate.rollout` with the same policy and seeds.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import logging
 import math
 import queue
 import threading
@@ -31,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
+
+log_ = logging.getLogger("robot_bridge.control_loop")
 
 
 class Robot(Protocol):
@@ -94,6 +100,8 @@ class LoopConfig:
     request_timeout_ms: float = 2000.0  # async: the client gives up (and reconnects) after this
     retry_interval_s: float = 0.1  # async: wait after a failed request before the next
     first_chunk_timeout_s: float = 30.0  # async: wait this long for the first chunk before the clock starts (0: don't)
+    starvation_hold_s: float | None = None  # async: send hold actions this long on an empty queue, then none (None: always)
+    policy_lost_s: float = 1.0  # async: an empty queue this long is a policy outage (logged, counted; retried)
 
     def __post_init__(self):
         if self.mode not in ("async", "sync"):
@@ -106,6 +114,10 @@ class LoopConfig:
             raise ValueError(f"on_starvation: expected 'hold' or 'zero', got {self.on_starvation!r}")
         if not 1.0 <= self.latency_margin <= 10.0:
             raise ValueError(f"latency_margin: expected 1..10, got {self.latency_margin}")
+        if self.starvation_hold_s is not None and self.starvation_hold_s < 0:
+            raise ValueError(f"starvation_hold_s: expected >= 0 or None, got {self.starvation_hold_s}")
+        if not self.policy_lost_s > 0:
+            raise ValueError(f"policy_lost_s: expected > 0, got {self.policy_lost_s}")
         for name in ("replan_every", "request_below"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -123,6 +135,10 @@ class LoopStats:
     late_discarded: int = 0  # replies discarded: arrived after the step their last action was due
     request_failures: int = 0  # timeouts, server errors, connection trouble
     overruns: int = 0  # ticks that started more than one period late (schedule re-anchored)
+    silent_ticks: int = 0  # starved ticks past starvation_hold_s: no command sent (the robot's watchdog holds it)
+    policy_outages: int = 0  # times the queue stayed empty for policy_lost_s
+    t_first_silent: float | None = None  # time.time() of the first silent tick
+    last_error: str | None = None  # the last failed request's error
     seconds: float = 0.0
     steps: int = 0
 
@@ -139,7 +155,8 @@ class LoopStats:
             "latency_ms_p50": float(np.median(lat)) if len(lat) else None,
             "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
             **{k: getattr(self, k) for k in ("chunks", "starvation_events", "stale_dropped", "late_discarded",
-                                             "request_failures", "overruns")},
+                                             "request_failures", "overruns", "silent_ticks", "policy_outages",
+                                             "last_error")},
         }
 
 
@@ -333,6 +350,10 @@ class ControlLoop:
 
         t_next = time.perf_counter()
         prev_tick = None
+        starved_since: float | None = None  # perf_counter of the first tick of the current starvation
+        outage = False
+        if not plan:  # no first chunk: starved from the start
+            starved_since = t_next
         for t in range(horizon):
             now = time.perf_counter()
             if now < t_next:
@@ -352,6 +373,7 @@ class ControlLoop:
                     continue
                 if res["error"] is not None:
                     st.request_failures += 1
+                    st.last_error = f"{type(res['error']).__name__}: {res['error']}"[:300]
                     retry_at = time.perf_counter() + cfg.retry_interval_s
                     continue
                 chunk = np.asarray(res["out"]["actions"], dtype=np.float32)  # (H, D)
@@ -378,10 +400,30 @@ class ControlLoop:
             action, src = plan.pop(t, (None, -1))
             if action is None:
                 st.starvation_events += 1
-                action = self._hold(last)
+                if starved_since is None:
+                    starved_since = tick
+                starved = tick - starved_since
+                if starved >= cfg.policy_lost_s and not outage:
+                    outage = True
+                    st.policy_outages += 1
+                    log_.warning("no action chunk for %.1f s (last error: %s): %s; retrying", starved,
+                                 st.last_error or "none, the request is still out", "not commanding the robot (its "
+                                 "watchdog holds it)" if cfg.starvation_hold_s is not None else "sending hold actions")
+                if cfg.starvation_hold_s is not None and starved > cfg.starvation_hold_s - 1e-9:
+                    st.silent_ticks += 1
+                    if st.t_first_silent is None:
+                        st.t_first_silent = time.time()
+                    log.length = t + 1
+                    action = None
+                else:
+                    action = self._hold(last)
             else:
+                if outage:
+                    log_.warning("action chunks again after %.1f s: commanding the robot", tick - starved_since)
+                starved_since, outage = None, False
                 last = action
-            self._apply(log, t, action, src, on_step)
+            if action is not None:
+                self._apply(log, t, action, src, on_step)
             if getattr(self.robot, "done", False):
                 break
             t_next += period
@@ -410,8 +452,9 @@ class ControlLoop:
                 out = self._infer(self.robot.get_observation(), 0, timeout_ms=min(self.config.request_timeout_ms,
                                                                                    (end - time.monotonic()) * 1e3),
                                   deadline=end)
-            except Exception:  # noqa: BLE001 - server not there yet: keep trying until the timeout
+            except Exception as e:  # noqa: BLE001 - server not there yet: keep trying until the timeout
                 log.stats.request_failures += 1
+                log.stats.last_error = f"{type(e).__name__}: {e}"[:300]
                 time.sleep(self.config.retry_interval_s)
                 continue
             self._record_chunk(log, out, (time.perf_counter() - t0) * 1e3)

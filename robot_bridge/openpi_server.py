@@ -70,9 +70,8 @@ def openpi_to_obs(msg: dict, spec: P.ObsSpec) -> dict:
     skey = next((k for k in STATE_KEYS if k in msg), None)
     if skey is None:
         raise P.ProtocolError(P.ErrorCode.MISSING_FIELD, f"{' or '.join(STATE_KEYS)}: required")
-    state = P.decode_array(msg[skey], skey, dtypes=("<f4", "<f8"), ndim=1, shape=(spec.state_dim,))
-    if not np.all(np.isfinite(state)):
-        raise P.ProtocolError(P.ErrorCode.BAD_FIELD, f"{skey}: NaN or inf")
+    state = P.as_model_floats(P.decode_array(msg[skey], skey, dtypes=("<f4", "<f8"), ndim=1, shape=(spec.state_dim,)),
+                              skey)
     pkey = next((k for k in PROMPT_KEYS if k in msg), None)
     if pkey is None:
         raise P.ProtocolError(P.ErrorCode.MISSING_FIELD, f"{' or '.join(PROMPT_KEYS)}: required")
@@ -81,26 +80,31 @@ def openpi_to_obs(msg: dict, spec: P.ObsSpec) -> dict:
         prompt = prompt.decode("utf-8", "replace")
     if not isinstance(prompt, str) or len(prompt) > spec.max_instruction_chars:
         raise P.ProtocolError(P.ErrorCode.BAD_FIELD, f"{pkey}: expected a str of at most {spec.max_instruction_chars} characters")
-    return {"images": out, "state": state.astype(np.float32), "instruction": prompt}
+    return {"images": out, "state": state, "instruction": prompt}
 
 
 class OpenPIServer:
     """Websocket front end; shares `batcher` (and so batching) with the ZeroMQ server."""
 
     def __init__(self, batcher: Batcher, metadata: dict, spec: P.ObsSpec, host: str = "127.0.0.1", port: int = 8000,
-                 max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES, max_inflight_bytes: int | None = None):
+        """max_inflight_bytes: request bytes held at once over all connections (received, not yet answered); a
+        request past it is refused OVERLOADED and dropped. Default: 2 x max_message_bytes."""
         self.batcher = batcher
         self.metadata = metadata
         self.spec = spec
         self.host = host
         self.port = int(port)
         self.max_message_bytes = max_message_bytes
+        self.max_inflight_bytes = int(max_inflight_bytes or 2 * max_message_bytes)
+        self.inflight_bytes = 0  # touched only on the event loop's thread
+        self._prev_total_ms: dict[int, float] = {}  # connection -> its previous request's server time
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_ev: asyncio.Event | None = None
         self._error: BaseException | None = None
-        self.counts = {"requests": 0, "errors": 0, "ctrl": 0}
+        self.counts = {"requests": 0, "errors": 0, "ctrl": 0, "overloaded": 0}
 
     def start(self) -> "OpenPIServer":
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="openpi-server", daemon=True)
@@ -124,8 +128,9 @@ class OpenPIServer:
         self._loop = asyncio.get_running_loop()
         self._stop_ev = asyncio.Event()
         try:
+            # max_queue=1: a connection buffers at most one message beyond the one being handled
             server = await serve(self._handler, self.host, self.port, compression=None, max_size=self.max_message_bytes,
-                                 process_request=_health_check)
+                                 max_queue=1, process_request=_health_check)
         except OSError as e:
             self._error = e
             self._ready.set()
@@ -141,44 +146,65 @@ class OpenPIServer:
     async def _handler(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        prev_total_ms = None
         try:
             await ws.send(P.pack(self.metadata, bin_keys=True))
             while True:
                 data = await ws.recv()
                 t_recv = time.perf_counter()
                 self.counts["requests"] += 1
+                n = len(data)
+                if self.inflight_bytes + n > self.max_inflight_bytes:
+                    self.counts["overloaded"] += 1
+                    del data
+                    return await self._fail(ws, P.ErrorCode.OVERLOADED,
+                                            f"{self.inflight_bytes + n} request bytes in flight would exceed the "
+                                            f"server's limit of {self.max_inflight_bytes}; retry later")
+                self.inflight_bytes += n
                 try:
-                    if isinstance(data, str):
-                        raise P.ProtocolError(P.ErrorCode.BAD_MESSAGE, "expected a binary msgpack frame, got text")
-                    msg = _str_keys(P.unpack(data, self.max_message_bytes))
-                    if "__ctrl__" in msg:
-                        self.counts["ctrl"] += 1
-                        ctrl = msg["__ctrl__"]
-                        ack = ctrl if isinstance(ctrl, (str, int, float, bool)) or ctrl is None else str(type(ctrl).__name__)
-                        await ws.send(P.pack({"__ctrl__": ack, "ok": True}, bin_keys=True))
-                        continue
-                    obs = openpi_to_obs(msg, self.spec)
-                except P.ProtocolError as e:
-                    return await self._fail(ws, e.code, e.message)
-                res, err = await self._infer(obs, t_recv, client=id(ws))
-                if err is not None:
-                    return await self._fail(ws, *err)
-                total_ms = (time.perf_counter() - t_recv) * 1e3
-                t = res["timing"]
-                server_timing = {"infer_ms": t["model_ms"], "queue_ms": t["queue_ms"], "server_ms": total_ms,
-                                 "batch": t["batch"]}
-                if prev_total_ms is not None:
-                    server_timing["prev_total_ms"] = prev_total_ms
-                reply = {"actions": res["actions"], "server_timing": server_timing,
-                         "policy_timing": {"infer_ms": t["model_ms"], "nfe": t["nfe"]}}
-                await ws.send(P.pack(reply, bin_keys=True))
-                prev_total_ms = total_ms
+                    if not await self._answer(ws, data, t_recv):
+                        return
+                finally:
+                    self.inflight_bytes -= n
         except ConnectionClosed:
             return
         except Exception as e:  # noqa: BLE001 - one bad connection never takes the server down
             log.exception("openpi connection failed")
             await self._fail(ws, P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+        finally:
+            self._prev_total_ms.pop(id(ws), None)
+
+    async def _answer(self, ws, data, t_recv: float) -> bool:
+        """One request -> one reply; False when the connection was failed (and closed)."""
+        try:
+            if isinstance(data, str):
+                raise P.ProtocolError(P.ErrorCode.BAD_MESSAGE, "expected a binary msgpack frame, got text")
+            msg = _str_keys(P.unpack(data, self.max_message_bytes))
+            if "__ctrl__" in msg:
+                self.counts["ctrl"] += 1
+                ctrl = msg["__ctrl__"]
+                ack = ctrl if isinstance(ctrl, (str, int, float, bool)) or ctrl is None else str(type(ctrl).__name__)
+                await ws.send(P.pack({"__ctrl__": ack, "ok": True}, bin_keys=True))
+                return True
+            obs = openpi_to_obs(msg, self.spec)
+        except P.ProtocolError as e:
+            await self._fail(ws, e.code, e.message)
+            return False
+        res, err = await self._infer(obs, t_recv, client=id(ws))
+        if err is not None:
+            await self._fail(ws, *err)
+            return False
+        total_ms = (time.perf_counter() - t_recv) * 1e3
+        t = res["timing"]
+        server_timing = {"infer_ms": t["model_ms"], "queue_ms": t["queue_ms"], "server_ms": total_ms,
+                         "batch": t["batch"]}
+        prev = self._prev_total_ms.get(id(ws))
+        if prev is not None:
+            server_timing["prev_total_ms"] = prev
+        reply = {"actions": res["actions"], "server_timing": server_timing,
+                 "policy_timing": {"infer_ms": t["model_ms"], "nfe": t["nfe"]}}
+        await ws.send(P.pack(reply, bin_keys=True))
+        self._prev_total_ms[id(ws)] = total_ms
+        return True
 
     async def _infer(self, obs: dict, t_recv: float, client=None):
         loop = asyncio.get_running_loop()

@@ -265,6 +265,20 @@ def parse_request(msg: dict, spec: ObsSpec) -> Request:
     return req
 
 
+def as_model_floats(a: np.ndarray, name: str) -> np.ndarray:
+    """Cast to float32, the dtype the model reads, and only then check finiteness: a float64 1e300 is finite but
+    overflows to inf in float32 (it would fail inside a batch, not here). ProtocolError names the field."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(a).astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        idx = np.where(bad)[0].tolist()
+        raw = np.asarray(a)[bad]
+        why = "NaN or inf" if not np.all(np.isfinite(raw)) else f"beyond float32's range (|x| > {np.finfo(np.float32).max:.3g})"
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{name}: {why} at {idx[:8]}")
+    return out
+
+
 def parse_obs(msg: dict, spec: ObsSpec) -> dict:
     """msg with images, state, instruction -> {"images": {cam: uint8 (H, W, 3)}, "state": float32 (S,), "instruction"}."""
     for key in ("images", "state", "instruction"):
@@ -288,15 +302,14 @@ def parse_obs(msg: dict, spec: ObsSpec) -> dict:
             raise ProtocolError(ErrorCode.TOO_LARGE if max(im.shape[:2]) > side else ErrorCode.BAD_FIELD,
                                 f"images.{cam}: height and width must be 1..{side}, got {im.shape[:2]}")
         out_images[cam] = im
-    state = decode_array(msg["state"], "state", dtypes=("<f4", "<f8"), ndim=1, shape=(spec.state_dim,))
-    if not np.all(np.isfinite(state)):
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"state: NaN or inf at {np.where(~np.isfinite(state))[0].tolist()}")
+    state = as_model_floats(decode_array(msg["state"], "state", dtypes=("<f4", "<f8"), ndim=1, shape=(spec.state_dim,)),
+                            "state")
     instr = msg["instruction"]
     if not isinstance(instr, str):
         raise ProtocolError(ErrorCode.BAD_FIELD, f"instruction: expected str, got {_describe(instr)}")
     if len(instr) > spec.max_instruction_chars:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"instruction: {len(instr)} characters exceeds {spec.max_instruction_chars}")
-    return {"images": out_images, "state": state.astype(np.float32), "instruction": instr}
+    return {"images": out_images, "state": state, "instruction": instr}
 
 
 # -------------------------------------------------------------------------------------------------------- replies

@@ -141,6 +141,13 @@ def add_run(sub) -> None:
     s.add_argument("--episodes", type=int, default=1)
     s.add_argument("--seed", type=int, help="first episode's seed (simulators)")
     s.add_argument("--replan-every", type=int, help="sync mode: actions used per chunk")
+    s.add_argument("--first-chunk-timeout", type=float, default=30.0,
+                   help="async: seconds to wait for an episode's first chunk before the clock starts")
+    s.add_argument("--starvation-hold", type=float, default=0.0,
+                   help="async: seconds of hold actions on an empty queue before the loop stops commanding (the robot "
+                        "server's watchdog then holds the arm); default 0: stop at once")
+    s.add_argument("--policy-lost", type=float, default=1.0,
+                   help="async: an empty queue this long is reported as a policy-server outage (retried)")
     s.add_argument("--client-key", help="CurveZMQ: this client's .key_secret")
     s.add_argument("--policy-server-key", help="CurveZMQ: the policy server's public .key")
     s.add_argument("--robot-server-key", help="CurveZMQ: the robot server's public .key")
@@ -149,9 +156,17 @@ def add_run(sub) -> None:
 
 
 def _cmd_run(args) -> int:
+    """Exit codes: 0 done; 3 the policy server never answered (or an episode got no chunk at all); 4 the robot
+    server was lost. Each with a message on stderr naming the server."""
+    import sys
+
     from robot_bridge.client import PolicyClient
     from robot_bridge.control_loop import ControlLoop, LoopConfig
-    from robot_bridge.robot_client import RemoteRobot, RobotClient
+    from robot_bridge.robot_client import RemoteRobot, RobotClient, RobotServerLost
+
+    def fail(code: int, msg: str) -> int:
+        print(f"vla run: {msg}", file=sys.stderr, flush=True)
+        return code
 
     pkeys = dict(client_secret_key=args.client_key, server_public_key=args.policy_server_key) \
         if args.policy_server_key else {}
@@ -159,34 +174,66 @@ def _cmd_run(args) -> int:
         if args.robot_server_key else {}
     policy = PolicyClient(args.policy_server, timeout_ms=5000, **pkeys)
     rclient = RobotClient(args.robot_server, timeout_ms=10_000, **rkeys)
-    logs = []
+    logs, code = [], 0
     try:
-        meta = policy.hello()
-        robot = RemoteRobot(rclient, instruction=args.instruction, sync=args.mode == "sync", max_steps=args.steps)
-        cfg = LoopConfig(mode=args.mode, rate_hz=args.rate,
+        try:
+            meta = policy.hello()
+        except (TimeoutError, ConnectionError) as e:
+            return fail(3, f"policy server at {args.policy_server} did not answer ({e}); is `vla serve` running there?")
+        try:
+            robot = RemoteRobot(rclient, instruction=args.instruction, sync=args.mode == "sync", max_steps=args.steps)
+        except TimeoutError as e:
+            return fail(4, f"robot server at {args.robot_server} did not answer ({e}); is `vla robot-server` running "
+                           f"there?")
+        watchdog_ms = float(robot.meta.get("watchdog_ms") or 0)
+        if args.mode == "async" and 0 < watchdog_ms < 2e3 / args.rate:
+            print(f"vla run: warning: the robot server's watchdog ({watchdog_ms:.0f} ms) is shorter than two control "
+                  f"periods at --rate {args.rate:g} ({2e3 / args.rate:.0f} ms): it will hold the arm between commands; "
+                  f"raise its --watchdog-ms or the rate", file=sys.stderr, flush=True)
+        cfg = LoopConfig(mode=args.mode, rate_hz=args.rate, first_chunk_timeout_s=args.first_chunk_timeout,
+                         starvation_hold_s=args.starvation_hold, policy_lost_s=args.policy_lost,
                          replan_every=args.replan_every or (int(meta.get("n_action_steps", meta["chunk_size"]))
                                                             if args.mode == "sync" else None))
         loop = ControlLoop(policy, robot, cfg, action_dim=int(meta["action_dim"]))
         try:
             for i in range(args.episodes):
                 seed = None if args.seed is None else args.seed + i
-                log = loop.run_episode(seed=seed, max_steps=args.steps)
+                try:
+                    log = loop.run_episode(seed=seed, max_steps=args.steps)
+                except RobotServerLost as e:
+                    code = fail(4, f"episode {i}: {e}; stopped (the robot server's watchdog holds the arm if it is "
+                                   f"still running)")
+                    break
                 d = log.to_dict()
-                d["robot"] = rclient.status()
+                try:
+                    d["robot"] = rclient.status()
+                except TimeoutError as e:
+                    code = fail(4, f"episode {i}: robot server at {args.robot_server} stopped answering ({e})")
+                    logs.append(d)
+                    break
                 logs.append(d)
+                st = d["stats"]
                 print(json.dumps({"episode": i, "seed": seed, "success": log.success, "length": log.length,
-                                  "loop": d["stats"], "robot_mode": d["robot"]["status"]["mode"],
+                                  "loop": st, "robot_mode": d["robot"]["status"]["mode"],
                                   "safety": d["robot"]["safety"]}), flush=True)
+                if st["chunks"] == 0:
+                    code = fail(3, f"episode {i}: no action chunk from the policy server at {args.policy_server} "
+                                   f"({st['request_failures']} failed requests; last error: {st['last_error']}); the "
+                                   f"arm was not commanded")
+                elif st["policy_outages"]:
+                    print(f"vla run: episode {i}: {st['policy_outages']} policy-server outage(s) of >= "
+                          f"{args.policy_lost:g} s, {st['silent_ticks']} ticks without a command", file=sys.stderr,
+                          flush=True)
         finally:
             loop.close()
     finally:
         policy.close()
         rclient.close()
-    if args.out:  # a temporary name, then renamed: an interrupted write never truncates an earlier log
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(logs, f, indent=1, default=float)
-        os.replace(args.out + ".tmp", args.out)
-    return 0
+        if args.out and logs:  # a temporary name, then renamed: an interrupted write never truncates an earlier log
+            with open(args.out + ".tmp", "w") as f:
+                json.dump(logs, f, indent=1, default=float)
+            os.replace(args.out + ".tmp", args.out)
+    return code
 
 
 # --------------------------------------------------------------------------------------------------------- keys

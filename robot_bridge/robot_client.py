@@ -45,6 +45,7 @@ class RobotClient:
         self._seq = 0
         self.metadata: dict | None = None
         self.last_state: dict | None = None
+        self.last_state_at: float | None = None  # time.monotonic() when last_state arrived
         self.command_errors: list[dict] = []  # error replies to fire-and-forget commands
         self.stats = {"commands": 0, "unsent": 0, "requests": 0, "timeouts": 0, "stray_replies": 0}
 
@@ -127,6 +128,7 @@ class RobotClient:
         if self._sub.poll(int(timeout_ms), zmq.POLLIN):
             try:
                 self.last_state = P.decode_arrays(P.unpack(self._sub.recv(zmq.NOBLOCK)))
+                self.last_state_at = time.monotonic()
             except (zmq.Again, P.ProtocolError):
                 pass
         return self.last_state
@@ -212,6 +214,10 @@ class RobotClient:
         self.close()
 
 
+class RobotServerLost(RuntimeError):
+    """The robot server stopped answering (no reply, or no state publication for RemoteRobot.lost_after_s)."""
+
+
 class RemoteRobot:
     """The ControlLoop's Robot protocol over a robot server.
 
@@ -219,11 +225,13 @@ class RemoteRobot:
     get_observation() sees its effect: the same episode as an in-process env. sync=False (hardware, async loop):
     apply() sends and returns; the server keeps only the newest command.
     instruction: the task for the policy; default the robot's own (a simulator's task), else required.
+    lost_after_s: async: no state publication for this long raises RobotServerLost (as does a request's timeout).
     """
 
     def __init__(self, client: RobotClient | str, instruction: str | None = None, sync: bool = False,
-                 max_steps: int | None = None, **client_kw):
+                 max_steps: int | None = None, lost_after_s: float = 2.0, **client_kw):
         self.client = client if isinstance(client, RobotClient) else RobotClient(client, **client_kw)
+        self.lost_after_s = float(lost_after_s)
         self.meta = self.client.metadata or self.client.hello()
         self.instruction = instruction
         self.sync = sync
@@ -248,13 +256,19 @@ class RemoteRobot:
         self.success = bool(st.get("success", False))
         return {"images": reply["images"], "state": np.asarray(reply["state"], np.float32), "instruction": instr}
 
+    def _call(self, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except TimeoutError as e:
+            raise RobotServerLost(f"robot server at {self.client.address}: {e}") from e
+
     def reset(self, seed: int | None = None) -> dict:
         self.steps = 0
         self.applied.clear()
-        return self._obs(self.client.reset(seed=seed))
+        return self._obs(self._call(self.client.reset, seed=seed))
 
     def get_observation(self) -> dict:
-        return self._obs(self.client.observe())
+        return self._obs(self._call(self.client.observe))
 
     def apply(self, action: np.ndarray) -> None:
         self.steps += 1
@@ -262,11 +276,15 @@ class RemoteRobot:
             self.client.send_command(action)
             self.client.drain()
             st = self.client.latest_state()
+            seen = self.client.last_state_at
+            if seen is not None and time.monotonic() - seen > self.lost_after_s:
+                raise RobotServerLost(f"robot server at {self.client.address}: no state publication for "
+                                      f"{time.monotonic() - seen:.1f} s")
             if st is not None:
                 self.success = bool(st.get("success", False))
                 self.done = bool(st.get("done", False)) or st.get("mode") in ("estopped", "fault")
             return
-        reply = self.client.command(action)
+        reply = self._call(self.client.command, action)
         st = reply.get("status") or {}
         self.done, self.success = bool(st.get("done", False)), bool(st.get("success", False))
         if reply["kind"] == "applied":

@@ -22,7 +22,6 @@ import zmq
 
 from robot_bridge import protocol as P
 from robot_bridge.batcher import Batcher, Job
-from robot_bridge.security import is_loopback
 
 log = logging.getLogger("robot_bridge.server")
 
@@ -40,6 +39,7 @@ class ServerConfig:
     timing_log: str | None = None  # JSON lines, one per answered infer request
     openpi_port: int | None = None  # also serve openpi's websocket protocol on this port
     openpi_host: str = "127.0.0.1"
+    openpi_max_inflight_bytes: int | None = None  # request bytes held at once over all websocket connections (2x max)
     server_secret_key: str | None = None  # CurveZMQ (robot_bridge/security.py): the server's .key_secret
     authorized_keys: str | None = None  # CurveZMQ allow-list: a client .key file or a directory of them
     insecure: bool = False  # allow a non-loopback bind without keys
@@ -113,10 +113,7 @@ class PolicyServer:
         keys = ServerKeys.from_args(self.config.server_secret_key, self.config.authorized_keys)
         check_bind(self.config.bind, keys is not None, self.config.insecure, "bind")  # refuses an open network bind
         if self.config.openpi_port is not None:  # websockets: no CurveZMQ there
-            check_bind(f"tcp://{self.config.openpi_host}:0", False, self.config.insecure, "openpi_host")
-        if not is_loopback(self.config.bind) and keys is None:
-            log.warning("binding %s without keys (--insecure): anyone on the network can use this server",
-                        self.config.bind)
+            check_bind(f"tcp://{self.config.openpi_host}:0", False, self.config.insecure, "openpi_host", keyless=True)
         if self.config.timing_log:
             os.makedirs(os.path.dirname(os.path.abspath(self.config.timing_log)), exist_ok=True)
             self._log_file = open(self.config.timing_log, "a")
@@ -132,7 +129,8 @@ class PolicyServer:
             from robot_bridge.openpi_server import OpenPIServer
 
             openpi = OpenPIServer(self.batcher, self.metadata, self.spec, host=self.config.openpi_host,
-                                  port=self.config.openpi_port, max_message_bytes=self.config.max_message_bytes)
+                                  port=self.config.openpi_port, max_message_bytes=self.config.max_message_bytes,
+                                  max_inflight_bytes=self.config.openpi_max_inflight_bytes)
             try:
                 self.openpi = openpi.start()
             except Exception:

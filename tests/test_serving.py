@@ -18,7 +18,8 @@ from bridge_helpers import SlowPolicy, free_port, make_obs
 
 from robot_bridge import protocol as P
 from robot_bridge.client import PolicyClient
-from robot_bridge.server import PolicyServer, is_loopback
+from robot_bridge.security import is_loopback
+from robot_bridge.server import PolicyServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
