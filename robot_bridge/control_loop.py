@@ -156,7 +156,7 @@ class LoopStats:
             "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
             **{k: getattr(self, k) for k in ("chunks", "starvation_events", "stale_dropped", "late_discarded",
                                              "request_failures", "overruns", "silent_ticks", "policy_outages",
-                                             "last_error")},
+                                             "t_first_silent", "last_error")},
         }
 
 

@@ -35,6 +35,9 @@ def add_robot_server(sub) -> None:
     g.add_argument("--max-step-m", type=float, help="largest translation per command (m)")
     g.add_argument("--max-step-rad", type=float, help="largest rotation per command (rad)")
     g.add_argument("--gripper-range", metavar="LO,HI", help="allowed gripper commands within [-1, 1]")
+    g.add_argument("--no-reach-check", action="store_true",
+                   help="skip the start-up check that the box's corners are within the arm's reach (only with a "
+                        "kinematic check of your own)")
     g = s.add_argument_group("sim")
     g.add_argument("--task", default="Lift")
     g.add_argument("--image-size", type=int, default=128)
@@ -59,7 +62,8 @@ def add_robot_server(sub) -> None:
 def _safety(args, robot_cls):
     from robot_bridge.safety import SafetyConfig
 
-    if not any([args.workspace, args.no_workspace, args.max_step_m, args.max_step_rad, args.gripper_range]):
+    if not any([args.workspace, args.no_workspace, args.max_step_m, args.max_step_rad, args.gripper_range,
+                args.no_reach_check]):
         return None  # the adapter's defaults
     kw = robot_cls.default_safety().to_dict()
     for k in ("workspace_low", "workspace_high"):
@@ -75,6 +79,8 @@ def _safety(args, robot_cls):
         kw["max_step_rotation_rad"] = args.max_step_rad
     if args.gripper_range:
         kw["gripper_low"], kw["gripper_high"] = _floats(args.gripper_range, 2, "--gripper-range")
+    if args.no_reach_check:
+        kw["check_reach"] = False
     return SafetyConfig(**kw)
 
 

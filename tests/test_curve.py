@@ -99,3 +99,53 @@ def test_open_network_bind_is_refused_and_bad_keys_are_named(keys, tmp_path):
         load_authorized(str(tmp_path))
     with pytest.raises(FileExistsError):
         generate_keypair(keys["server"][0].rsplit("/", 1)[0], "server")
+
+
+def test_secret_key_file_is_never_readable_by_others(tmp_path, monkeypatch):
+    """The secret file is created with mode 0600 (a temporary name opened with that mode, then renamed), so there is
+    no moment when the umask's mode lets others read it; checked at the rename, with a permissive umask."""
+    import os
+    import stat
+
+    import robot_bridge.security as S
+
+    seen = {}
+    real = os.replace
+
+    def spy(src, dst):
+        seen[dst] = stat.S_IMODE(os.stat(src).st_mode)
+        real(src, dst)
+
+    monkeypatch.setattr(S.os, "replace", spy)
+    old = os.umask(0)
+    try:
+        pub, sec = generate_keypair(str(tmp_path), "robot")
+    finally:
+        os.umask(old)
+    assert seen[sec] == 0o600 and stat.S_IMODE(os.stat(sec).st_mode) == 0o600
+    assert seen[pub] == 0o644
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(sec)  # zmq's own reader takes our files
+    assert secret is not None and zmq.auth.load_certificate(pub) == (public, None)
+
+
+def test_openpi_bind_error_says_the_websocket_has_no_keys(keys):
+    srv = PolicyServer(ScriptedPolicy([]), bind="tcp://127.0.0.1:0", server_secret_key=keys["server"][1],
+                       authorized_keys=keys["workstation"][0], openpi_port=0, openpi_host="0.0.0.0")
+    with pytest.raises(ValueError, match="openpi_host: .* has no authentication") as ei:
+        srv.start()
+    assert "no server key is set" not in str(ei.value)
+
+
+def test_insecure_binds_warn_on_both_servers(caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    robot = SimRobot(env=sim_env_no_render())
+    srv = RobotServer(robot, bind="tcp://0.0.0.0:0", insecure=True)  # the check runs at construction
+    psrv = PolicyServer(ScriptedPolicy([]), bind="tcp://0.0.0.0:0", insecure=True).start()
+    psrv.stop()
+    del srv
+    warned = [r.getMessage() for r in caplog.records if "without authentication (--insecure)" in r.getMessage()]
+    assert len(warned) >= 3, warned  # robot server: bind + state bind; policy server: bind

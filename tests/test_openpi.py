@@ -141,3 +141,31 @@ def test_zmq_and_websocket_clients_share_the_batcher(server, policy):
     th.join(30)
     np.testing.assert_array_equal(out["ws"], policy.infer(obs[0])["actions"])
     np.testing.assert_array_equal(out["zmq"], policy.infer(obs[1])["actions"])
+
+
+def test_request_bytes_in_flight_are_capped_over_all_connections(policy):
+    """Each request is within the per-message limit, but the server holds at most max_inflight_bytes of requests at
+    once: with the model busy, a third connection's request is refused OVERLOADED (and the server stays up)."""
+    from robot_bridge.openpi_server import OpenPIServer
+
+    one = len(msgpack_numpy.packb(_flat(make_obs(np.random.default_rng(0)))))
+    srv = PolicyServer(SlowPolicy(policy, [1.0, 1.0, 0.0]), bind="tcp://127.0.0.1:0", openpi_port=0, max_batch=1,
+                       openpi_max_inflight_bytes=int(2.5 * one)).start()
+    try:
+        assert isinstance(srv.openpi, OpenPIServer) and srv.openpi.max_inflight_bytes == int(2.5 * one)
+        socks = [connect(f"ws://127.0.0.1:{srv.openpi.port}", max_size=None) for _ in range(3)]
+        for i, ws in enumerate(socks):
+            ws.recv()  # metadata
+            ws.send(msgpack_numpy.packb(_flat(make_obs(np.random.default_rng(i)))))
+            time.sleep(0.1)
+        third = socks[2].recv(timeout=10)
+        assert isinstance(third, str) and third.startswith("error overloaded:") and "in flight" in third
+        for ws in socks[:2]:  # the two within the cap are answered
+            assert msgpack_numpy.unpackb(ws.recv(timeout=20))["actions"].shape == (8, 7)
+        for ws in socks:
+            ws.close()
+        assert srv.openpi.inflight_bytes == 0 and srv.openpi.counts["overloaded"] == 1
+        c = WebsocketClientPolicy(host="127.0.0.1", port=srv.openpi.port)  # later requests are served again
+        assert c.infer(_flat(make_obs(np.random.default_rng(9))))["actions"].shape == (8, 7)
+    finally:
+        srv.stop()

@@ -277,3 +277,13 @@ def test_fuzz_10000_malformed_messages(server, dealer, policy):
         out = c.infer(obs, step=3)
     assert out["step"] == 3 and np.array_equal(out["actions"], policy.infer(obs)["actions"])
     assert server.counts["received"] >= n + 1
+
+
+def test_state_is_validated_after_the_cast_to_float32():
+    msg = P.obs_fields(make_obs(np.random.default_rng(0)))
+    msg["state"] = P.encode_array(np.array([0.1] * 8 + [1e300], np.float64))
+    with pytest.raises(P.ProtocolError, match=r"state: beyond float32's range .* at \[8\]") as ei:
+        P.parse_obs(P.unpack(P.pack(msg)), SPEC)
+    assert ei.value.code == P.ErrorCode.BAD_FIELD
+    msg["state"] = P.encode_array(np.array([0.1] * 8 + [3e38], np.float64))  # within float32: fine
+    assert P.parse_obs(P.unpack(P.pack(msg)), SPEC)["state"].dtype == np.float32

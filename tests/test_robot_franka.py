@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from bridge_helpers import free_port  # noqa: F401  (sets torch threads)
+from bridge_helpers import free_port  # (also sets torch threads)
 from robot_helpers import ScriptedPolicy, stream, wait_at_rest
 
 pytest.importorskip("franky", reason="franky-control is in the `test` extra: pip install -e '.[test]'")
@@ -317,3 +317,106 @@ def test_pose_monitor_latches_a_fault_stops_the_arm_and_release_lets_it_walk_bac
     finally:
         InjectedFranka.offset = np.zeros(3)
         rig.close()
+
+
+def _run_args(policy_address: str, robot_address: str, out: str, steps: int, **kw):
+    import argparse
+
+    a = dict(policy_server=policy_address, robot_server=robot_address, instruction="move forward", mode="async",
+             rate=1e3 / PERIOD_MS, steps=steps, episodes=1, seed=None, replan_every=None, client_key=None,
+             policy_server_key=None, robot_server_key=None, out=out, first_chunk_timeout=10.0, starvation_hold=0.0,
+             policy_lost=0.5)
+    a.update(kw)
+    return argparse.Namespace(**a)
+
+
+def test_policy_server_killed_mid_episode_the_watchdog_holds_and_a_restart_resumes(franky_sim, tmp_path, capfd,
+                                                                                     caplog):
+    """`vla run` against franky-sim: the policy server is killed after a few chunks. The loop runs its queue dry, then
+    stops commanding: the robot server's watchdog holds the arm within watchdog + one period of the first tick
+    without an action. A policy server restarted on the same address within the episode is picked up again."""
+    import json
+    import threading
+
+    from robot_bridge.robot_cli import _cmd_run
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    slow = np.zeros((8, 7), np.float32)
+    slow[:, 0] = 0.02  # 1 mm per step along +x
+    policy = ScriptedPolicy([slow] * 200)
+    psrv = PolicyServer(policy, bind=address).start()
+    rig = Rig(cameras=True)
+    out = str(tmp_path / "run.json")
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(code=_cmd_run(_run_args(address, rig.server.address, out,
+                                                                                   steps=140))))
+    try:
+        runner.start()
+        end = time.monotonic() + 20
+        while policy.calls < 3 and time.monotonic() < end:
+            time.sleep(0.02)
+        assert policy.calls >= 3, "the policy server never got going"
+        psrv.stop()  # killed mid-episode
+        held = rig.client.wait_state(lambda s: s["mode"] == "holding", 5.0)
+        assert held is not None, "the robot server's watchdog never engaged"
+        calls_at_kill = policy.calls
+        time.sleep(0.5)
+        psrv = PolicyServer(policy, bind=address).start()  # restarted within the episode
+        resumed = rig.client.wait_state(lambda s: s["mode"] == "active", 8.0)
+        runner.join(60)
+        w = rig.client.status()["watchdog"]
+    finally:
+        runner.join(60)
+        rig.close()
+        psrv.stop()
+    assert resumed is not None, "commands did not resume after the restart"
+    assert policy.calls > calls_at_kill
+    assert result.get("code") == 0
+    (ep,) = json.load(open(out))
+    st = ep["stats"]
+    assert st["policy_outages"] >= 1 and st["silent_ticks"] > 0 and st["chunks"] > 3
+    loss_to_hold_ms = (held["watchdog"]["t_hold"] - st["t_first_silent"]) * 1e3  # both time.time() on this machine
+    assert 0 < loss_to_hold_ms <= WATCHDOG_MS + PERIOD_MS, loss_to_hold_ms
+    assert w["events"] >= 1
+    assert "policy-server outage" in capfd.readouterr().err  # the outage was reported
+    assert any("no action chunk for" in r.getMessage() for r in caplog.records)
+
+
+def test_vla_run_exits_nonzero_naming_the_policy_server_when_no_chunk_ever_came(franky_sim, tmp_path, capfd):
+    from robot_bridge.robot_cli import _cmd_run
+
+    class Broken(ScriptedPolicy):
+        def infer_batch(self, obs_list):
+            raise RuntimeError("weights missing")
+
+    psrv = PolicyServer(Broken([]), bind="tcp://127.0.0.1:0").start()
+    rig = Rig(cameras=True)
+    try:
+        code = _cmd_run(_run_args(psrv.address, rig.server.address, str(tmp_path / "r.json"), steps=10,
+                                  first_chunk_timeout=1.0))
+        applied = rig.server.counts["applied"]
+    finally:
+        rig.close()
+        psrv.stop()
+    err = capfd.readouterr().err
+    assert code == 3 and f"no action chunk from the policy server at {psrv.address}" in err, err[-800:]
+    assert "weights missing" in err and applied == 0  # the arm was never commanded
+
+
+def test_vla_run_names_a_dead_policy_server_and_warns_about_a_short_watchdog(franky_sim, tmp_path, capfd):
+    from robot_bridge.robot_cli import _cmd_run
+
+    rig = Rig()
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    try:
+        code = _cmd_run(_run_args(dead, rig.server.address, str(tmp_path / "r.json"), steps=10))
+        assert code == 3 and f"policy server at {dead} did not answer" in capfd.readouterr().err
+        psrv = PolicyServer(ScriptedPolicy([]), bind="tcp://127.0.0.1:0").start()
+        try:  # 5 Hz: 200 ms between commands against a 100 ms watchdog
+            _cmd_run(_run_args(psrv.address, rig.server.address, str(tmp_path / "r.json"), steps=2, rate=5.0))
+        finally:
+            psrv.stop()
+    finally:
+        rig.close()
+    assert "watchdog (100 ms) is shorter than two control periods" in capfd.readouterr().err

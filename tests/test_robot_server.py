@@ -182,3 +182,23 @@ def test_network_bind_needs_keys_or_insecure(env):
         RobotServerConfig(server_secret_key="k.key_secret")  # keys come in pairs
     with pytest.raises(ValueError, match="watchdog_ms"):
         RobotServerConfig(watchdog_ms=0)
+
+
+def test_a_dead_robot_server_is_reported_as_lost(rig):
+    """RemoteRobot (async) names the robot server once its state publications stop; a request to it times out as
+    RobotServerLost too (`vla run` turns both into exit code 4 with the address)."""
+    from robot_bridge.robot_client import RemoteRobot, RobotServerLost
+
+    srv, robot, client = rig
+    remote = RemoteRobot(client, instruction="lift", lost_after_s=0.5)
+    remote.apply(_action())
+    assert client.latest_state(timeout_ms=500) is not None
+    srv.stop()  # the server dies
+    end = time.monotonic() + 5
+    with pytest.raises(RobotServerLost, match=f"robot server at {srv.address}: no state publication"):
+        while time.monotonic() < end:
+            remote.apply(_action())
+            time.sleep(0.05)
+    client.timeout_ms = 300.0
+    with pytest.raises(RobotServerLost, match=f"robot server at {srv.address}: observe: no "):
+        remote.get_observation()

@@ -223,3 +223,57 @@ def test_a_lone_client_never_waits_for_batch_partners_but_two_clients_are_batche
     later = list(srv.batch_sizes)[4:]
     assert sum(later) == 6 and later.count(2) >= 2, later
     assert srv.batcher.waits >= 2
+
+
+def test_a_state_that_overflows_float32_is_refused_before_any_batch(policy):
+    """float64 1e300 is finite, but inf in the model's float32: refused up front with the field named, so it never
+    fails inside a batch (where every request of that batch would be re-run)."""
+    srv = PolicyServer(policy, bind="tcp://127.0.0.1:0").start()
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.connect(srv.address)
+    try:
+        o = make_obs(np.random.default_rng(5))
+        fields = P.obs_fields(o)
+        fields["state"] = P.encode_array(np.full(9, 1e300, np.float64))
+        s.send(P.pack(P.make_request("infer", 1, **fields)))
+        assert s.poll(10_000)
+        r = msgpack.unpackb(s.recv())
+    finally:
+        s.close(0)
+        ctx.term()
+        srv.stop()
+    assert r["kind"] == "error" and r["code"] == P.ErrorCode.BAD_FIELD
+    assert r["message"].startswith("state: beyond float32's range")
+    assert srv.batch_sizes == [] and srv.batcher.failures == 0
+
+
+def test_a_failing_batch_is_retried_request_by_request_once_per_client():
+    """An attacker whose requests fail inside the model: the first failing batch is re-run one by one (the honest
+    requests still get answers); after that the attacker's requests run apart, and the honest batch runs once."""
+    from robot_bridge.batcher import Batcher, Job
+
+    calls: list[int] = []
+
+    class Picky:
+        def infer_batch(self, obs_list):
+            calls.append(len(obs_list))
+            if any(o == "poison" for o in obs_list):
+                raise RuntimeError("model blew up")
+            return [{"actions": np.zeros((8, 7), np.float32), "timing": {}} for _ in obs_list]
+
+    b = Batcher(Picky())
+    done: list = []
+
+    def job(obs, client):
+        return Job(kind="infer", obs=obs, client=client, on_done=lambda r, e, c=client: done.append((c, e is None)))
+
+    b._infer([job("ok", "A"), job("poison", "B"), job("ok", "C")])
+    assert calls == [3, 1, 1, 1] and b.retried_batches == 1
+    assert sorted(done) == [("A", True), ("B", False), ("C", True)]
+    calls.clear()
+    done.clear()
+    for _ in range(3):  # the attacker keeps sending: it is a suspect now
+        b._infer([job("ok", "A"), job("poison", "B"), job("ok", "C")])
+    assert calls == [2, 1] * 3 and b.retried_batches == 1  # no more re-runs for the honest clients
+    assert done[:2] == [("A", True), ("C", True)] and done[2] == ("B", False)  # honest answers first
