@@ -9,6 +9,8 @@ drives them with a RobotClient, and writes benchmarks/results/robot.json:
   watchdog_reaction_ms_max    last valid command -> hold issued, as the server measures it (goal: <= watchdog_ms +
                               one control period); the client-side view (last send -> hold) is reported too
   franky_sim_rate_hz          the highest fire-and-forget command rate the server applied >= 95 % of
+and the fault figures of benchmarks/robot_faults.py (orientation_overrun_rad, pose_fault_reaction_ms,
+policy_loss_to_hold_ms, honest_throughput_ratio_under_overflow_attack; see there).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from results_io import write_json  # noqa: E402
 
 from robot_bridge.robot_client import RobotClient  # noqa: E402
 from robot_bridge.robots.franky_sim import FrankySim  # noqa: E402
+import robot_faults  # noqa: E402  (benchmarks/, on the path above)
 
 
 def _free_port() -> int:
@@ -122,6 +125,8 @@ def main() -> int:
     p.add_argument("--watchdog-trials", type=int, default=10)
     p.add_argument("--watchdog-ms", type=float, default=100.0)
     p.add_argument("--period-ms", type=float, default=50.0, help="the control period the goal refers to (20 Hz)")
+    p.add_argument("--fault-trials", type=int, default=5, help="pose-fault and policy-loss trials")
+    p.add_argument("--attack-seconds", type=float, default=20.0, help="per condition of the overflow attack")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "robot.json"))
     args = p.parse_args()
 
@@ -149,6 +154,12 @@ def main() -> int:
             client.close()
             server.terminate()
             server.wait(15)
+        # the fault figures: in-process robot servers on the same franky-sim (one controller at a time)
+        rot = robot_faults.orientation_overrun()
+        rot_unbounded = robot_faults.orientation_overrun(previous_defaults=True)
+        pose = robot_faults.pose_fault_reaction(args.fault_trials)
+        loss = robot_faults.policy_loss_to_hold(args.fault_trials, args.period_ms)
+    attack = robot_faults.overflow_attack(args.attack_seconds)
     ok = [r for r in rates if r["fraction"] >= 0.95]
     load = os.getloadavg()
     result = {
@@ -158,8 +169,16 @@ def main() -> int:
         "command_latency_ms_p50": lat["p50"],
         "command_latency_ms_p99": lat["p99"],
         "franky_sim_rate_hz": max(r["applied_hz"] for r in ok) if ok else max(r["applied_hz"] for r in rates),
+        "orientation_overrun_rad": rot["overrun_rad"],
+        "orientation_overrun_rad_previous_defaults": rot_unbounded["overrun_rad"],
+        "pose_fault_reaction_ms": pose["max"],
+        "pose_fault_stopped_ms": pose["stopped_max"],
+        "policy_loss_to_hold_ms": loss["max"],
+        "honest_throughput_ratio_under_overflow_attack": attack["ratio"],
         "command": "python benchmarks/robot.py " + " ".join(sys.argv[1:]),
         "details": {"latency": lat, "watchdog": wd, "rates": rates, "robot_status": status["status"],
+                    "orientation": {"bounded": rot, "unbounded": rot_unbounded}, "pose_fault": pose,
+                    "policy_loss": loss, "overflow_attack": attack,
                     "load_average_1m": load[0], "cpus": os.cpu_count(),
                     "note": "franky-sim and the robot server are separate processes on this machine; latency is "
                             "client send -> franky's move() returned in the adapter (not the arm's motion)"},

@@ -395,6 +395,7 @@ class RobotServer:
         if allowed is not None and v["excess"] <= allowed + 1e-3:
             self._pose_allowance[v["kind"]] = min(allowed, v["excess"])  # a ratchet: walking back in tightens it
             return
+        t_detect = time.time()
         try:
             self.robot.stop()
         except RobotError as e:
@@ -405,8 +406,8 @@ class RobotServer:
         self.counts["pose_faults"] += 1
         m = self.pose_monitor
         m["events"] += 1
-        m["last"] = {"kind": v["kind"], "detail": v["detail"], "t": time.time()}
-        m["last_reaction_ms"] = reaction
+        m["last"] = {"kind": v["kind"], "detail": v["detail"], "t_detect": t_detect, "t": time.time()}
+        m["last_reaction_ms"] = reaction  # state read -> the arm's stop returned (for franka: braked to rest)
         log.error("POSE FAULT: %s; arm stopped in %.1f ms; latched until release", v["detail"], reaction)
 
     # ----- other requests -----

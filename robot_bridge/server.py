@@ -43,6 +43,10 @@ class ServerConfig:
     server_secret_key: str | None = None  # CurveZMQ (robot_bridge/security.py): the server's .key_secret
     authorized_keys: str | None = None  # CurveZMQ allow-list: a client .key file or a directory of them
     insecure: bool = False  # allow a non-loopback bind without keys
+    # a client (ZeroMQ identity) with more invalid requests than this in one second is muted for mute_s: its
+    # messages are dropped unread (no parsing, no reply), so a flood of bad requests costs the others nothing
+    max_bad_requests_per_s: int = 50
+    mute_s: float = 1.0
 
     def __post_init__(self):
         if not self.bind.startswith(("tcp://", "ipc://", "inproc://")):
@@ -52,6 +56,9 @@ class ServerConfig:
         ServerKeys.from_args(self.server_secret_key, self.authorized_keys)  # both or neither
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes: expected >= 1024, got {self.max_message_bytes}")
+        if self.max_bad_requests_per_s < 1 or self.mute_s < 0:
+            raise ValueError(f"max_bad_requests_per_s: expected >= 1, mute_s >= 0; got {self.max_bad_requests_per_s}, "
+                             f"{self.mute_s}")
 
 
 class PolicyServer:
@@ -97,6 +104,8 @@ class PolicyServer:
         self._lock = threading.Lock()
         self._stop_lock = threading.Lock()
         self.counts: collections.Counter = collections.Counter()  # received, replied, error:<code>, dropped
+        self._bad: dict[bytes, collections.deque] = {}  # identity -> times of its recent invalid requests
+        self._muted: dict[bytes, float] = {}  # identity -> time.monotonic() until which it is muted
         self.request_log: collections.deque = collections.deque(maxlen=10_000)  # recent infer timings
 
     @property
@@ -294,6 +303,11 @@ class PolicyServer:
             env = frames[:2] if frames[1] == b"" else frames[:1]
             return self._error(sock, env, P.ErrorCode.BAD_ENVELOPE,
                                f"expected one payload frame, got {len(frames) - len(env)}")
+        who = envelope[0]
+        if who in self._muted:
+            if time.monotonic() < self._muted[who]:
+                return self._count("dropped_muted")
+            del self._muted[who]
         msg = None
         try:
             if self._stop.is_set():
@@ -301,6 +315,8 @@ class PolicyServer:
             msg = P.unpack(payload, self.config.max_message_bytes)
             req = P.parse_request(msg, self.spec)
         except P.ProtocolError as e:
+            if e.code != P.ErrorCode.SHUTTING_DOWN:
+                self._note_bad(who)
             return self._error(sock, envelope, e.code, e.message, P.request_id(msg))
         except Exception as e:  # noqa: BLE001 - never let a message kill the socket thread
             log.exception("unexpected error while parsing a request")
@@ -316,6 +332,21 @@ class PolicyServer:
         if not self.batcher.submit(job):
             code = P.ErrorCode.SHUTTING_DOWN if self._stop.is_set() else P.ErrorCode.OVERLOADED
             return self._error(sock, envelope, code, f"inference queue full ({self.batcher.pending} waiting)", req.id)
+
+    def _note_bad(self, who: bytes) -> None:
+        now = time.monotonic()
+        if len(self._bad) > 4096:
+            self._bad.clear()
+        q = self._bad.setdefault(who, collections.deque())
+        q.append(now)
+        while q and now - q[0] > 1.0:
+            q.popleft()
+        if len(q) > self.config.max_bad_requests_per_s:
+            self._muted[who] = now + self.config.mute_s
+            q.clear()
+            self._count("mutes")
+            log.warning("client %s: more than %d invalid requests in 1 s: its messages are dropped unread for %.1f s",
+                        who.hex()[:16], self.config.max_bad_requests_per_s, self.config.mute_s)
 
     def _done(self, envelope, base: dict, kind: str, t_recv: float, result, error) -> None:
         """Worker thread: build the reply, hand it to the socket thread."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import msgpack
 import numpy as np
@@ -173,7 +174,9 @@ def policy():
 
 @pytest.fixture(scope="module")
 def server(policy):
-    srv = PolicyServer(policy, bind="tcp://127.0.0.1:0", max_message_bytes=MAX_MSG).start()
+    # muting off: these tests send thousands of bad requests from one client and check each reply
+    srv = PolicyServer(policy, bind="tcp://127.0.0.1:0", max_message_bytes=MAX_MSG,
+                       max_bad_requests_per_s=10**9).start()
     yield srv
     srv.stop()
 
@@ -287,3 +290,31 @@ def test_state_is_validated_after_the_cast_to_float32():
     assert ei.value.code == P.ErrorCode.BAD_FIELD
     msg["state"] = P.encode_array(np.array([0.1] * 8 + [3e38], np.float64))  # within float32: fine
     assert P.parse_obs(P.unpack(P.pack(msg)), SPEC)["state"].dtype == np.float32
+
+
+def test_a_client_flooding_invalid_requests_is_muted_and_the_others_are_served(policy):
+    srv = PolicyServer(policy, bind="tcp://127.0.0.1:0", max_bad_requests_per_s=20, mute_s=0.5).start()
+    ctx = zmq.Context()
+    bad = ctx.socket(zmq.DEALER)
+    bad.connect(srv.address)
+    try:
+        msg = P.obs_fields(make_obs(np.random.default_rng(0)))
+        msg["state"] = P.encode_array(np.full(9, 1e300))
+        payload = P.pack(P.make_request("infer", 1, **msg))
+        for _ in range(100):
+            bad.send(payload)
+        replies = 0
+        while bad.poll(500):
+            bad.recv()
+            replies += 1
+        assert replies == 21  # 20 error replies within the budget, the 21st trips it; the rest dropped unread
+        assert srv.counts["mutes"] == 1 and srv.counts["dropped_muted"] == 79
+        with PolicyClient(srv.address, timeout_ms=10_000) as c:  # another client is served meanwhile
+            assert c.infer(make_obs(np.random.default_rng(1)))["actions"].shape == (8, 7)
+        time.sleep(0.6)
+        bad.send(payload)  # the mute has expired: an error reply again
+        assert bad.poll(3000) and msgpack.unpackb(bad.recv())["code"] == P.ErrorCode.BAD_FIELD
+    finally:
+        bad.close(0)
+        ctx.term()
+        srv.stop()
