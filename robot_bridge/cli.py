@@ -52,9 +52,7 @@ def _cmd_serve(args) -> int:
                        timing_log=args.timing_log, openpi_port=args.openpi_port, openpi_host=args.openpi_host,
                        server_secret_key=args.server_key, authorized_keys=args.authorized_keys, insecure=args.insecure)
     server = PolicyServer(policy, config=cfg)
-    server.start()
-    print(f"[vla serve] {cfg.name} ({policy.decode_cfg.decoder} decoder) on {server.address}"
-          + (f", openpi ws://{cfg.openpi_host}:{server.openpi.port}" if server.openpi else "")
-          + "; Ctrl-C to stop", flush=True)
-    server.serve_forever()
+    server.serve_forever(on_start=lambda srv: print(
+        f"[vla serve] {cfg.name} ({policy.decode_cfg.decoder} decoder) on {srv.address}"
+        + (f", openpi ws://{cfg.openpi_host}:{srv.openpi.port}" if srv.openpi else "") + "; Ctrl-C to stop", flush=True))
     return 0

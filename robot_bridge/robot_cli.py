@@ -127,10 +127,9 @@ def _cmd_robot_server(args) -> int:
                             insecure=args.insecure)
     robot = build_robot(args)
     server = RobotServer(robot, cfg)
-    server.start()
-    print(f"[vla robot-server] {robot.name} on {server.address} (state {server.state_address}); watchdog "
-          f"{cfg.watchdog_ms:.0f} ms; safety {robot.safety.config.to_dict()}; Ctrl-C to stop", flush=True)
-    server.serve_forever()
+    server.serve_forever(on_start=lambda srv: print(
+        f"[vla robot-server] {robot.name} on {srv.address} (state {srv.state_address}); watchdog "
+        f"{cfg.watchdog_ms:.0f} ms; safety {robot.safety.config.to_dict()}; Ctrl-C to stop", flush=True))
     return 0
 
 

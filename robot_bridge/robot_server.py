@@ -140,13 +140,16 @@ class RobotServer:
             self._observer.join(timeout)
             self._observer = None
 
-    def serve_forever(self) -> None:
-        self.start()
+    def serve_forever(self, on_start=None) -> None:
+        """Block until SIGINT/SIGTERM (handlers installed before the start: no window) or stop()."""
         old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old[sig] = signal.signal(sig, lambda *_: self._exit.set())
         try:
+            self.start()
+            if on_start is not None:
+                on_start(self)
             while not self._exit.wait(0.2):
                 pass
         finally:

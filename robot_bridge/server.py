@@ -168,14 +168,18 @@ class PolicyServer:
                     self._log_file.close()
                     self._log_file = None
 
-    def serve_forever(self, install_signals: bool = True) -> None:
-        """Start (if needed) and block until stop() or SIGINT/SIGTERM; then shut down gracefully."""
-        self.start()
+    def serve_forever(self, install_signals: bool = True, on_start=None) -> None:
+        """Start (if needed) and block until stop() or SIGINT/SIGTERM; then shut down gracefully. The signal handlers
+        go in before the server starts, so a client answered at once can never race them; on_start(self) runs once
+        the server is up (e.g. to print its address)."""
         old = {}
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old[sig] = signal.signal(sig, lambda *_: self._stop.set())
         try:
+            self.start()
+            if on_start is not None:
+                on_start(self)
             while not self._stop.wait(0.2):
                 pass
         finally:
