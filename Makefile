@@ -44,7 +44,7 @@ test-fast: setup
 	$(PY) -m pytest -q -x -m "not slow" tests
 
 demo: setup
-	$(PY) -m vla.demo
+	$(PY) -m vla.cli.demo
 
 bench: setup
 	$(PY) benchmarks/foundation.py

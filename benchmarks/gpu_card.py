@@ -52,7 +52,7 @@ def write_demo_subset(src: str, dst: str, n: int) -> int:
     """The first n demos of a demo file -> dst (same layout; written to a temporary name, then renamed)."""
     import h5py
 
-    from sim.dataset import IMAGE_KEYS, DemoWriter, _demo_index
+    from vla.dataset import IMAGE_KEYS, DemoWriter, _demo_index
 
     tmp = dst + ".tmp"
     with h5py.File(src, "r") as f:

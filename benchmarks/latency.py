@@ -22,12 +22,12 @@ def training_data(policy_dir: str) -> str | None:
 
 
 def demo_observation(demo, t: int) -> dict:
-    """Frame t of a sim.dataset.Demo as a policy observation."""
+    """Frame t of a vla.dataset.Demo as a policy observation."""
     return {"images": {c: im[t] for c, im in demo.images.items()}, "state": demo.state[t], "instruction": demo.instruction}
 
 
 def sample_observations(dataset: str, n: int = 100, seed: int = 0, task: str | None = None) -> list[dict]:
-    from sim.dataset import load_demos
+    from vla.dataset import load_demos
 
     demos = load_demos(dataset, split=None, tasks=[task] if task else None)
     rng = np.random.default_rng(seed)

@@ -34,7 +34,7 @@ from robot_bridge.control_loop import ControlLoop, LoopConfig
 from robot_bridge.robot_client import RemoteRobot, RobotClient
 from robot_bridge.robot_server import RobotServer
 from robot_bridge.robots.franka import FrankaConfig, FrankaRobot
-from robot_bridge.server import PolicyServer
+from robot_bridge.serving.server import PolicyServer
 
 HOME = (0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785)
 

@@ -64,7 +64,7 @@ def main() -> int:
     from robot_bridge.control_loop import ControlLoop, LoopConfig
     from robot_bridge.robot_client import RemoteRobot
     from robot_bridge.robot_server import RobotServer
-    from robot_bridge.robots.sim import SimConfig, SimRobot
+    from sim.robot import SimConfig, SimRobot
 
     robot = SimRobot(SimConfig(task=args.task, image_size=args.image_size))
     srv = RobotServer(robot, bind="tcp://127.0.0.1:0", watchdog_ms=1000).start()

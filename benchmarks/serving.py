@@ -125,7 +125,7 @@ def bench_transport(address: str, n: int, size: int, progress: bool, desc: str =
 
 def bench_transport_floor(metadata: dict, n: int, size: int, progress: bool) -> dict:
     """(a0) The same round trips against an in-process PolicyServer whose policy answers at once."""
-    from robot_bridge.server import PolicyServer
+    from robot_bridge.serving.server import PolicyServer
 
     meta = {"cameras": {c: list(s) for c, s in metadata["cameras"].items()}, "state_dim": metadata["state_dim"],
             "action_dim": metadata["action_dim"], "chunk_size": metadata["chunk_size"]}
@@ -136,7 +136,7 @@ def bench_transport_floor(metadata: dict, n: int, size: int, progress: bool) -> 
 def run_loop(address: str, robot, rate: float, episodes: int, max_steps: int | None, seed0: int) -> dict:
     """Async ControlLoop episodes against `robot`; success_rate only for robots whose success means something."""
     from robot_bridge.control_loop import ControlLoop, LoopConfig
-    from robot_bridge.remote_eval import aggregate_stats
+    from sim.remote_eval import aggregate_stats
 
     with PolicyClient(address, timeout_ms=5000, retries=1) as c:
         loop = ControlLoop(c, robot, LoopConfig(mode="async", rate_hz=rate))
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
 
         replay_data = args.replay_data or training_data(policy_dir)
         if replay_data and os.path.exists(replay_data):
-            from sim.dataset import load_demos
+            from vla.dataset import load_demos
 
             demos = load_demos(replay_data, split=None, tasks=[args.task])[:20]
             robot = ReplayRobot(demos, args.replay_steps)

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results_io import write_json  # noqa: E402
 
 from robot_bridge.client import PolicyClient  # noqa: E402
-from robot_bridge.server import PolicyServer  # noqa: E402
+from robot_bridge.serving.server import PolicyServer  # noqa: E402
 
 
 class HoldPolicy:

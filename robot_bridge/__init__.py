@@ -1,15 +1,16 @@
-"""Serving and control: policy server (ZeroMQ + openpi websocket), robot-side client, fixed-rate control loop.
+"""The robot side: wire protocol, policy client, fixed-rate control loop, robot server, arm adapters, safety.
+numpy, msgpack and pyzmq only; imports neither `vla` nor `sim` (installable alone: robot_bridge/pyproject.toml).
 
     protocol.py       wire format (msgpack, openpi array layout), validation, error codes
-    batcher.py        the worker thread that owns the policy and batches requests
-    server.py         PolicyServer (ROUTER socket)           openpi_server.py  openpi's websocket protocol
     client.py         PolicyClient (numpy, msgpack, pyzmq only: no torch on the robot)
-    control_loop.py   ControlLoop, Robot interface, EnvRobot  remote_eval.py    `vla eval --server`
-    cli.py            `vla serve`
+    control_loop.py   ControlLoop, Robot interface, EnvRobot
+    serving/          the policy server (a layer above: server.py ROUTER + batcher.py + openpi.py websocket); not in
+                      the robot-side distribution
   robot side (docs/ROBOTS.md):
     robot_server.py   RobotServer: latest-wins commands, state publication, watchdog, e-stop
     robot_protocol.py its messages                           robot_client.py   RobotClient, RemoteRobot (ControlLoop)
-    robots/           Robot interface and adapters: sim, franka (franky), ur (ur-rtde), xarm; franky_sim.py
+    robots/           Robot interface and adapters: franka (franky), ur (ur-rtde), xarm; franky_sim.py; sim (plugin)
+    reach.py          is a workspace box within the arm's reach
     safety.py         clip, workspace box, per-step limits    cameras.py        OpenCV and MuJoCo cameras
     security.py       CurveZMQ keys (both servers)           robot_cli.py      `vla robot-server`, `vla run`, `vla keys`
     geometry.py       quaternion / rotation-vector / rpy helpers (numpy only)

@@ -57,34 +57,6 @@ def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
     return q[:3] / s * angle
 
 
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    x, y, z, w = quat_normalize(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation matrix -> xyzw (4,) (Shepperd's method)."""
-    m = np.asarray(m, dtype=np.float64)
-    tr = np.trace(m)
-    if tr > 0:
-        s = np.sqrt(tr + 1.0) * 2
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
-        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
-        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    return quat_normalize(np.array(q))
-
-
 def rpy_to_quat(rpy: np.ndarray) -> np.ndarray:
     """Fixed-axis roll (x), pitch (y), yaw (z) in radians -> xyzw."""
     r, p, y = np.asarray(rpy, dtype=np.float64) / 2

@@ -1,4 +1,5 @@
-"""`vla robot-server`, `vla run`, `vla keys generate`: registered into `vla` by vla/commands.py (lazy imports)."""
+"""`vla robot-server`, `vla run`, `vla keys generate`: the robot-side package's command line. Registered into `vla` by
+vla/cli/commands.py; installed alone (robot_bridge/pyproject.toml) as `vla-robot` with the same subcommands."""
 
 from __future__ import annotations
 
@@ -260,3 +261,29 @@ def _cmd_keys_generate(args) -> int:
     print("give the .key file to peers (clients: the server's; servers' --authorized-keys: the clients'); "
           "keep the .key_secret on this machine")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`vla-robot`: the robot-side commands without the rest of the stack (pip install ./robot_bridge)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="vla-robot", description="vla-stack robot side: robot server, control loop "
+                                                             "client, CurveZMQ keys")
+    sub = p.add_subparsers(dest="command", metavar="command")
+    add_robot_server(sub)
+    add_run(sub)
+    add_keys(sub)
+    args = p.parse_args(argv)
+    if not getattr(args, "func", None):
+        p.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"vla-robot {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

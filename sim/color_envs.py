@@ -16,7 +16,7 @@ from robosuite.models.objects import BoxObject
 from robosuite.models.tasks import ManipulationTask
 from robosuite.utils.placement_samplers import UniformRandomSampler
 
-from sim.palette import PALETTE
+from vla.palette import PALETTE
 
 DEFAULT_COLORS = ("red", "green", "blue")
 

@@ -333,7 +333,3 @@ def _state(rs_obs: dict) -> np.ndarray:
     return np.concatenate(
         [rs_obs["robot0_eef_pos"], rs_obs["robot0_eef_quat"], rs_obs["robot0_gripper_qpos"]]
     ).astype(np.float32)
-
-
-def make_env(task: str, **kwargs) -> VLAEnv:
-    return VLAEnv(task=task, **kwargs)

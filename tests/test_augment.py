@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sim.dataset import Demo
+from vla.dataset import Demo
 from vla.config import DataConfig
 from vla.data import DemoBatches, rename_colors, swapped_color
 

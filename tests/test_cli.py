@@ -57,7 +57,7 @@ def test_decode_flags_reach_the_decode_config():
     """`vla eval` and `vla serve` share the decode flags; they become DecodeConfig fields, and a bad value is a
     clear error naming the field."""
     from vla.cli import _load_extra_commands, build_parser
-    from vla.commands import decode_overrides
+    from vla.cli.commands import decode_overrides
 
     _load_extra_commands()
 
@@ -71,3 +71,19 @@ def test_decode_flags_reach_the_decode_config():
     with pytest.raises(ValueError, match="start_blocks: expected >= 1"):
         DecodeConfig(decoder="pipelined", **decode_overrides(build_parser().parse_args(
             ["eval", "--policy", "p", "--task", "Lift", "--start-blocks", "-1"])))
+
+
+def test_a_set_override_changes_one_field_of_the_model_preset():
+    """`--set model.image_size=96` on a config with `model: tiny`: the preset's other fields stay (one merge rule for
+    the CLI and load_train_config)."""
+    import argparse
+
+    from vla.cli.commands import train_config_from_args
+    from vla.config import load_model_config
+
+    tiny = load_model_config("tiny")
+    args = argparse.Namespace(config="lift_tiny", set=["model.image_size=96"], out=None, steps=None, init=None,
+                              capvector=None, orth_weight=None, data=None)
+    cfg = train_config_from_args(args)
+    assert cfg.model.image_size == 96 and tiny.image_size != 96
+    assert cfg.model.hidden_size == tiny.hidden_size == 192 and cfg.model.num_layers == tiny.num_layers

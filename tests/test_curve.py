@@ -10,9 +10,9 @@ from robot_helpers import ScriptedPolicy, sim_env_no_render
 from robot_bridge.client import PolicyClient
 from robot_bridge.robot_client import RobotClient
 from robot_bridge.robot_server import RobotServer
-from robot_bridge.robots.sim import SimRobot
+from sim.robot import SimRobot
 from robot_bridge.security import KeyFileError, generate_keypair
-from robot_bridge.server import PolicyServer
+from robot_bridge.serving.server import PolicyServer
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sim.collect import collect
-from sim.dataset import ChunkSampler, DatasetError, DemoWriter, check_file, compute_stats, load_demos
+from vla.dataset import ChunkSampler, DatasetError, DemoWriter, check_file, compute_stats, load_demos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

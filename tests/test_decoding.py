@@ -185,6 +185,9 @@ def test_decode_steps_is_exact_prefix_of_full_decode():
     assert part.shape[1] == 3 * m.cfg.action_dim
     assert torch.equal(part, full[:, : part.shape[1]])
     assert sp["nfe"] < sf["nfe"]
+    for dec in ("parallel", "parallel-cached"):  # bidirectional decoders on a block-causal model: not exact, refused
+        with pytest.raises(ValueError, match=f"not exact with the '{dec}' decoder"):
+            decode(m, m.encode_prefix(imgs, txt, tv, st), DecodeConfig(decoder=dec, decode_steps=3))
     bidir = _model("tiny", seed=7)
     with pytest.raises(ValueError, match="block-causal"):
         decode(bidir, bidir.encode_prefix(imgs, txt, tv, st), DecodeConfig(decoder="parallel", decode_steps=3))

@@ -15,7 +15,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from robot_bridge.server import PolicyServer
+from robot_bridge.serving.server import PolicyServer
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_zmq_and_websocket_clients_share_the_batcher(server, policy):
 def test_request_bytes_in_flight_are_capped_over_all_connections(policy):
     """Each request is within the per-message limit, but the server holds at most max_inflight_bytes of requests at
     once: with the model busy, a third connection's request is refused OVERLOADED (and the server stays up)."""
-    from robot_bridge.openpi_server import OpenPIServer
+    from robot_bridge.serving.openpi import OpenPIServer
 
     one = len(msgpack_numpy.packb(_flat(make_obs(np.random.default_rng(0)))))
     srv = PolicyServer(SlowPolicy(policy, [1.0, 1.0, 0.0]), bind="tcp://127.0.0.1:0", openpi_port=0, max_batch=1,

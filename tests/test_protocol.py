@@ -16,7 +16,7 @@ from bridge_helpers import CAMERAS, make_obs
 from robot_bridge import fuzz
 from robot_bridge import protocol as P
 from robot_bridge.client import PolicyClient
-from robot_bridge.server import PolicyServer
+from robot_bridge.serving.server import PolicyServer
 
 SPEC = P.ObsSpec(cameras=CAMERAS, state_dim=9)
 MAX_MSG = 1 << 20  # the test server's limit: 1 MiB

@@ -26,7 +26,7 @@ from robot_bridge.robot_server import RobotServer  # noqa: E402
 from robot_bridge.robots.franka import FrankaConfig, FrankaRobot  # noqa: E402
 from robot_bridge.robots.franky_sim import FrankySim  # noqa: E402
 from robot_bridge.safety import SafetyConfig  # noqa: E402
-from robot_bridge.server import PolicyServer  # noqa: E402
+from robot_bridge.serving.server import PolicyServer  # noqa: E402
 
 HOME = (0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785)  # eef about (0.45, 0, 0.45), gripper down
 WATCHDOG_MS, PERIOD_MS = 100.0, 50.0  # control loop at 20 Hz

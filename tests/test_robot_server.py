@@ -15,7 +15,7 @@ from robot_bridge import protocol as P
 from robot_bridge import robot_protocol as RP
 from robot_bridge.robot_client import RobotClient
 from robot_bridge.robot_server import RobotServer, RobotServerConfig
-from robot_bridge.robots.sim import SimRobot
+from sim.robot import SimRobot
 
 WATCHDOG_MS, PERIOD_MS = 100.0, 50.0
 

@@ -10,7 +10,7 @@ from bridge_helpers import free_port  # noqa: F401  (sets torch threads)
 from robot_bridge.control_loop import ControlLoop, EnvRobot, LoopConfig
 from robot_bridge.robot_client import RemoteRobot
 from robot_bridge.robot_server import RobotServer
-from robot_bridge.robots.sim import SimRobot, gl_current, gl_release
+from sim.robot import SimRobot, gl_current, gl_release
 
 SEEDS = (3, 4)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sim.dataset import DemoWriter
+from vla.dataset import DemoWriter
 from vla.config import DataConfig, TrainConfig
 from vla.policy import Policy
 from vla.train import train

@@ -1,4 +1,4 @@
-"""Capability vectors (CapVector, arXiv 2605.10903; DESIGN.md section 4).
+"""Capability vectors (CapVector, arXiv 2605.10903; docs/CAPVECTOR.md).
 
     extract   gamma = theta_aux - theta_sft over tensors both checkpoints hold with equal shapes (fp32), auxiliary
               heads excluded; metadata: base model config hash, per-tensor norms, sources.
@@ -22,7 +22,8 @@ import os
 
 import torch
 
-from vla.policy import Policy, _atomic, read_checkpoint_files
+from vla.atomic import write_atomic
+from vla.policy import Policy, read_checkpoint_files
 
 AUX_PREFIXES = ("aux_head.", "aux.")
 
@@ -84,7 +85,7 @@ def save_vector(gamma: dict[str, torch.Tensor], meta: dict, path: str) -> None:
 
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     tensors = {k: v.contiguous() for k, v in gamma.items()}
-    _atomic(path, lambda p: save_file(tensors, p, metadata={"capvector": json.dumps(meta)}))
+    write_atomic(path, lambda p: save_file(tensors, p, metadata={"capvector": json.dumps(meta)}))
 
 
 def load_vector(path: str) -> tuple[dict[str, torch.Tensor], dict]:

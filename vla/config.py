@@ -11,7 +11,6 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -314,9 +313,23 @@ def load_model_config(name_or_path: str | ModelConfig, overrides: dict | None = 
     return from_dict(ModelConfig, base, where="model.")
 
 
+def merge_overrides(base: dict, over: dict) -> dict:
+    """The one merge rule for configs: nested maps merge key by key, anything else replaces. A model preset named by a
+    string (`model: tiny`) is expanded to its fields first, so `model.image_size=96` changes that field of the preset
+    and nothing else."""
+    for k, v in over.items():
+        if k == "model" and isinstance(v, dict) and isinstance(base.get(k), str):
+            base[k] = _load_yaml(resolve_config_path(base[k], "model"))
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge_overrides(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
 def load_train_config(name_or_path: str, overrides: dict | None = None) -> TrainConfig:
-    data = _load_yaml(resolve_config_path(name_or_path, "train"))
-    data.update(overrides or {})
+    """A training config file or preset, with nested overrides merged by merge_overrides (CLI and code alike)."""
+    data = merge_overrides(_load_yaml(resolve_config_path(name_or_path, "train")), overrides or {})
     if isinstance(data.get("model"), dict):
         data["model"] = from_dict(ModelConfig, data["model"], where="model.")
     return from_dict(TrainConfig, data)
@@ -324,9 +337,3 @@ def load_train_config(name_or_path: str, overrides: dict | None = None) -> Train
 
 def replace(obj, **kw):
     return dataclasses.replace(obj, **kw)
-
-
-def as_jsonable(x: Any) -> Any:
-    if dataclasses.is_dataclass(x):
-        return to_dict(x)
-    return x

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sim.dataset import Demo, dataset_stats, load_demos
-from sim.palette import PALETTE
+from vla.dataset import Demo, dataset_stats, load_demos
+from vla.palette import PALETTE
 from vla.config import DataConfig, ModelConfig
 from vla.normalization import StateNormalizer
 from vla.tokenizers import ActionTokenizer, TextTokenizer

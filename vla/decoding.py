@@ -7,7 +7,7 @@
                      are recomputed. Cheaper, not exact under bidirectional attention.
     block            block by block (block-causal models): each block is unmasked on its own, revealing at
                      least 1/n of its remaining tokens per pass; a finished block joins the cache.
-    pipelined        Fast-dVLA (DESIGN.md section 3, the paper's Algorithm 1): several blocks in flight;
+    pipelined        Fast-dVLA (docs/ARCHITECTURE.md, "Decoding"; the paper's Algorithm 1): several blocks in flight;
                      a new block is appended (semi-active) once the newest is tau_add decoded; it becomes fully
                      active once its predecessor is tau_act decoded; semi-active blocks reveal tokens with
                      confidence >= tau_conf, fully active ones at least max(1, ceil(remaining / n)).
@@ -81,6 +81,12 @@ def _n_tokens(model_cfg, dcfg: DecodeConfig) -> int:
         raise ValueError(
             "decode_steps: only a block-causal model can stop early exactly (a bidirectional model's early tokens "
             "attend to later ones)"
+        )
+    if dcfg.decoder in ("parallel", "parallel-cached") and m < model_cfg.chunk_size:
+        raise ValueError(
+            f"decode_steps: not exact with the {dcfg.decoder!r} decoder (it attends across the whole span it decodes "
+            "and reveals by confidence there, so the first steps differ from a full decode); use the 'block' or "
+            "'pipelined' decoder"
         )
     n = m * model_cfg.action_dim
     bs = model_cfg.block_size

@@ -19,6 +19,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from vla.atomic import write_atomic, write_json_atomic
 from vla.config import DecodeConfig, ModelConfig, from_dict, to_dict
 from vla.decoding import decode
 from vla.model import DVLA
@@ -215,15 +216,15 @@ class Policy:
                 raise ValueError(f"dtype: expected float16, bfloat16 or float32, got {dtype!r}")
             tdt = getattr(torch, dtype)
             state = {k: v.to(tdt) if v.is_floating_point() else v for k, v in state.items()}
-        _atomic(os.path.join(path, "model.safetensors"), lambda p: save_file(state, p, metadata={"format": "pt"}))
+        write_atomic(os.path.join(path, "model.safetensors"), lambda p: save_file(state, p, metadata={"format": "pt"}))
         norm = {"action": self.action_tokenizer.to_json(), "state": self.state_normalizer.to_json(), "stats": self.stats}
-        _atomic_json(os.path.join(path, "normalization.json"), norm)
+        write_json_atomic(os.path.join(path, "normalization.json"), norm)
         tok = self.text_tokenizer.to_json()
         if tok.get("type") == "hf":
             self.text_tokenizer.tok.save_pretrained(os.path.join(path, "text_tokenizer"))
             tok = {"type": "hf", "path": "text_tokenizer"}
-        _atomic_json(os.path.join(path, "tokenizer.json"), tok)
-        _atomic_json(os.path.join(path, "config.json"), config)  # last: its presence marks a complete checkpoint
+        write_json_atomic(os.path.join(path, "tokenizer.json"), tok)
+        write_json_atomic(os.path.join(path, "config.json"), config)  # last: its presence marks a complete checkpoint
 
     @classmethod
     def untrained(cls, model: str = "tiny", seed: int = 0, device: str = "cpu", **overrides) -> "Policy":
@@ -302,17 +303,3 @@ def _version() -> str:
     from vla import __version__
 
     return __version__
-
-
-def _atomic(path: str, write) -> None:
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: str, obj) -> None:
-    def w(p):
-        with open(p, "w") as f:
-            json.dump(obj, f, indent=2)
-
-    _atomic(path, w)

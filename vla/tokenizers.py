@@ -187,11 +187,15 @@ def text_tokenizer_from_json(d: dict, checkpoint_dir: str | None = None) -> Text
     raise ValueError(f"tokenizer.json: unknown text tokenizer type {kind!r}; expected 'word', 'byte' or 'hf'")
 
 
-def instruction_vocabulary() -> list[str]:
-    """Every word our tasks can say (all palette colours included), so held-out colours are not <unk>."""
-    from sim.palette import PALETTE
-    from sim.tasks import TASKS
+# Words of everyday tabletop instructions, seeded into every word vocabulary next to the training data's own words
+# (the model library knows English, not the simulator's task list).
+COMMON_WORDS = ("pick up lift put place stack move push open close the a an cube block can bin box door drawer on in "
+                "into onto to from of and with left right top bottom front back").split()
 
-    texts = [t.instruction for t in TASKS.values() if t.instruction]
-    texts += [f"pick up the {c} cube" for c in PALETTE] + [f"put the {c} cube on the {c} cube" for c in PALETTE]
-    return texts
+
+def instruction_vocabulary() -> list[str]:
+    """Words seeded into a word vocabulary: everyday instruction words and every palette colour, so a colour absent
+    from the training data is not <unk>."""
+    from vla.palette import PALETTE
+
+    return list(COMMON_WORDS) + list(PALETTE)

@@ -29,7 +29,8 @@ from vla.data import DemoBatches, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
 from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, masked_mse, noise, target_columns
-from vla.policy import Policy, _atomic, _atomic_json, check_n_action_steps
+from vla.atomic import write_atomic, write_json_atomic
+from vla.policy import Policy, check_n_action_steps
 from vla.tokenizers import ActionTokenizer, ByteTokenizer, HFTokenizer, WordTokenizer, instruction_vocabulary
 
 
@@ -270,7 +271,7 @@ class Trainer:
         self.model.train()
         if self.rank == 0:
             os.makedirs(cfg.out_dir, exist_ok=True)
-            _atomic_json(os.path.join(cfg.out_dir, "train_config.json"), to_dict(cfg))
+            write_json_atomic(os.path.join(cfg.out_dir, "train_config.json"), to_dict(cfg))
             n_params = count_parameters(self.model)
             print(f"[vla train] {n_params / 1e6:.2f}M parameters, {len(self.train_data)} train samples over "
                   f"{len(self.tasks)} task(s) {self.tasks}, world size {self.world}, device {self.device}", flush=True)
@@ -307,7 +308,7 @@ class Trainer:
         paused = self.step < cfg.steps
         if self.rank == 0 and not interrupted and not paused:
             self.train_seconds += time.time() - t_start
-            _atomic_json(os.path.join(cfg.out_dir, "train_summary.json"), {
+            write_json_atomic(os.path.join(cfg.out_dir, "train_summary.json"), {
                 "steps": self.step, "train_seconds": round(self.train_seconds, 1),
                 "samples_seen": self.step * cfg.batch_size * cfg.grad_accum * self.world,
                 "samples_per_s": self.step * cfg.batch_size * cfg.grad_accum * self.world / max(self.train_seconds, 1e-9),
@@ -374,7 +375,7 @@ class Trainer:
             save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
             state = {"step": self.step, "scheduler": self.sched.state_dict(), "optimizer": meta, "world": self.world,
                      "train_seconds": self.train_seconds + (time.time() - self._t_start if self._t_start else 0.0)}
-            _atomic_json(os.path.join(tmp, "train_state.json"), _jsonable(state))
+            write_json_atomic(os.path.join(tmp, "train_state.json"), _jsonable(state))
             if self.aux_head is not None:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.aux_head.state_dict().items()},
                           os.path.join(tmp, "aux_head.safetensors"))
@@ -387,7 +388,7 @@ class Trainer:
             if os.path.isdir(d):
                 shutil.rmtree(d)
             os.replace(d + ".tmp", d)
-            _atomic(os.path.join(self.ckpt_dir, "LATEST"), lambda p: open(p, "w").write(os.path.basename(d)))
+            write_atomic(os.path.join(self.ckpt_dir, "LATEST"), lambda p: open(p, "w").write(os.path.basename(d)))
             kept = sorted(x for x in os.listdir(self.ckpt_dir) if x.startswith("step_") and not x.endswith(".tmp"))
             for old in kept[: -self.cfg.keep_last] if self.cfg.keep_last > 0 else []:
                 shutil.rmtree(os.path.join(self.ckpt_dir, old), ignore_errors=True)
@@ -477,7 +478,7 @@ class MetricsLogger:
                 wr.writeheader()
                 wr.writerows(self.rows)
 
-        _atomic(self.path, w)
+        write_atomic(self.path, w)
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):

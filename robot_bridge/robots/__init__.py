@@ -1,6 +1,6 @@
 """Arm adapters behind one interface (base.Robot). SDKs are optional extras, imported only when used:
 
-    sim      robosuite/MuJoCo task (sim.env.VLAEnv)            core install
+    sim      robosuite/MuJoCo task (sim.robot, a plugin from the sim package: the full install, not the robot-side one)
     franka   franky-control (libfranka), tested against franky-sim   pip install 'vla-stack[franka]'
     ur       ur-rtde (servoL / speedL)                          pip install 'vla-stack[ur]'
     xarm     xarm-python-sdk (servo Cartesian mode)             pip install 'vla-stack[xarm]'
@@ -16,10 +16,14 @@ ROBOTS = ("sim", "franka", "ur", "xarm")
 
 def robot_class(name: str):
     """name -> (Robot subclass, its config dataclass). Imports the adapter module (not its SDK) lazily."""
-    if name == "sim":
-        from robot_bridge.robots.sim import SimConfig, SimRobot
+    if name == "sim":  # a plugin: the sim arm lives in the sim package, above this one (absent on a robot PC)
+        import importlib
 
-        return SimRobot, SimConfig
+        try:
+            mod = importlib.import_module("sim.robot")
+        except ImportError as e:
+            raise MissingExtraError("sim", "sim.robot", "sim") from e
+        return mod.SimRobot, mod.SimConfig
     if name == "franka":
         from robot_bridge.robots.franka import FrankaConfig, FrankaRobot
 

@@ -75,8 +75,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     # 3. serve the shipped policy -------------------------------------------------------------------------
-    from robot_bridge.remote_eval import evaluate_server
-    from robot_bridge.server import PolicyServer
+    from sim.remote_eval import evaluate_server
+    from robot_bridge.serving.server import PolicyServer
     from vla.policy import Policy
 
     _say(f"serving {os.path.relpath(args.policy, ROOT)} on ZeroMQ (loopback)")
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                 "episodes_sync": fs["episodes"], "decode_latency_ms": measure_latency(fast_policy, args.task)}
 
     # 5. report ------------------------------------------------------------------------------------------
-    from vla.policy import _atomic_json
+    from vla.atomic import write_json_atomic
 
     lat_info = measure_latency(policy, args.task)
     report = {
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         "train": {"steps": args.train_steps, "seconds": round(train_s, 1)},
         "total_seconds": round(time.time() - t_start, 1),
     }
-    _atomic_json(os.path.join(out, "report.json"), report)
+    write_json_atomic(os.path.join(out, "report.json"), report)
     _write_markdown(out, report)
     _say("done")
     print(f"success rate ({args.task}, {sync['episodes']} episodes through the ZeroMQ server): "
@@ -205,13 +205,13 @@ def _fast_line(r: dict) -> str:
 
 
 def _atomic_text(path: str, text: str) -> None:
-    from vla.policy import _atomic
+    from vla.atomic import write_atomic
 
     def write(p):
         with open(p, "w") as f:
             f.write(text)
 
-    _atomic(path, write)
+    write_atomic(path, write)
 
 
 if __name__ == "__main__":

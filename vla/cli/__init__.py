@@ -1,4 +1,10 @@
-"""`vla` command line. Each subcommand imports what it needs lazily, so `vla --help` is instant."""
+"""`vla` command line: the app layer on top of everything (docs/ARCHITECTURE.md, "Layers"). Each subcommand imports what
+it needs lazily, so `vla --help` is instant.
+
+    vla/cli/__init__.py   main, `envs`, `collect`          commands.py   `train`, `eval` and their shared helpers
+    vla/cli/extra.py      `distill`, `capvector`, `export`  serve.py      `serve` (a Policy behind robot_bridge.serving)
+    vla/cli/demo.py       `make demo`                       robot_bridge.robot_cli: `robot-server`, `run`, `keys`
+"""
 
 from __future__ import annotations
 
@@ -72,14 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Later modules add their subcommands here (train, eval, serve, ...), keeping this file small.
-_EXTRA_COMMANDS: list = []
+_EXTRA_COMMANDS: list = []  # registrars of the subcommands beyond envs/collect, filled by _load_extra_commands()
 
 
 def _load_extra_commands() -> None:
-    from vla import commands
+    from robot_bridge import robot_cli
+    from vla.cli import commands, extra, serve
 
-    _EXTRA_COMMANDS[:] = commands.REGISTRARS
+    _EXTRA_COMMANDS[:] = [commands.add_train, commands.add_eval, extra.add_distill, extra.add_capvector,
+                          extra.add_export, serve.add_serve, robot_cli.add_robot_server, robot_cli.add_run,
+                          robot_cli.add_keys]
 
 
 def main(argv: list[str] | None = None) -> int:

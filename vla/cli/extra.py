@@ -1,4 +1,4 @@
-"""`vla distill` and `vla capvector ...` subcommands (registered in vla/commands.py)."""
+"""`vla distill`, `vla capvector ...` and `vla export` subcommands (registered in vla/cli/commands.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def add_distill(sub) -> None:
 
 
 def _cmd_distill(args) -> int:
-    from vla.commands import _train_config_from_args
+    from vla.cli.commands import train_config_from_args
     from vla.policy import read_checkpoint_files
     from vla.train import train
 
@@ -45,7 +45,7 @@ def _cmd_distill(args) -> int:
     args.init = None
     args.capvector = None
     args.orth_weight = None
-    cfg = _train_config_from_args(args, extra=extra)
+    cfg = train_config_from_args(args, extra=extra)
     out = train(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"[vla distill] block-causal student written to {out}")
     return 0

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-log = logging.getLogger("robot_bridge.server")
+log = logging.getLogger("robot_bridge.serving.server")
 
 
 @dataclass

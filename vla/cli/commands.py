@@ -1,4 +1,4 @@
-"""Subcommands beyond `envs` and `collect`: one registrar per command, each importing lazily."""
+"""`vla train` and `vla eval`, and the helpers the other subcommands share (overrides, decoder options)."""
 
 from __future__ import annotations
 
@@ -22,17 +22,8 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
-def _merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
-    return base
-
-
 # --------------------------------------------------------------------------------------------------------------
-def _add_train(sub) -> None:
+def add_train(sub) -> None:
     s = sub.add_parser("train", help="finetune a policy on demonstrations (masked discrete diffusion)")
     s.add_argument("--config", required=True, help="configs/train/<name>.yaml or a preset name")
     s.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/LATEST")
@@ -48,13 +39,10 @@ def _add_train(sub) -> None:
     s.set_defaults(func=_cmd_train)
 
 
-def _train_config_from_args(args, extra: dict | None = None):
-    import yaml
+def train_config_from_args(args, extra: dict | None = None):
+    """--config + --set + the flags + `extra` (a subcommand's own settings), merged by vla.config.merge_overrides."""
+    from vla.config import load_train_config, merge_overrides
 
-    from vla.config import ModelConfig, TrainConfig, from_dict, resolve_config_path
-
-    with open(resolve_config_path(args.config, "train")) as f:
-        data = yaml.safe_load(f) or {}
     over = parse_overrides(args.set)
     for key, val in (("out_dir", args.out), ("steps", args.steps), ("init", getattr(args, "init", None)),
                      ("capvector", getattr(args, "capvector", None)), ("orth_weight", getattr(args, "orth_weight", None))):
@@ -62,17 +50,13 @@ def _train_config_from_args(args, extra: dict | None = None):
             over[key] = val
     if getattr(args, "data", None):
         over.setdefault("data", {})["paths"] = list(args.data)
-    _merge(data, over)
-    _merge(data, extra or {})
-    if isinstance(data.get("model"), dict):
-        data["model"] = from_dict(ModelConfig, data["model"], where="model.")
-    return from_dict(TrainConfig, data)
+    return load_train_config(args.config, merge_overrides(over, extra or {}))
 
 
 def _cmd_train(args) -> int:
     from vla.train import train
 
-    cfg = _train_config_from_args(args)
+    cfg = train_config_from_args(args)
     out = train(cfg, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
     if args.stop_after is None or args.stop_after >= cfg.steps:
         print(f"[vla train] policy written to {out}")
@@ -82,7 +66,7 @@ def _cmd_train(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
-def _add_eval(sub) -> None:
+def add_eval(sub) -> None:
     s = sub.add_parser("eval", help="closed-loop evaluation in simulation (local policy or a policy server)")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--policy", help="policy checkpoint directory")
@@ -102,7 +86,9 @@ def _add_eval(sub) -> None:
     s.add_argument("--videos", type=int, default=2, help="episodes per task to record as MP4 (the first ones)")
     s.add_argument("--failure-videos", type=int, default=0,
                    help="also record the first N failed episodes per task (to see how a policy fails)")
-    s.add_argument("--out", default=None, help="directory for per-episode JSON, summaries and videos")
+    s.add_argument("--out", default=None, help="directory for per-episode JSON, summaries and videos (default: "
+                                              "eval/<policy directory name>, or eval/server, under the current "
+                                              "directory: never inside the checkpoint)")
     s.add_argument("--seed-base", type=int, default=None)
     s.add_argument("--mode", choices=["sync", "async"], default="sync", help="control loop mode (with --server)")
     s.add_argument("--rate", type=float, default=20.0, help="control rate in Hz (async mode)")
@@ -133,7 +119,9 @@ def _cmd_eval(args) -> int:
     if args.server and args.ensemble is not None:
         raise SystemExit("--ensemble: supported with --policy only (the server's control loop blends with "
                          "LoopConfig.blend)")
-    out = args.out or (f"{args.policy}/eval" if args.policy else "eval")
+    import os
+
+    out = args.out or os.path.join("eval", os.path.basename(os.path.normpath(args.policy)) if args.policy else "server")
     summaries = []
     for task in tasks:
         if args.policy:
@@ -143,7 +131,7 @@ def _cmd_eval(args) -> int:
                                     failure_videos=args.failure_videos, ensemble=args.ensemble,
                                     seed_base=args.seed_base if args.seed_base is not None else EVAL_SEED_BASE)
         else:
-            from robot_bridge.remote_eval import evaluate_server
+            from sim.remote_eval import evaluate_server
 
             s = evaluate_server(args.server, task, episodes=args.episodes, replan_every=args.replan_every,
                                 image_size=args.image_size, videos=args.videos, out_dir=out, mode=args.mode,
@@ -154,28 +142,3 @@ def _cmd_eval(args) -> int:
     print(format_table(summaries))
     print(json.dumps({"summaries": summaries, "out": out}, indent=2))
     return 0
-
-
-def _add_distill(sub) -> None:
-    from vla.cli_extra import add_distill
-
-    add_distill(sub)
-
-
-def _add_capvector(sub) -> None:
-    from vla.cli_extra import add_capvector
-
-    add_capvector(sub)
-
-
-def _add_export(sub) -> None:
-    from vla.cli_extra import add_export
-
-    add_export(sub)
-
-
-REGISTRARS: list = [_add_train, _add_eval, _add_distill, _add_capvector, _add_export]
-REGISTRARS.append(lambda sub: __import__("robot_bridge.cli", fromlist=["add_serve"]).add_serve(sub))  # `vla serve`, imported lazily
-REGISTRARS.append(lambda sub: __import__("robot_bridge.robot_cli", fromlist=["x"]).add_robot_server(sub))  # `vla robot-server`
-REGISTRARS.append(lambda sub: __import__("robot_bridge.robot_cli", fromlist=["x"]).add_run(sub))  # `vla run`
-REGISTRARS.append(lambda sub: __import__("robot_bridge.robot_cli", fromlist=["x"]).add_keys(sub))  # `vla keys generate`

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import zmq
 
 from robot_bridge import protocol as P
-from robot_bridge.batcher import Batcher, Job
+from robot_bridge.serving.batcher import Batcher, Job
 
-log = logging.getLogger("robot_bridge.server")
+log = logging.getLogger("robot_bridge.serving.server")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class PolicyServer:
             self.stop()
             raise RuntimeError(f"could not bind {self.config.bind}: {err}") from err
         if self.config.openpi_port is not None:
-            from robot_bridge.openpi_server import OpenPIServer
+            from robot_bridge.serving.openpi import OpenPIServer
 
             openpi = OpenPIServer(self.batcher, self.metadata, self.spec, host=self.config.openpi_host,
                                   port=self.config.openpi_port, max_message_bytes=self.config.max_message_bytes,

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from robot_bridge import protocol as P
-from robot_bridge.batcher import Batcher, Job
+from robot_bridge.serving.batcher import Batcher, Job
 
 log = logging.getLogger("robot_bridge.openpi")
 

@@ -1,4 +1,4 @@
-"""`vla serve`: registered into the `vla` command by vla/commands.py (imports stay lazy: `vla --help` is fast)."""
+"""`vla serve`: registered into the `vla` command by vla/cli/commands.py (imports stay lazy: `vla --help` is fast)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def _cmd_serve(args) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import torch
 
-    from robot_bridge.server import PolicyServer, ServerConfig
-    from vla.commands import decode_overrides
+    from robot_bridge.serving.server import PolicyServer, ServerConfig
+    from vla.cli.commands import decode_overrides
     from vla.policy import Policy
 
     if args.threads:
