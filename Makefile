@@ -40,8 +40,9 @@ setup: sysdeps $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -q -x --timeout=900 tests
 
+# the tests without the `slow` marker (training, evaluation episodes, the robot package's fresh venv): ~4 min here
 test-fast: setup
-	$(PY) -m pytest -q -x -m "not slow" tests
+	$(PY) -m pytest -q -x --timeout=900 -m "not slow" tests
 
 demo: setup
 	$(PY) -m vla.cli.demo

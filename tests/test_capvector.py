@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 from vla.capvector import OrthogonalPenalty, extract, inspect, load_vector, merge, parse_alpha
 from vla.policy import Policy
 
+pytestmark = pytest.mark.slow  # finetunes: `make test` runs them, `make test-fast` skips them
+
 TINY = dict(num_layers=1, image_size=32, vision_channels=(8, 16, 32))
 
 

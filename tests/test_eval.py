@@ -8,6 +8,8 @@ import pytest
 from sim.evaluate import evaluate_policy_dir, format_table
 from vla.policy import Policy
 
+pytestmark = pytest.mark.slow  # evaluation episodes: `make test` runs them, `make test-fast` skips them
+
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):

@@ -15,6 +15,8 @@ from vla.config import DataConfig, TrainConfig
 from vla.policy import Policy
 from vla.train import train
 
+pytestmark = pytest.mark.slow  # training runs: `make test` runs them, `make test-fast` skips them
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -1,0 +1,477 @@
+"""Fixed-rate control loop: an action queue fed by asynchronous chunk requests.
+
+Async mode (robots, latency studies): every 1/rate s one action is applied. When fewer than `request_below`
+actions remain, the next chunk is requested from a background thread with the current observation and its
+step s; the chunk it returns covers steps s, s+1, ...: on arrival at step t the actions for steps < t are
+dropped (alignment by request step), the rest replace (or blend into) the queue. A reply after its deadline
+(step s + H - 1, when its last action was due) is discarded. By default the loop asks when the queue holds
+fewer actions than `latency_margin` (2) times the slowest of the last 20 requests covers (plus one), at
+least half a chunk; each request counts from the start of its observation (camera capture, rendering) to the
+chunk's arrival, since the queue must cover both; the history carries over between episodes. With a chunk of H
+steps and L-step latencies, a request made as the previous chunk lands survives until L_prev + L_next > H, where
+one made just in time starves as soon as one L exceeds the margin it was given. An empty queue when an action is
+due is a starvation event: the loop applies a hold action (zero arm deltas, gripper kept; or all
+zeros) for at most `starvation_hold_s` (None: for as long as it lasts, what an in-process simulator needs, whose
+time moves only with actions), then stops commanding: a robot server's watchdog then holds the arm, and its state
+says so. A queue that stays empty for `policy_lost_s` is a policy outage: logged once with the last request error,
+counted, and the loop keeps retrying; the next chunk resumes commanding.
+
+Sync mode (exact evaluation): request a chunk, apply `replan_every` actions, repeat; no clock, no threads:
+the same actions as `sim.evaluate.rollout` with the same policy and seeds.
+
+The loop knows nothing about simulators: a robot is anything with `get_observation()` and `apply(action)`.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+log_ = logging.getLogger("robot_bridge.control_loop")
+
+
+class Robot(Protocol):
+    """What the loop drives. Optional: reset(seed) -> obs, `done` (episode over), `success`, `horizon`."""
+
+    def get_observation(self) -> dict: ...  # {"images": {cam: uint8 (H, W, 3)}, "state": float32 (S,), "instruction"}
+
+    def apply(self, action: np.ndarray) -> None: ...  # float32 (D,)
+
+
+class EnvRobot:
+    """A gymnasium env (e.g. sim.env.VLAEnv) as a Robot: apply() steps the env, done on terminated/truncated.
+
+    An env with `advance(action)` and `observe()` (VLAEnv) is stepped without rendering; its cameras are rendered
+    only when the loop asks for an observation (once per chunk request), which is most of a sim step's cost.
+    """
+
+    def __init__(self, env):
+        self.env = env
+        self.obs: dict | None = None
+        self.done = False
+        self.success = False
+        self.steps = 0
+        self._lazy = callable(getattr(env, "advance", None)) and callable(getattr(env, "observe", None))
+        self._started = False
+
+    @property
+    def horizon(self) -> int:
+        return int(getattr(self.env, "horizon", 1000))
+
+    def reset(self, seed: int | None = None) -> dict:
+        self.obs, _ = self.env.reset(seed=seed)
+        self.done, self.success, self.steps, self._started = False, False, 0, True
+        return self.obs
+
+    def get_observation(self) -> dict:
+        if not self._started:
+            raise RuntimeError("EnvRobot: reset() before get_observation()")
+        return self.env.observe() if self._lazy else self.obs  # observe(): rendered once per step, then cached
+
+    def apply(self, action: np.ndarray) -> None:
+        if self._lazy:
+            _, terminated, truncated, _ = self.env.advance(action)
+        else:
+            self.obs, _, terminated, truncated, _ = self.env.step(action)
+        self.steps += 1
+        self.success = self.success or bool(terminated)
+        self.done = bool(terminated or truncated)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    mode: str = "async"  # async | sync
+    rate_hz: float = 20.0  # async: control rate (1..50 Hz tested)
+    replan_every: int | None = None  # sync: actions applied per chunk (default: the whole chunk)
+    request_below: int | None = None  # async: request when fewer actions remain (default: adaptive, see above)
+    latency_margin: float = 2.0  # async, adaptive: cover this many times the slowest recent request latency
+    blend: str = "none"  # async: none (the new chunk replaces the queue) | linear (cross-fade overlapping steps)
+    on_starvation: str = "hold"  # hold: zero arm deltas, last gripper command kept | zero: all-zero action
+    gripper_index: int = -1  # which action dimension is the gripper (kept by "hold")
+    request_timeout_ms: float = 2000.0  # async: the client gives up (and reconnects) after this
+    retry_interval_s: float = 0.1  # async: wait after a failed request before the next
+    first_chunk_timeout_s: float = 30.0  # async: wait this long for the first chunk before the clock starts (0: don't)
+    starvation_hold_s: float | None = None  # async: send hold actions this long on an empty queue, then none (None: always)
+    policy_lost_s: float = 1.0  # async: an empty queue this long is a policy outage (logged, counted; retried)
+
+    def __post_init__(self):
+        if self.mode not in ("async", "sync"):
+            raise ValueError(f"mode: expected 'async' or 'sync', got {self.mode!r}")
+        if not 0.1 <= self.rate_hz <= 1000:
+            raise ValueError(f"rate_hz: expected 0.1..1000, got {self.rate_hz}")
+        if self.blend not in ("none", "linear"):
+            raise ValueError(f"blend: expected 'none' or 'linear', got {self.blend!r}")
+        if self.on_starvation not in ("hold", "zero"):
+            raise ValueError(f"on_starvation: expected 'hold' or 'zero', got {self.on_starvation!r}")
+        if not 1.0 <= self.latency_margin <= 10.0:
+            raise ValueError(f"latency_margin: expected 1..10, got {self.latency_margin}")
+        if self.starvation_hold_s is not None and self.starvation_hold_s < 0:
+            raise ValueError(f"starvation_hold_s: expected >= 0 or None, got {self.starvation_hold_s}")
+        if not self.policy_lost_s > 0:
+            raise ValueError(f"policy_lost_s: expected > 0, got {self.policy_lost_s}")
+        for name in ("replan_every", "request_below"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name}: expected >= 1 or None, got {v}")
+
+
+@dataclass
+class LoopStats:
+    target_period_ms: float = 0.0
+    periods_ms: list[float] = field(default_factory=list)  # time between consecutive ticks
+    latencies_ms: list[float] = field(default_factory=list)  # chunk request -> reply, successful requests
+    chunks: int = 0
+    starvation_events: int = 0  # ticks where an action was due and the queue was empty
+    stale_dropped: int = 0  # actions dropped because their step had passed when the chunk arrived
+    late_discarded: int = 0  # replies discarded: arrived after the step their last action was due
+    request_failures: int = 0  # timeouts, server errors, connection trouble
+    overruns: int = 0  # ticks that started more than one period late (schedule re-anchored)
+    silent_ticks: int = 0  # starved ticks past starvation_hold_s: no command sent (the robot's watchdog holds it)
+    policy_outages: int = 0  # times the queue stayed empty for policy_lost_s
+    t_first_silent: float | None = None  # time.time() of the first silent tick
+    last_error: str | None = None  # the last failed request's error
+    seconds: float = 0.0
+    steps: int = 0
+
+    def summary(self) -> dict:
+        p = np.asarray(self.periods_ms)
+        lat = np.asarray(self.latencies_ms)
+        jitter = np.abs(p - self.target_period_ms) if len(p) else p
+        return {
+            "steps": self.steps,
+            "loop_hz": self.steps / self.seconds if self.seconds > 0 else 0.0,  # incl. first chunk and drain
+            "tick_hz": 1e3 / float(np.mean(p)) if len(p) else None,  # between the first and the last tick
+            "period_ms_p50": float(np.median(p)) if len(p) else None,
+            "jitter_ms_p99": float(np.percentile(jitter, 99)) if len(p) else None,
+            "latency_ms_p50": float(np.median(lat)) if len(lat) else None,
+            "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
+            **{k: getattr(self, k) for k in ("chunks", "starvation_events", "stale_dropped", "late_discarded",
+                                             "request_failures", "overruns", "silent_ticks", "policy_outages",
+                                             "t_first_silent", "last_error")},
+        }
+
+
+@dataclass
+class EpisodeLog:
+    success: bool
+    length: int
+    seed: int | None
+    instruction: str
+    chunk_ms: list[float]
+    nfe: list[int]
+    actions: list[list[float]] | None
+    stats: LoopStats
+    sources: list[int] = field(default_factory=list)  # per applied action: its chunk's request step, -1 = hold
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stats"] = self.stats.summary()
+        return d
+
+
+class _Requester:
+    """One background thread that runs one chunk request at a time; results land in `results`."""
+
+    def __init__(self, call: Callable):
+        self._call = call
+        self._job = None
+        self._cv = threading.Condition()
+        self._closed = False
+        self.busy = False
+        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="chunk-requester", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: dict) -> bool:
+        with self._cv:
+            if self.busy or self._closed:
+                return False
+            self.busy, self._job = True, job
+            self._cv.notify()
+            return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        with self._cv:
+            while self.busy and time.monotonic() < end:
+                self._cv.wait(0.01)
+            return not self.busy
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._job is None and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                job = self._job
+            t0 = time.perf_counter()
+            try:
+                out, err = self._call(job), None
+            except Exception as e:  # noqa: BLE001 - a failed request is an event, not a crash
+                out, err = None, e
+            self.results.put({**job, "out": out, "error": err, "t_sent": t0, "t_recv": time.perf_counter()})
+            with self._cv:
+                self._job, self.busy = None, False
+                self._cv.notify_all()
+
+
+class ControlLoop:
+    """Drive `robot` with chunks from `policy` (PolicyClient or any object with infer(obs) and reset())."""
+
+    def __init__(self, policy, robot: Robot, config: LoopConfig | None = None, action_dim: int | None = None):
+        self.policy = policy
+        self.robot = robot
+        self.config = config or LoopConfig()
+        self._action_dim = action_dim
+        params = inspect.signature(policy.infer).parameters
+        self._remote = "step" in params and "timeout_ms" in params  # PolicyClient: ids, timeouts, deadlines
+        self._requester: _Requester | None = None
+        self._episode = 0
+        self._recent_ms: collections.deque = collections.deque(maxlen=20)  # request latencies, across episodes
+
+    # ----- helpers -----
+    @property
+    def action_dim(self) -> int:
+        if self._action_dim is None:
+            meta = getattr(self.policy, "metadata", None) or {}
+            self._action_dim = int(meta.get("action_dim", 7))
+        return self._action_dim
+
+    def _infer(self, obs, step, timeout_ms=None, deadline=None) -> dict:
+        if self._remote:
+            return self.policy.infer(obs, episode_id=self._episode, step=step, timeout_ms=timeout_ms, deadline=deadline)
+        return self.policy.infer(obs)
+
+    def _hold(self, last: np.ndarray | None) -> np.ndarray:
+        a = np.zeros(self.action_dim, dtype=np.float32)
+        if self.config.on_starvation == "hold" and last is not None:
+            a[self.config.gripper_index] = last[self.config.gripper_index]
+        return a
+
+    def _reset(self, seed, stats: LoopStats) -> dict:
+        obs = self.robot.reset(seed=seed) if hasattr(self.robot, "reset") else self.robot.get_observation()
+        self._episode += 1
+        try:
+            self.policy.reset()
+        except Exception:  # noqa: BLE001 - async: a server that is down now may be back for the first chunk
+            if self.config.mode == "sync":
+                raise  # exact evaluation needs the policy reset
+            stats.request_failures += 1
+        return obs
+
+    def close(self) -> None:
+        if self._requester is not None:
+            self._requester.close()
+            self._requester = None
+
+    # ----- episodes -----
+    def run_episode(self, seed: int | None = None, max_steps: int | None = None, keep_actions: bool = False,
+                    on_step: Callable[[int, dict, np.ndarray], None] | None = None) -> EpisodeLog:
+        """Reset the robot (if it can) and the policy, run until the robot is done or max_steps actions.
+
+        on_step(step, obs, action) is called right before each action is applied (video frames, logging).
+        """
+        horizon = int(max_steps or getattr(self.robot, "horizon", 1000))
+        stats = LoopStats(target_period_ms=1e3 / self.config.rate_hz)
+        obs = self._reset(seed, stats)
+        log = EpisodeLog(False, 0, seed, str(obs.get("instruction", "")), [], [], [] if keep_actions else None, stats)
+        run = self._run_sync if self.config.mode == "sync" else self._run_async
+        t0 = time.perf_counter()
+        run(log, horizon, on_step)
+        log.stats.seconds = time.perf_counter() - t0
+        log.stats.steps = log.length
+        log.success = bool(getattr(self.robot, "success", False))
+        return log
+
+    def _record_chunk(self, log: EpisodeLog, out: dict, ms: float, cover_ms: float | None = None) -> None:
+        """ms: the request's round trip (logged); cover_ms: what the queue had to cover for it (observation +
+        round trip; default ms), the sample the adaptive request threshold uses."""
+        log.chunk_ms.append(ms)
+        log.nfe.append(int(out.get("timing", {}).get("nfe", 0)))
+        log.stats.chunks += 1
+        log.stats.latencies_ms.append(ms)
+        self._recent_ms.append(ms if cover_ms is None else cover_ms)
+
+    def _apply(self, log: EpisodeLog, t: int, action: np.ndarray, source: int, on_step) -> None:
+        log.sources.append(source)
+        if log.actions is not None:
+            log.actions.append(action.tolist())
+        if on_step is not None:
+            on_step(t, self.robot.get_observation(), action)
+        self.robot.apply(action)
+        log.length = t + 1
+
+    def _run_sync(self, log: EpisodeLog, horizon: int, on_step) -> None:
+        """Exactly sim.evaluate.rollout: chunk, replan_every actions, chunk... (no clock)."""
+        queue_: list[np.ndarray] = []
+        src = 0
+        for t in range(horizon):
+            if not queue_:
+                src = t
+                t0 = time.perf_counter()
+                out = self._infer(self.robot.get_observation(), t)
+                self._record_chunk(log, out, (time.perf_counter() - t0) * 1e3)
+                chunk = np.asarray(out["actions"], dtype=np.float32)
+                queue_ = list(chunk[: self.config.replan_every or len(chunk)])
+            self._apply(log, t, queue_.pop(0), src, on_step)
+            if getattr(self.robot, "done", False):
+                return
+
+    def _run_async(self, log: EpisodeLog, horizon: int, on_step) -> None:
+        cfg, st = self.config, log.stats
+        period = 1.0 / cfg.rate_hz
+        if self._requester is None:
+            self._requester = _Requester(lambda job: self._infer(job["obs"], job["step"], job["timeout_ms"],
+                                                                 job["deadline"]))
+        req = self._requester
+        plan: dict[int, tuple[np.ndarray, int]] = {}  # absolute step -> (action (D,), request step of its chunk)
+        chunk_len = int((getattr(self.policy, "metadata", None) or {}).get("chunk_size", 8))
+        last: np.ndarray | None = None
+        retry_at = 0.0
+
+        if cfg.first_chunk_timeout_s > 0:  # the clock starts with a chunk in hand
+            plan, chunk_len = self._first_chunk(log, cfg.first_chunk_timeout_s)
+
+        t_next = time.perf_counter()
+        prev_tick = None
+        starved_since: float | None = None  # perf_counter of the first tick of the current starvation
+        outage = False
+        if not plan:  # no first chunk: starved from the start
+            starved_since = t_next
+        for t in range(horizon):
+            now = time.perf_counter()
+            if now < t_next:
+                time.sleep(t_next - now)
+            tick = time.perf_counter()
+            if prev_tick is not None:
+                st.periods_ms.append((tick - prev_tick) * 1e3)
+            prev_tick = tick
+
+            # 1. chunks that arrived since the last tick: align by request step, drop what is past
+            while True:
+                try:
+                    res = req.results.get_nowait()
+                except queue.Empty:
+                    break
+                if res["episode"] != self._episode:
+                    continue
+                if res["error"] is not None:
+                    st.request_failures += 1
+                    st.last_error = f"{type(res['error']).__name__}: {res['error']}"[:300]
+                    retry_at = time.perf_counter() + cfg.retry_interval_s
+                    continue
+                chunk = np.asarray(res["out"]["actions"], dtype=np.float32)  # (H, D)
+                chunk_len = len(chunk)
+                if res["step"] + len(chunk) <= t:  # past its deadline: its last action was due before now
+                    st.late_discarded += 1
+                    continue
+                self._record_chunk(log, res["out"], (res["t_recv"] - res["t_sent"]) * 1e3,
+                                   cover_ms=(res["t_recv"] - res["t_obs"]) * 1e3)
+                skip = t - res["step"]
+                st.stale_dropped += skip
+                self._merge(plan, chunk[skip:], t, res["step"])
+
+            # 2. ask for the next chunk early enough that the queue never runs dry
+            below = cfg.request_below or self._adaptive_below(list(self._recent_ms), period, chunk_len,
+                                                              cfg.latency_margin)
+            if len(plan) < below and not req.busy and time.perf_counter() >= retry_at:
+                t_obs = time.perf_counter()  # the queue must cover the observation too (cameras, rendering)
+                req.submit({"obs": self.robot.get_observation(), "t_obs": t_obs, "step": t, "episode": self._episode,
+                            "deadline": time.monotonic() + cfg.request_timeout_ms / 1e3,
+                            "timeout_ms": cfg.request_timeout_ms})
+
+            # 3. the action due now
+            action, src = plan.pop(t, (None, -1))
+            if action is None:
+                st.starvation_events += 1
+                if starved_since is None:
+                    starved_since = tick
+                starved = tick - starved_since
+                if starved >= cfg.policy_lost_s and not outage:
+                    outage = True
+                    st.policy_outages += 1
+                    log_.warning("no action chunk for %.1f s (last error: %s): %s; retrying", starved,
+                                 st.last_error or "none, the request is still out", "not commanding the robot (its "
+                                 "watchdog holds it)" if cfg.starvation_hold_s is not None else "sending hold actions")
+                if cfg.starvation_hold_s is not None and starved > cfg.starvation_hold_s - 1e-9:
+                    st.silent_ticks += 1
+                    if st.t_first_silent is None:
+                        st.t_first_silent = time.time()
+                    log.length = t + 1
+                    action = None
+                else:
+                    action = self._hold(last)
+            else:
+                if outage:
+                    log_.warning("action chunks again after %.1f s: commanding the robot", tick - starved_since)
+                starved_since, outage = None, False
+                last = action
+            if action is not None:
+                self._apply(log, t, action, src, on_step)
+            if getattr(self.robot, "done", False):
+                break
+            t_next += period
+            if time.perf_counter() > t_next + period:  # more than a period behind: re-anchor, don't burst
+                st.overruns += 1
+                t_next = time.perf_counter()
+        req.wait_idle(cfg.request_timeout_ms / 1e3 + 1.0)  # nothing of this episode leaks into the next
+
+    @staticmethod
+    def _adaptive_below(latencies_ms: list[float], period: float, chunk_len: int, margin: float = 2.0) -> int:
+        """Enough queued actions to cover `margin` x the slowest of the last 20 requests, plus one step.
+
+        (Covering 1x the slowest, or the p90, left 28-32 starvation events in 7500 ticks at 30 Hz with ~70 ms p50 /
+        ~115 ms p99 latency: one request slower than the recent ones was enough. See docs/BENCHMARKS.md, Serving.)
+        """
+        if not latencies_ms:
+            return max(1, chunk_len // 2)
+        lat = margin * float(np.max(latencies_ms[-20:])) / 1e3
+        return int(min(chunk_len, max(chunk_len // 2, math.ceil(lat / period) + 1)))
+
+    def _first_chunk(self, log: EpisodeLog, timeout_s: float) -> tuple[dict, int]:
+        t0 = time.perf_counter()
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            try:
+                out = self._infer(self.robot.get_observation(), 0, timeout_ms=min(self.config.request_timeout_ms,
+                                                                                   (end - time.monotonic()) * 1e3),
+                                  deadline=end)
+            except Exception as e:  # noqa: BLE001 - server not there yet: keep trying until the timeout
+                log.stats.request_failures += 1
+                log.stats.last_error = f"{type(e).__name__}: {e}"[:300]
+                time.sleep(self.config.retry_interval_s)
+                continue
+            self._record_chunk(log, out, (time.perf_counter() - t0) * 1e3)
+            chunk = np.asarray(out["actions"], dtype=np.float32)
+            return {i: (a, 0) for i, a in enumerate(chunk)}, len(chunk)
+        return {}, int((getattr(self.policy, "metadata", None) or {}).get("chunk_size", 8))
+
+    def _merge(self, plan: dict, actions: np.ndarray, t: int, src: int) -> None:
+        """Put aligned actions (steps t, t+1, ...) into the plan: replace, or cross-fade where they overlap."""
+        new = {}
+        m = sum((t + i) in plan for i in range(len(actions)))  # overlapping steps
+        for i, a in enumerate(actions):
+            old = plan.get(t + i)
+            if old is None or self.config.blend == "none":
+                new[t + i] = (a, src)
+            else:
+                w = (i + 1) / (m + 1)  # ramps from the old plan towards the new chunk
+                new[t + i] = ((w * a + (1 - w) * old[0]).astype(np.float32), src)
+        plan.clear()
+        plan.update(new)

@@ -1,0 +1,289 @@
+"""The robot-side `Robot` interface every arm adapter implements, and its observation / action specs.
+
+    robot = make_robot("franka", FrankaConfig(host="172.16.0.2"), cameras={...}, safety=SafetyConfig(...))
+    robot.connect()
+    obs = robot.get_observation()        # {"images": {cam: uint8 (H, W, 3)}, "state": float32 (S,)}
+    applied = robot.send_action(action)  # float32 (D,) in, the action actually applied (after safety) out
+    robot.hold()                         # stop moving, keep the current pose (watchdog)
+    robot.stop()                         # e-stop: stop as fast as the arm allows; send_action refused until release()
+    robot.disconnect()
+
+Actions (the shared schema, D = 7): delta end-effector position (3) and rotation vector (3) in the robot's base
+frame, scaled by ActionSpec.pos_scale_m / rot_scale_rad per unit, and a gripper command in [-1, 1] (-1 open,
++1 closed). State (S = 9): end-effector position (3, m), orientation quaternion xyzw (4), gripper finger positions
+(2, m; each half the opening width). Subclasses implement the `_`-prefixed methods; safety lives here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from robot_bridge.geometry import axis_angle_to_quat, quat_conj, quat_mul, quat_normalize, quat_to_axis_angle
+from robot_bridge.reach import Reach, check_workspace
+from robot_bridge.safety import SafetyConfig, SafetyFilter
+
+log = logging.getLogger("robot_bridge.robots")
+
+STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "finger_left", "finger_right")
+ACTION_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
+
+
+class RobotError(RuntimeError):
+    """The arm or its controller reported a fault (reflex, protective stop, lost connection)."""
+
+
+class RobotStopped(RobotError):
+    """send_action after stop() (e-stop) and before release()."""
+
+
+class MissingExtraError(ImportError):
+    """An adapter's SDK is not installed; the message names the extra to install."""
+
+    def __init__(self, robot: str, module: str, extra: str):
+        super().__init__(f"robot {robot!r} needs the Python module {module!r}: pip install 'vla-stack[{extra}]'")
+        self.extra = extra
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    dim: int = 7
+    kind: str = "eef_delta"  # delta eef position (3), delta rotation vector (3), gripper (1)
+    pos_scale_m: float = 0.05  # metres per action unit (robosuite OSC_POSE: 0.05)
+    rot_scale_rad: float = 0.5  # radians per action unit (robosuite OSC_POSE: 0.5)
+    low: float = -1.0
+    high: float = 1.0
+    gripper_index: int = 6  # -1 open, +1 closed
+    names: tuple[str, ...] = ACTION_NAMES
+
+    def __post_init__(self):
+        if self.kind != "eef_delta" or self.dim != 7:
+            raise ValueError(f"ActionSpec: only kind 'eef_delta' with dim 7 is implemented, got {self.kind!r} dim {self.dim}")
+        if not (self.pos_scale_m > 0 and self.rot_scale_rad > 0):
+            raise ValueError(f"ActionSpec: pos_scale_m and rot_scale_rad must be > 0, got {self.pos_scale_m}, "
+                             f"{self.rot_scale_rad}")
+        if not self.low < self.high:
+            raise ValueError(f"ActionSpec: low must be < high, got {self.low}, {self.high}")
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    cameras: dict = field(default_factory=dict)  # name -> [H, W, 3]
+    state_dim: int = 9
+    state_names: tuple[str, ...] = STATE_NAMES
+
+    def to_dict(self) -> dict:
+        return {"cameras": {k: list(v) for k, v in self.cameras.items()}, "state_dim": self.state_dim,
+                "state_names": list(self.state_names)}
+
+
+def anchor_pose(target: tuple[np.ndarray, np.ndarray] | None, pos: np.ndarray, quat: np.ndarray,
+                max_lead_m: float, max_lead_rad: float) -> tuple[tuple[np.ndarray, np.ndarray], bool]:
+    """Where the next delta starts for a position-streaming arm: the last target (pos (3,), quat xyzw (4,)) pulled to
+    within max_lead_m of the measured position and within max_lead_rad of the measured orientation, or the measured
+    pose when there is no target (after a hold). Returns (anchor, capped). Anchoring on the target makes deltas add
+    up exactly while the arm keeps up; the caps keep a lagging or blocked arm from winding the target up, so when
+    commands stop the arm goes on by at most the caps (docs/ROBOTS.md, "Faults and what the arm does")."""
+    pos, quat = np.asarray(pos, np.float64), quat_normalize(quat)
+    if target is None:
+        return (pos, quat), False
+    t_pos, t_quat = np.asarray(target[0], np.float64), quat_normalize(target[1])
+    capped = False
+    lead = t_pos - pos
+    n = float(np.linalg.norm(lead))
+    if n > max_lead_m:
+        t_pos, capped = pos + lead * (max_lead_m / n), True
+    rot = quat_to_axis_angle(quat_mul(t_quat, quat_conj(quat)))  # measured -> target, base frame (3,)
+    angle = float(np.linalg.norm(rot))
+    if angle > max_lead_rad:
+        t_quat, capped = quat_normalize(quat_mul(axis_angle_to_quat(rot * (max_lead_rad / angle)), quat)), True
+    return (t_pos, t_quat), capped
+
+
+class Robot(ABC):
+    """Base class of the arm adapters. Not thread-safe: one thread (the robot server's) drives it."""
+
+    name = "robot"
+    #: "realtime": the arm moves on its own clock (hold actively stops it); "stepped": a simulator that advances
+    #: only when an action is applied (hold does nothing: time stands still).
+    clock = "realtime"
+    #: the arm's reach model: the configured workspace box is checked against it at construction (None: no check)
+    reach: Reach | None = None
+    #: (low (n,), high (n,)) rad: the pose monitor's joint limits, with arm_joints(); None: not checked
+    joint_limits: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    def __init__(self, cameras: dict | None = None, safety: SafetyConfig | None = None,
+                 action_spec: ActionSpec | None = None):
+        self.cameras = dict(cameras or {})  # name -> robot_bridge.cameras.Camera
+        self.action_spec = action_spec or ActionSpec()
+        self.safety = SafetyFilter(safety or self.default_safety(), self.action_spec)
+        cfg = self.safety.config
+        if cfg.check_reach:
+            check_workspace(self.name, self.reach, cfg.workspace_low, cfg.workspace_high)
+        self.connected = False
+        self.stopped = False  # e-stop latched until release()
+        self._lock = threading.Lock()
+
+    # ----- what subclasses provide -----
+    @classmethod
+    def default_safety(cls) -> SafetyConfig:
+        return SafetyConfig()
+
+    @abstractmethod
+    def _connect(self) -> None: ...
+
+    @abstractmethod
+    def _disconnect(self) -> None: ...
+
+    @abstractmethod
+    def get_state(self) -> np.ndarray: ...  # float32 (S,), cheap: published at the server's rate
+
+    @abstractmethod
+    def reference_pose(self) -> tuple[np.ndarray, np.ndarray]: ...  # (pos (3,), quat xyzw (4,)) the next delta moves
+
+    @abstractmethod
+    def _apply(self, action: np.ndarray) -> None: ...  # a safe action, float32 (D,)
+
+    @abstractmethod
+    def _hold(self) -> None: ...
+
+    @abstractmethod
+    def _stop(self) -> None: ...
+
+    def _release(self) -> None:
+        """Clear a latched e-stop / fault on the controller (e.g. automatic error recovery)."""
+
+    def arm_joints(self) -> np.ndarray | None:
+        """The arm's joint positions (n,) rad as of the last get_state(), for the pose monitor; None: not known."""
+        return None
+
+    def pose_violation(self, state: np.ndarray) -> dict | None:
+        """The pose monitor's check of a measured state (S,): None when inside the workspace box (within
+        pose_tolerance_m) and the joints keep joint_limit_margin_rad from their limits; else {"kind": "workspace" |
+        "joint_limits", "excess": how far past (m or rad), "detail": a sentence}."""
+        cfg = self.safety.config
+        worst = None
+        if cfg.workspace_low is not None:
+            pos = np.asarray(state[:3], np.float64)
+            lo, hi = np.asarray(cfg.workspace_low), np.asarray(cfg.workspace_high)
+            out = float(np.max(np.maximum(lo - pos, pos - hi)))  # > 0: outside by this much along some axis
+            if out > cfg.pose_tolerance_m:
+                worst = {"kind": "workspace", "excess": out - cfg.pose_tolerance_m,
+                         "detail": f"end effector {np.round(pos, 3).tolist()} is {out:.3f} m outside the workspace box "
+                                   f"{lo.tolist()}..{hi.tolist()} (tolerance {cfg.pose_tolerance_m} m)"}
+        q = self.arm_joints() if self.joint_limits is not None else None
+        if q is not None and worst is None:
+            lo = np.asarray(self.joint_limits[0]) + cfg.joint_limit_margin_rad
+            hi = np.asarray(self.joint_limits[1]) - cfg.joint_limit_margin_rad
+            past = np.maximum(lo - q, q - hi)
+            j = int(np.argmax(past))
+            if past[j] > 0:
+                worst = {"kind": "joint_limits", "excess": float(past[j]),
+                         "detail": f"joint {j + 1} at {q[j]:.3f} rad is within {cfg.joint_limit_margin_rad} rad of (or "
+                                   f"past) its limits [{self.joint_limits[0][j]}, {self.joint_limits[1][j]}]"}
+        return worst
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode. Hardware: hold where it is (no motion). Simulators reset the scene."""
+        self.hold()
+
+    def status(self) -> dict:
+        """Extra fields for the state publication (episode flags for simulators, controller errors)."""
+        return {}
+
+    @property
+    def observation_spec(self) -> ObservationSpec:
+        shapes = {n: list(c.shape) for n, c in self.cameras.items()}
+        return ObservationSpec(cameras=shapes)
+
+    @property
+    def horizon(self) -> int | None:
+        return None
+
+    @property
+    def instruction(self) -> str | None:
+        """A task instruction the robot side knows (simulators); None for hardware."""
+        return None
+
+    # ----- the interface -----
+    def connect(self) -> "Robot":
+        if self.connected:
+            return self
+        self._connect()
+        for cam in self.cameras.values():
+            if hasattr(cam, "attach"):
+                cam.attach(self)
+            cam.start()
+        self.connected = True
+        log.info("%s connected (cameras: %s)", self.name, list(self.cameras) or "none")
+        return self
+
+    def disconnect(self) -> None:
+        if not self.connected:
+            return
+        for cam in self.cameras.values():
+            try:
+                cam.stop()
+            except Exception:  # noqa: BLE001 - one camera failing to close must not keep the arm connected
+                log.exception("camera stop failed")
+        try:
+            self._disconnect()
+        finally:
+            self.connected = False
+
+    def snapshot(self) -> dict:
+        """On the robot's thread: {"state": float32 (S,), "t": time.time(), "images": frames that already exist
+        (a simulator's render of its last step)}. Cameras are read separately (read_cameras), off this thread."""
+        return {"state": self.get_state(), "t": time.time(), "images": {}}
+
+    def read_cameras(self) -> dict:
+        """{cam: uint8 (H, W, 3) upright RGB}: the newest frame of each camera. Safe to call from another thread."""
+        return {n: c.read() for n, c in self.cameras.items()}
+
+    def get_observation(self) -> dict:
+        """{"images": {cam: uint8 (H, W, 3) upright RGB}, "state": float32 (S,)}."""
+        snap = self.snapshot()
+        return {"images": {**snap["images"], **self.read_cameras()}, "state": snap["state"]}
+
+    def send_action(self, action) -> np.ndarray:
+        """Filter `action` through the safety layer and apply it; returns the applied action float32 (D,).
+
+        Raises safety.UnsafeAction (non-finite, wrong shape: nothing applied), RobotStopped after stop(),
+        RobotError when the arm faults.
+        """
+        if not self.connected:
+            raise RobotError(f"{self.name}: send_action before connect()")
+        if self.stopped:
+            raise RobotStopped(f"{self.name}: e-stopped; release() first")
+        pos, _ = self.reference_pose()
+        safe = self.safety.filter(action, pos)
+        self._apply(safe)
+        return safe
+
+    def hold(self) -> None:
+        if self.connected:
+            self._hold()
+
+    def stop(self) -> None:
+        """E-stop: stop now and refuse actions until release()."""
+        self.stopped = True
+        if self.connected:
+            self._stop()
+
+    def release(self) -> None:
+        self._release()
+        self.stopped = False
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc):
+        self.disconnect()
