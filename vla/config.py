@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # inside the package: the same in a wheel and in the repo (configs/ at the top is a link here)
 
 
 def _closest(name: str, options) -> str:
