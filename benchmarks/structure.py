@@ -55,7 +55,8 @@ def layer(module: str) -> str:
 def modules() -> dict[str, str]:
     out = {}
     for pkg in PACKAGES:
-        for dp, _, fs in os.walk(os.path.join(ROOT, pkg)):
+        for dp, dirs, fs in os.walk(os.path.join(ROOT, pkg)):
+            dirs[:] = [d for d in dirs if d not in ("build", "__pycache__") and not d.endswith(".egg-info")]
             for f in fs:
                 if f.endswith(".py"):
                     path = os.path.join(dp, f)

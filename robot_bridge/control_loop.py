@@ -437,7 +437,7 @@ class ControlLoop:
         """Enough queued actions to cover `margin` x the slowest of the last 20 requests, plus one step.
 
         (Covering 1x the slowest, or the p90, left 28-32 starvation events in 7500 ticks at 30 Hz with ~70 ms p50 /
-        ~115 ms p99 latency: one request slower than the recent ones was enough. See docs/BENCHMARKS.md, Serving.)
+        ~115 ms p99 latency: one request slower than the recent ones was enough. See docs/EXPERIMENTS.md, Serving.)
         """
         if not latencies_ms:
             return max(1, chunk_len // 2)

@@ -51,7 +51,7 @@ def validate_action(action, dim: int = ACTION_DIM) -> np.ndarray:
 def configure_fast_rendering(rs_env, size: int) -> None:
     """Reflections, shadows and MSAA off on robosuite's offscreen context; framebuffer sized to the cameras.
 
-    Measured on a 2-core CPU with Mesa llvmpipe (docs/BENCHMARKS.md): a 128 px camera frame costs ~33 ms with
+    Measured on a 2-core CPU with Mesa llvmpipe (docs/EXPERIMENTS.md): a 128 px camera frame costs ~33 ms with
     robosuite's defaults (640x480 4x-MSAA buffer, reflections, shadows) and ~19 ms after this.
     """
     import mujoco

@@ -180,7 +180,7 @@ class PickPlaceExpert(ScriptedExpert):
         The gripper's command ramps over several steps while the fingers still squeeze the object, so "open for a
         fixed count, then lift" labels the same observed state (hand at the release point, fingers on the object)
         both "stay and open" and "lift": a policy that lifts early carries the object away again (traced on
-        StackColor, docs/BENCHMARKS.md). Moving on only once the finger opening (in the state) has grown keeps the
+        StackColor, docs/EXPERIMENTS.md). Moving on only once the finger opening (in the state) has grown keeps the
         labels a function of what the policy sees."""
         width = float(p["gripper_qpos"][0] - p["gripper_qpos"][1])  # m, finger opening
         if self.phase != 6:
@@ -208,7 +208,7 @@ class CanExpert(PickPlaceExpert):
     retreat = 0.08
     place_tol = 0.02
     # close on the can from 1.5 cm (not 8 mm): policies rest ~1 cm from the can and never see their demos close there
-    # (PickPlaceCan alone, 1800 steps: 52% with these demos vs 14% with 8 mm; docs/BENCHMARKS.md, multi-task section)
+    # (PickPlaceCan alone, 1800 steps: 52% with these demos vs 14% with 8 mm; docs/EXPERIMENTS.md, multi-task section)
     grasp_tol = 0.015
     # the target bin quadrant (20 x 25 cm) lies at the edge of the Panda's reach: aim at its near part
     target_shift = np.array([-0.05, -0.06, 0.0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,8 +22,14 @@ def test_presets_and_checkpoints_are_in_the_wheel(tmp_path):
     from vla import config
 
     assert config.CONFIG_DIR == __import__("pathlib").Path(config.__file__).resolve().parent / "configs"
+    src = tmp_path / "src"  # a copy (tracked files only): pip builds in the source tree, not in the repository's
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if os.path.isfile(os.path.join(ROOT, f)) and not os.path.islink(os.path.join(ROOT, f)):
+            os.makedirs(os.path.dirname(src / f), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, f), src / f)
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                          str(tmp_path), ROOT], capture_output=True, text=True, timeout=600)
+                          str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     (whl,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
     names = set(zipfile.ZipFile(tmp_path / whl).namelist())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,11 +32,15 @@ def robot_venv(tmp_path_factory):
     d = tmp_path_factory.mktemp("robot_venv")
     venv = d / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    src = d / "src" / "robot_bridge"  # a copy: pip builds in the source tree, which must not be the repository's
+    shutil.copytree(os.path.join(ROOT, "robot_bridge"), src,
+                    ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info", "serving"))
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    res = subprocess.run(pip + [os.path.join(ROOT, "robot_bridge") + "[franka]"], capture_output=True, text=True,
-                         timeout=900, cwd=str(d))
+    res = subprocess.run(pip + [f"{src}[franka]"], capture_output=True, text=True, timeout=900, cwd=str(d))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    return venv, d
+    work = d / "work"  # runs happen here, away from the source copy (cwd is on sys.path for `python -c`)
+    work.mkdir()
+    return venv, work
 
 
 class Chunks:

@@ -10,7 +10,7 @@ the transformers forward.
 
 Why transposed: `F.linear(x, W)` with W (out, in) multiplies by W^T; with the transposed copy stored contiguous
 (in, out), `x @ W^T` ran 1.2-1.7x faster for these shapes (7-56 rows, 192-1024 columns) on the 2-core Xeon VM,
-and 1.06-1.09x faster per whole chunk with the same actions (benchmarks/decode_ab.py, docs/BENCHMARKS.md).
+and 1.06-1.09x faster per whole chunk with the same actions (benchmarks/decode_ab.py, docs/EXPERIMENTS.md).
 
 Only for inference (no autograd); training always runs transformers' modules.
 """
