@@ -148,7 +148,8 @@ def test_save_load_identical(tmp_path, preset, decoder):
     p = Policy.untrained(preset, seed=3)
     p.set_decode(decoder=decoder)
     p.save_pretrained(str(tmp_path / "ckpt"))
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "model.safetensors", "normalization.json", "tokenizer.json"]
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["backbone_config.json", "config.json", "model.safetensors",
+                                                  "normalization.json", "tokenizer.json"]
     q = Policy.from_pretrained(str(tmp_path / "ckpt"))
     assert q.decode_cfg == p.decode_cfg and q.cfg == p.cfg
     for s in range(3):

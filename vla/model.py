@@ -14,6 +14,7 @@ and every denoising pass runs only the action tokens it needs against that cache
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 import torch.nn as nn
@@ -167,14 +168,39 @@ class TargetHead(nn.Module):
         return self.mlp(torch.cat([F.gelu(self.proj(tokens)).flatten(1), text], dim=1))
 
 
+def backbone_from_saved_config(saved: dict):
+    """A checkpoint's backbone_config.json (the backbone's whole transformers config) -> the same backbone, random
+    weights (the checkpoint's model.safetensors fills them): vocabulary size, biases, norm epsilon and all."""
+    from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
+
+    kind = saved.get("model_type")
+    if kind not in ("llama", "qwen2"):
+        raise ValueError(f"backbone_config.json: model_type {kind!r}; expected 'llama' or 'qwen2'")
+    bcfg = (Qwen2Config if kind == "qwen2" else LlamaConfig).from_dict(dict(saved))
+    bcfg._attn_implementation = "sdpa"
+    return (Qwen2Model if kind == "qwen2" else LlamaModel)(bcfg)
+
+
+def _check_hf_weights(path: str) -> None:
+    names = os.listdir(path) if os.path.isdir(path) else []
+    if not any(n.endswith((".safetensors", ".bin")) for n in names):
+        raise ValueError(f"backbone_path: {path} has no weights (expected model.safetensors or pytorch_model.bin "
+                         f"next to its config.json)" if os.path.isdir(path) else f"backbone_path: {path} not found")
+
+
 class DVLA(nn.Module):
-    def __init__(self, cfg: ModelConfig, text_vocab_size: int):
+    def __init__(self, cfg: ModelConfig, text_vocab_size: int, saved_backbone: dict | None = None):
+        """saved_backbone: a checkpoint's saved backbone config (Policy.from_pretrained); else the backbone comes
+        from cfg.backbone_path (a local Hugging Face directory, its weights loaded) or from the preset's sizes."""
         super().__init__()
         from transformers import AutoModel, LlamaModel, Qwen2Model
 
         self.cfg = cfg
         self.fast_inference = True  # vla.fast_layers for no-grad passes; False runs transformers' modules
-        if cfg.backbone_path:
+        if saved_backbone is not None:
+            self.backbone = backbone_from_saved_config(saved_backbone)
+        elif cfg.backbone_path:
+            _check_hf_weights(cfg.backbone_path)
             self.backbone = AutoModel.from_pretrained(cfg.backbone_path, local_files_only=True, attn_implementation="sdpa")
             if self.backbone.config.hidden_size != cfg.hidden_size:
                 raise ValueError("backbone_path: hidden_size differs from the model config; build it with config_from_hf")

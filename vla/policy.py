@@ -4,6 +4,8 @@
     model.safetensors    weights (no pickle anywhere)
     normalization.json   action tokenizer (q01/q99, bins), state normalizer, dataset statistics
     tokenizer.json       text tokenizer (word vocabulary, byte, or a pointer to text_tokenizer/ for "hf")
+    backbone_config.json the backbone's whole transformers config (a Hugging Face backbone's vocabulary, biases,
+                         norm epsilon...); checkpoints written before 2026-12-04 have none and rebuild from config.json
 
 `Policy.from_pretrained(dir)` rebuilds everything from these files alone.
 """
@@ -29,6 +31,9 @@ from vla.tokenizers import ActionTokenizer, TextTokenizer, text_tokenizer_from_j
 FORMAT_VERSION = 1
 POLICY_TYPE = "dvla"
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "normalization.json", "tokenizer.json")
+
+
+BACKBONE_CONFIG = "backbone_config.json"
 
 
 class CheckpointError(ValueError):
@@ -224,6 +229,9 @@ class Policy:
             self.text_tokenizer.tok.save_pretrained(os.path.join(path, "text_tokenizer"))
             tok = {"type": "hf", "path": "text_tokenizer"}
         write_json_atomic(os.path.join(path, "tokenizer.json"), tok)
+        # the backbone's whole transformers config: a Hugging Face backbone (vocabulary, biases, norm epsilon) is
+        # rebuilt from it exactly, without its original directory
+        write_json_atomic(os.path.join(path, BACKBONE_CONFIG), self.model.backbone.config.to_dict())
         write_json_atomic(os.path.join(path, "config.json"), config)  # last: its presence marks a complete checkpoint
 
     @classmethod
@@ -255,7 +263,15 @@ class Policy:
         if tok.get("type") == "hf":
             tok = {"type": "hf", "path": os.path.join(path, tok.get("path", "text_tokenizer"))}
         text_tok = text_tokenizer_from_json(tok, checkpoint_dir=path)
-        model = DVLA(mcfg, text_tok.vocab_size)
+        bpath = os.path.join(path, BACKBONE_CONFIG)
+        saved = None
+        if os.path.exists(bpath):  # checkpoints from before 2026-12-04 have none: the backbone follows config.json
+            try:
+                with open(bpath) as f:
+                    saved = json.load(f)
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{bpath}: not valid JSON ({e})") from e
+        model = DVLA(mcfg, text_tok.vocab_size, saved_backbone=saved)
         state = load_file(os.path.join(path, "model.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
