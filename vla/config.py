@@ -176,12 +176,20 @@ class DataConfig:
     task_sampling: str = "frames"  # "frames": every frame equally likely; "uniform": each task equally likely, then a
     # frame; "weighted": a task with probability task_weights[task] / sum, then a frame
     task_weights: dict | None = None  # {task name: weight >= 0}, every task in the data; only with "weighted"
+    features: dict | None = None  # the feature mapping (vla/features.py: cameras, state, action, ...); None: detected
+    frame_fit: str = "crop"  # non-square frames: "crop" (centre) or "pad" to a square before resizing
 
     def __post_init__(self):
         if not 0.0 <= self.augment_color <= 1.0:
             raise ValueError(f"data.augment_color: expected a probability in [0, 1], got {self.augment_color}")
         if self.augment_shift < 0:
             raise ValueError(f"data.augment_shift: expected >= 0 pixels, got {self.augment_shift}")
+        if self.frame_fit not in ("crop", "pad"):
+            raise ValueError(f"data.frame_fit: expected 'crop' or 'pad', got {self.frame_fit!r}")
+        if self.features is not None:
+            from vla.features import FeatureMap
+
+            FeatureMap.from_dict(self.features)  # validated here, named field by field
         if self.task_sampling not in ("frames", "uniform", "weighted"):
             raise ValueError(f"data.task_sampling: expected 'frames', 'uniform' or 'weighted', got {self.task_sampling!r}")
         if (self.task_sampling == "weighted") != (self.task_weights is not None):

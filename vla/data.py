@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla.dataset import Demo, dataset_stats, load_demos
+from vla.dataset import Demo, dataset_stats, load_demos, peek_dims
 from vla.palette import PALETTE
 from vla.config import DataConfig, ModelConfig
 from vla.normalization import StateNormalizer
@@ -175,6 +175,44 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | No
     return out.reshape(B, C, ch, S, S)
 
 
+def feature_map(data_cfg: DataConfig):
+    from vla.features import FeatureMap
+
+    return FeatureMap.from_dict(data_cfg.features) if data_cfg.features is not None else None
+
+
+def fit_model_to_data(mcfg: ModelConfig, data_cfg: DataConfig, explicit: set[str] = frozenset()) -> ModelConfig:
+    """Cameras, state size, action size and a valid block_size from the data, unless the config says otherwise:
+    `explicit` names the model fields the user set (model_overrides); one that disagrees with the data is an error
+    naming both. Preset values give way to the data (logged)."""
+    import dataclasses
+    import logging
+
+    dims = peek_dims(list(data_cfg.paths), feature_map(data_cfg))
+    want = {"state_dim": dims["state_dim"], "action_dim": dims["action_dim"]}
+    cams = [c for c in mcfg.cameras if c in dims["cameras"]]
+    if cams != list(mcfg.cameras):
+        want["cameras"] = tuple(cams) if cams else tuple(dims["cameras"])
+    changes = {}
+    for k, v in want.items():
+        if getattr(mcfg, k) == v:
+            continue
+        if k in explicit:
+            raise ValueError(f"model.{k}: the config says {getattr(mcfg, k)!r}, the data {data_cfg.paths[0]} has "
+                             f"{v!r} ({'cameras ' + str(dims['cameras']) if k == 'cameras' else 'from its feature map'})")
+        changes[k] = v
+    a = changes.get("action_dim", mcfg.action_dim)
+    if mcfg.block_size % a or (mcfg.chunk_size * a) % mcfg.block_size:
+        if "block_size" in explicit:
+            raise ValueError(f"model.block_size: {mcfg.block_size} is not a multiple of the data's action_dim {a} "
+                             f"that divides chunk_size*action_dim")
+        changes["block_size"] = a
+    if changes:
+        logging.getLogger("vla.data").warning("model sized by the data %s: %s", data_cfg.paths[0], changes)
+        mcfg = dataclasses.replace(mcfg, **changes)
+    return mcfg
+
+
 def load_training_data(data_cfg: DataConfig, model_cfg: ModelConfig):
     """-> (train demos, valid demos, stats). Valid falls back to empty if no file has a mask/valid entry."""
     paths = list(data_cfg.paths)
@@ -185,6 +223,8 @@ def load_training_data(data_cfg: DataConfig, model_cfg: ModelConfig):
         image_size=model_cfg.image_size,
         tasks=list(data_cfg.tasks) if data_cfg.tasks else None,
         max_demos_per_task=data_cfg.max_demos_per_task,
+        features=feature_map(data_cfg),
+        frame_fit=data_cfg.frame_fit,
     )
     train = load_demos(paths, split="train", **kw)
     valid = load_demos(paths, split="valid", **kw)

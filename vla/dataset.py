@@ -196,34 +196,46 @@ class Demo:
     task: str
     instruction: str
     images: dict[str, np.ndarray]  # camera -> uint8 (T, S, S, 3)
-    state: np.ndarray  # float32 (T, 9)
-    actions: np.ndarray  # float32 (T, 7)
+    state: np.ndarray  # float32 (T, state_dim): the feature map's state keys concatenated
+    actions: np.ndarray  # float32 (T, action_dim)
     object_pos: np.ndarray  # float32 (T, 3, 3)
 
     def __len__(self) -> int:
         return len(self.actions)
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    if images.shape[1] == size and images.shape[2] == size:
-        return images
-    import cv2
-
-    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+def _split_names(f, path: str, split: str | None) -> list[str]:
+    """Demo names of a split: robomimic's mask/<split> when the file has masks; without any mask/ (robomimic's
+    released files often have none) every 10th demo is held out for "valid"."""
+    names = sorted(f["data"].keys(), key=_demo_index)
+    if split is None:
+        return names
+    if "mask" not in f or not len(f["mask"].keys()):
+        return [n for i, n in enumerate(names) if (i % 10 == 9) == (split == "valid")]
+    if f"mask/{split}" not in f:
+        raise DatasetError(f"{path}: missing key 'mask/{split}'")
+    return [n.decode() for n in f[f"mask/{split}"][()]]
 
 
 def load_demos(
     paths: str | list[str],
     split: str | None = None,
-    cameras: tuple[str, ...] = ("agentview", "wrist"),
+    cameras: tuple[str, ...] | None = ("agentview", "wrist"),
     image_size: int | None = None,
     tasks: list[str] | None = None,
     max_demos_per_task: int | None = None,
+    features=None,
+    frame_fit: str = "crop",
 ) -> list[Demo]:
     """Read demos from one or several files (several files mix into one multi-task list).
 
-    split: None (all), "train" or "valid" (robomimic masks). image_size: resize on load (INTER_AREA).
+    split: None (all), "train" or "valid" (robomimic masks; without masks every 10th demo is "valid").
+    cameras: the policy cameras to read (None: every camera of the feature map). features: a vla.features.FeatureMap
+    (None: detected per file, ours or robomimic's layout). image_size: frames made square (`frame_fit`: "crop" or
+    "pad") and resized on load.
     """
+    from vla.features import FeatureMap, fit_frames
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [str(paths)]
     if split not in (None, "train", "valid"):
@@ -234,46 +246,82 @@ def load_demos(
         with _open(path) as f:
             if "data" not in f:
                 raise DatasetError(f"{path}: missing key 'data'")
-            if split is None:
-                names = sorted(f["data"].keys(), key=_demo_index)
-            else:
-                if f"mask/{split}" not in f:
-                    raise DatasetError(f"{path}: missing key 'mask/{split}'")
-                names = [n.decode() for n in f[f"mask/{split}"][()]]
-            for name in names:
+            fm = features or FeatureMap.detect(f, path)
+            cams = list(fm.cameras) if cameras is None else list(cameras)
+            unknown = [c for c in cams if c not in fm.cameras]
+            if unknown:
+                raise DatasetError(f"{path}: camera(s) {unknown} are not in the data's feature map (no "
+                                   f"{', '.join(f'obs/{c}_image' for c in unknown)}; it has {fm.cameras}); map them "
+                                   f"in data.features.cameras or choose model.cameras")
+            env_task = json.loads(f["data"].attrs.get("env_args", "{}") or "{}").get("env_name", "")
+            for name in _split_names(f, path, split):
                 if name not in f["data"]:
                     raise DatasetError(f"{path}: mask/{split} names missing demo 'data/{name}'")
                 g = f["data"][name]
-                task = str(g.attrs.get("task", json.loads(f["data"].attrs.get("env_args", "{}")).get("env_name", "")))
+                task = str(g.attrs.get("task", env_task))
                 if tasks is not None and task not in tasks:
                     continue
                 if max_demos_per_task is not None and per_task.get(task, 0) >= max_demos_per_task:
                     continue
-                for key in REQUIRED_DEMO_KEYS:
+                for key in [fm.action] + [f"obs/{k}" for k in fm.state] + [f"obs/{fm.cameras[c]}" for c in cams]:
                     if key not in g:
                         raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
+                actions = g[fm.action][()].astype(np.float32)
+                T = int(actions.shape[0])
                 images = {}
-                for cam in cameras:
-                    key = f"obs/{IMAGE_KEYS.get(cam, cam + '_image')}"
-                    if key not in g:
-                        raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
-                    arr = g[key][()]
-                    images[cam] = _resize(arr, image_size) if image_size else arr
-                T = int(g["actions"].shape[0])
+                for cam in cams:
+                    arr = g[f"obs/{fm.cameras[cam]}"][()]
+                    if arr.ndim != 4 or arr.shape[0] != T or arr.shape[3] != 3:
+                        raise DatasetError(f"{path}: data/{name}/obs/{fm.cameras[cam]}: expected uint8 (T={T}, H, W, "
+                                           f"3), got {arr.dtype} {arr.shape}")
+                    images[cam] = fit_frames(arr, image_size, frame_fit) if image_size else arr
+                parts = []
+                for k in fm.state:
+                    v = g[f"obs/{k}"][()].astype(np.float32)
+                    if v.shape[0] != T:
+                        raise DatasetError(f"{path}: data/{name}/obs/{k}: {v.shape[0]} rows, the actions have {T}")
+                    parts.append(v.reshape(T, -1))
                 obj = g["obs/object_pos"][()] if "obs/object_pos" in g else np.zeros((T, 3, 3), np.float32)
+                instruction = fm.instruction or str(g.attrs.get("instruction", "")) or task
                 demos.append(
                     Demo(
                         name=f"{os.path.basename(path)}:{name}",
                         task=task,
-                        instruction=str(g.attrs.get("instruction", "")),
+                        instruction=instruction,
                         images=images,
-                        state=g["obs/state"][()].astype(np.float32),
-                        actions=g["actions"][()].astype(np.float32),
+                        state=np.concatenate(parts, axis=1),
+                        actions=actions,
                         object_pos=obj.astype(np.float32),
                     )
                 )
                 per_task[task] = per_task.get(task, 0) + 1
     return demos
+
+
+def peek_dims(paths, features=None) -> dict:
+    """{"cameras": [...], "state_dim", "action_dim", "features": FeatureMap} of the first demo of the first file (the
+    model is sized by them before the data is loaded); the other files must agree (checked here)."""
+    from vla.features import FeatureMap
+
+    out = None
+    for path in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths)):
+        with _open(str(path)) as f:
+            fm = features or FeatureMap.detect(f, path)
+            g = f["data"][sorted(f["data"].keys(), key=_demo_index)[0]]
+            for key in [fm.action] + [f"obs/{k}" for k in fm.state]:
+                if key not in g:
+                    raise DatasetError(f"{path}: missing key '{g.name.lstrip('/')}/{key}'")
+            state_dim = sum(int(np.prod(g[f"obs/{k}"].shape[1:])) for k in fm.state)
+            dims = {"cameras": list(fm.cameras), "state_dim": state_dim,
+                    "action_dim": int(np.prod(g[fm.action].shape[1:])), "features": fm}
+        if out is None:
+            out = dims
+        elif (dims["state_dim"], dims["action_dim"]) != (out["state_dim"], out["action_dim"]):
+            raise DatasetError(f"{path}: state/action dims {dims['state_dim']}/{dims['action_dim']} differ from the "
+                               f"first file's {out['state_dim']}/{out['action_dim']}")
+    if out is None:
+        raise ValueError("data.paths: expected at least one dataset file")
+    return out
 
 
 def compute_stats(arrays: list[np.ndarray]) -> dict[str, list[float]]:

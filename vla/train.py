@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from vla.config import ModelConfig, TrainConfig, load_model_config, to_dict
-from vla.data import DemoBatches, load_training_data
+from vla.data import DemoBatches, fit_model_to_data, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
 from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, masked_mse, noise, target_columns
@@ -56,8 +56,9 @@ def _barrier(world: int) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # building the policy pieces
 # --------------------------------------------------------------------------------------------------------------
-def build_components(cfg: TrainConfig, train_demos, stats):
-    """-> (model, action tokenizer, state normalizer, text tokenizer). From `cfg.init` when given."""
+def build_components(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig | None = None):
+    """-> (model, action tokenizer, state normalizer, text tokenizer). From `cfg.init` when given. mcfg: the model
+    config already fitted to the data (Trainer); default: the config's preset and overrides."""
     if cfg.init:
         base = Policy.from_pretrained(cfg.init)
         mcfg = replace(base.cfg, **cfg.model_overrides) if cfg.model_overrides else base.cfg
@@ -66,7 +67,7 @@ def build_components(cfg: TrainConfig, train_demos, stats):
         model = DVLA(mcfg, base.text_tokenizer.vocab_size)
         model.load_state_dict(base.model.state_dict())
         return model, base.action_tokenizer, base.state_normalizer, base.text_tokenizer
-    mcfg = load_model_config(cfg.model, cfg.model_overrides)
+    mcfg = mcfg or load_model_config(cfg.model, cfg.model_overrides)
     if mcfg.backbone_path:
         from vla.model import config_from_hf
 
@@ -141,9 +142,11 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        train, valid, stats = load_training_data(cfg.data, self._data_model_cfg())
+        data_mcfg = self._data_model_cfg()
+        train, valid, stats = load_training_data(cfg.data, data_mcfg)
         self.stats = stats
-        model, self.action_tok, self.state_norm, self.text_tok = build_components(cfg, train, stats)
+        model, self.action_tok, self.state_norm, self.text_tok = build_components(
+            cfg, train, stats, None if cfg.init else data_mcfg)
         self.model = model.to(self.device)
         self.mcfg: ModelConfig = model.cfg
         if cfg.n_action_steps is not None:  # before any step, not when the first checkpoint builds the Policy
@@ -207,7 +210,10 @@ class Trainer:
 
             config, _, _ = read_checkpoint_files(self.cfg.init)
             return from_dict(ModelConfig, config["model"])
-        return self.cfg.model if isinstance(self.cfg.model, ModelConfig) else load_model_config(self.cfg.model, self.cfg.model_overrides)
+        mcfg = self.cfg.model if isinstance(self.cfg.model, ModelConfig) else load_model_config(self.cfg.model,
+                                                                                                  self.cfg.model_overrides)
+        # cameras, state/action sizes and block_size from the data unless model_overrides sets them
+        return fit_model_to_data(mcfg, self.cfg.data, explicit=set(self.cfg.model_overrides or {}))
 
     # ----- one step -----
     def compute_loss(self, batch: dict, gen: torch.Generator | None, train: bool = True) -> tuple[torch.Tensor, dict]:

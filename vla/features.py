@@ -1,0 +1,123 @@
+"""A dataset's declared feature mapping: which keys are the cameras (and their names in the policy), which keys make
+the state (concatenated in order), which key is the action, the action space, where the instruction comes from, and
+the control rate. One place per source; a training config can give its own (`data.features`).
+
+    FeatureMap.detect(h5file, path)   our HDF5 ("vla-stack/1": obs/state) or robomimic's released layout
+                                      (obs/robot0_eef_pos + robot0_eef_quat + robot0_gripper_qpos, agentview_image,
+                                      robot0_eye_in_hand_image; no obs/state, mask/ optional)
+    FeatureMap.from_dict({...})       a user's mapping, validated: each field named in its errors
+
+Frames that are not square are cropped (centre) or padded to a square before they are resized, never squashed
+(`fit_frames`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+ACTION_SPACES = ("eef_delta", "eef_absolute", "joint_delta", "joint_absolute")
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    cameras: dict = field(default_factory=dict)  # policy camera name -> key under obs/ (uint8 (T, H, W, 3))
+    state: tuple = ()  # keys under obs/, each (T,) or (T, k), concatenated in this order
+    action: str = "actions"  # key under the demo group, (T, D)
+    action_space: str = "eef_delta"  # one of ACTION_SPACES
+    instruction: str | None = None  # a constant; None: each demo's `instruction` attribute, else its task name
+    fps: float | None = None  # control rate of the recording (Hz), when known
+
+    def __post_init__(self):
+        if not isinstance(self.cameras, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                         for k, v in self.cameras.items()):
+            raise ValueError(f"data.features.cameras: expected a map camera name -> obs key, got {self.cameras!r}")
+        keys = list(self.cameras.values())
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"data.features.cameras: obs key(s) {twice} mapped to more than one camera")
+        if not self.state or not all(isinstance(k, str) for k in self.state):
+            raise ValueError(f"data.features.state: expected a non-empty list of obs keys, got {self.state!r}")
+        if self.action_space not in ACTION_SPACES:
+            raise ValueError(f"data.features.action_space: expected one of {list(ACTION_SPACES)}, "
+                             f"got {self.action_space!r}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"data.features.fps: expected > 0, got {self.fps}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureMap":
+        if not isinstance(d, dict):
+            raise ValueError(f"data.features: expected a map, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            import difflib
+
+            hint = [difflib.get_close_matches(u, known, n=1) for u in unknown]
+            raise ValueError(f"data.features: unknown field(s) {unknown}; expected some of {sorted(known)}"
+                             + "".join(f" ({u!r}: did you mean {h[0]!r}?)" for u, h in zip(unknown, hint) if h))
+        d = dict(d)
+        if "state" in d:
+            d["state"] = tuple(d["state"]) if isinstance(d["state"], (list, tuple)) else (d["state"],)
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {"cameras": dict(self.cameras), "state": list(self.state), "action": self.action,
+                "action_space": self.action_space, "instruction": self.instruction, "fps": self.fps}
+
+    @classmethod
+    def detect(cls, f, path: str) -> "FeatureMap":
+        """The mapping of an open HDF5 file: ours, or robomimic's released key layout (cameras that exist only)."""
+        from vla.dataset import DatasetError
+
+        names = list(f["data"].keys()) if "data" in f else []
+        if not names:
+            raise DatasetError(f"{path}: no demos under 'data'")
+        obs = f["data"][names[0]].get("obs")
+        keys = set(obs.keys()) if obs is not None else set()
+        if "state" in keys:  # ours: every obs/<camera>_image is a camera
+            cams = {k[: -len("_image")]: k for k in sorted(keys) if k.endswith("_image")}
+            state: tuple = ("state",)
+        elif {"robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"} <= keys:
+            cams = {"agentview": "agentview_image", "wrist": "robot0_eye_in_hand_image"}
+            state = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+        else:
+            raise DatasetError(f"{path}: data/{names[0]}/obs has neither 'state' (vla-stack) nor robomimic's "
+                               f"robot0_eef_pos/robot0_eef_quat/robot0_gripper_qpos (keys: {sorted(keys)[:12]}); "
+                               f"declare the mapping in data.features (cameras, state, action)")
+        cams = {c: k for c, k in cams.items() if k in keys}
+        fps = None
+        import json
+
+        try:
+            env_args = json.loads(f["data"].attrs.get("env_args", "{}"))
+            kw = env_args.get("env_kwargs") or {}
+            fps = float(kw["control_freq"]) if "control_freq" in kw else None
+        except (ValueError, TypeError):
+            pass
+        return cls(cameras=cams, state=state, fps=fps or 20.0)
+
+
+def fit_frames(images: np.ndarray, size: int, mode: str = "crop") -> np.ndarray:
+    """uint8 (T, H, W, 3) -> (T, size, size, 3): a non-square frame is centre-cropped (mode "crop") or padded with
+    black (mode "pad") to a square first, then resized (INTER_AREA); never squashed."""
+    if mode not in ("crop", "pad"):
+        raise ValueError(f"data.frame_fit: expected 'crop' or 'pad', got {mode!r}")
+    T, H, W = images.shape[:3]
+    if H != W:
+        if mode == "crop":
+            s = min(H, W)
+            y, x = (H - s) // 2, (W - s) // 2
+            images = images[:, y:y + s, x:x + s]
+        else:
+            s = max(H, W)
+            out = np.zeros((T, s, s, images.shape[3]), images.dtype)
+            y, x = (s - H) // 2, (s - W) // 2
+            out[:, y:y + H, x:x + W] = images
+            images = out
+    if images.shape[1] == size:
+        return np.ascontiguousarray(images)
+    import cv2
+
+    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
