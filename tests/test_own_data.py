@@ -105,3 +105,26 @@ def test_non_square_frames_are_cropped_or_padded_never_squashed():
     assert pad[0, :10].max() == 0  # black padding above
     with pytest.raises(ValueError, match="frame_fit"):
         fit_frames(frames, 20, "squash")
+
+
+def test_vla_data_info_and_show_on_a_robomimic_file(tmp_path, capsys):
+    import imageio.v2 as imageio
+
+    from vla.cli import main
+
+    path = _robomimic_file(tmp_path / "lift_robomimic.hdf5", cams=("agentview_image",), size=(24, 40))
+    assert main(["data", "info", path]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "robomimic" and info["episodes"] == 6 and info["frames"] == 6 * 14 and info["fps"] == 20
+    assert info["features"]["camera.agentview"] == {"key": "obs/agentview_image", "shape": [24, 40, 3], "dtype": "uint8"}
+    assert info["features"]["action"]["shape"] == [7] and len(info["action"]["q99"]) == 7
+    assert len(info["state"]["q01"]) == 9 and info["tasks"] == {"Lift": 6}
+    out = tmp_path / "show"
+    assert main(["data", "show", path, "--episode", "2", "--out", str(out)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    frames = imageio.mimread(shown["video"])
+    assert len(frames) == 14 and frames[0].shape[:2] == (24, 40)  # the recorded size, not squashed
+    for k in ("state", "action"):
+        assert imageio.imread(shown[k]).ndim == 3
+    assert main(["data", "show", path, "--episode", "9"]) == 2
+    assert "--episode: expected 0..5" in capsys.readouterr().err

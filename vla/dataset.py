@@ -324,6 +324,43 @@ def peek_dims(paths, features=None) -> dict:
     return out
 
 
+def describe(path: str, features=None) -> dict:
+    """What `vla data info` prints: format, episodes, frames, fps, features (key, shape, dtype), per-dimension
+    action/state quantiles (q01, q50, q99), tasks and instructions. Reads every demo's low-dim arrays, no images."""
+    from vla.features import FeatureMap
+
+    with _open(path) as f:
+        if "data" not in f:
+            raise DatasetError(f"{path}: missing key 'data'")
+        fm = features or FeatureMap.detect(f, path)
+        names = sorted(f["data"].keys(), key=_demo_index)
+        first = f["data"][names[0]]
+        feats = {}
+        for cam, key in fm.cameras.items():
+            d = first[f"obs/{key}"]
+            feats[f"camera.{cam}"] = {"key": f"obs/{key}", "shape": list(d.shape[1:]), "dtype": str(d.dtype)}
+        for key in fm.state:
+            d = first[f"obs/{key}"]
+            feats[f"state.{key}"] = {"key": f"obs/{key}", "shape": list(d.shape[1:]), "dtype": str(d.dtype)}
+        d = first[fm.action]
+        feats["action"] = {"key": fm.action, "shape": list(d.shape[1:]), "dtype": str(d.dtype),
+                           "space": fm.action_space}
+    demos = load_demos(path, cameras=[], features=fm)
+    tasks: dict[str, int] = {}
+    for dm in demos:
+        tasks[dm.task] = tasks.get(dm.task, 0) + 1
+
+    def q(arrs):
+        x = np.concatenate(arrs).astype(np.float64)
+        return {k: np.round(np.quantile(x, p, axis=0), 5).tolist() for k, p in (("q01", .01), ("q50", .5), ("q99", .99))}
+
+    fmt = "vla-stack/1" if fm.state == ("state",) else "robomimic"
+    return {"path": path, "format": fmt, "episodes": len(demos), "frames": int(sum(len(d) for d in demos)),
+            "fps": fm.fps, "features": feats, "feature_map": fm.to_dict(),
+            "action": q([d.actions for d in demos]), "state": q([d.state for d in demos]),
+            "tasks": tasks, "instructions": sorted({d.instruction for d in demos})[:20]}
+
+
 def compute_stats(arrays: list[np.ndarray]) -> dict[str, list[float]]:
     """Per-dimension mean, std, min, max, q01, q99 over rows of (N_i, D) arrays."""
     x = np.concatenate([a.reshape(len(a), -1) for a in arrays]).astype(np.float64)

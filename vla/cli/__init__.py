@@ -4,6 +4,7 @@ it needs lazily, so `vla --help` is instant.
     vla/cli/__init__.py   main, `envs`, `collect`          commands.py   `train`, `eval` and their shared helpers
     vla/cli/extra.py      `distill`, `capvector`, `export`  serve.py      `serve` (a Policy behind robot_bridge.serving)
     vla/cli/demo.py       `make demo`                       robot_bridge.robot_cli: `robot-server`, `run`, `keys`
+    vla/cli/data.py       `data info`, `data show`
 """
 
 from __future__ import annotations
@@ -83,11 +84,11 @@ _EXTRA_COMMANDS: list = []  # registrars of the subcommands beyond envs/collect,
 
 def _load_extra_commands() -> None:
     from robot_bridge import robot_cli
-    from vla.cli import commands, extra, serve
+    from vla.cli import commands, data, extra, serve
 
-    _EXTRA_COMMANDS[:] = [commands.add_train, commands.add_eval, extra.add_distill, extra.add_capvector,
-                          extra.add_export, serve.add_serve, robot_cli.add_robot_server, robot_cli.add_run,
-                          robot_cli.add_keys]
+    _EXTRA_COMMANDS[:] = [data.add_data, commands.add_train, commands.add_eval, extra.add_distill,
+                          extra.add_capvector, extra.add_export, serve.add_serve, robot_cli.add_robot_server,
+                          robot_cli.add_run, robot_cli.add_keys]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,73 @@
+"""`vla data info PATH` and `vla data show PATH --episode N`: look at a dataset before training on it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def add_data(sub) -> None:
+    s = sub.add_parser("data", help="inspect a dataset: info (features, sizes, quantiles), show (an episode as "
+                                    "MP4 + PNG plots)")
+    dsub = s.add_subparsers(dest="data_command", metavar="action")
+    i = dsub.add_parser("info", help="episodes, frames, fps, features with shapes and dtypes, action/state quantiles, "
+                                     "tasks")
+    i.add_argument("path", help="a dataset file (this project's HDF5 or robomimic's layout)")
+    i.set_defaults(func=_cmd_info)
+    w = dsub.add_parser("show", help="one episode: its cameras side by side as an MP4, its state and actions as PNG plots")
+    w.add_argument("path")
+    w.add_argument("--episode", type=int, default=0, help="index among the file's demos (sorted by number)")
+    w.add_argument("--out", default="data_show", help="directory for <episode>.mp4 and <episode>_{state,action}.png")
+    w.add_argument("--fps", type=float, help="video rate (default: the dataset's control rate)")
+    w.set_defaults(func=_cmd_show)
+    s.set_defaults(func=lambda args: (s.print_help(), 2)[1])
+
+
+def _cmd_info(args) -> int:
+    from vla.dataset import describe
+
+    print(json.dumps(describe(args.path), indent=1))
+    return 0
+
+
+def _cmd_show(args) -> int:
+    import imageio.v2 as imageio
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from vla.dataset import load_demos
+
+    demos = load_demos(args.path, cameras=None)
+    if not 0 <= args.episode < len(demos):
+        raise ValueError(f"--episode: expected 0..{len(demos) - 1} ({len(demos)} demos in {args.path}), got {args.episode}")
+    d = demos[args.episode]
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"episode_{args.episode}")
+    written = {}
+    if d.images:
+        h = max(im.shape[1] for im in d.images.values())
+        frames = [np.concatenate([np.pad(im[t], ((0, h - im.shape[1]), (0, 0), (0, 0))) for im in d.images.values()],
+                                 axis=1) for t in range(len(d))]
+        tmp = stem + ".tmp.mp4"
+        imageio.mimsave(tmp, frames, fps=args.fps or 20, macro_block_size=1)
+        os.replace(tmp, stem + ".mp4")
+        written["video"] = stem + ".mp4"
+    for what, arr in (("state", d.state), ("action", d.actions)):
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        for k in range(arr.shape[1]):
+            ax.plot(arr[:, k], label=f"{what}[{k}]")
+        ax.set_xlabel("step")
+        ax.set_title(f"{os.path.basename(args.path)} episode {args.episode} ({d.task}: {d.instruction!r}): {what}")
+        ax.legend(fontsize=6, ncol=2, loc="upper right")
+        fig.tight_layout()
+        path = f"{stem}_{what}.png"
+        fig.savefig(path + ".tmp.png", dpi=100)
+        plt.close(fig)
+        os.replace(path + ".tmp.png", path)
+        written[what] = path
+    print(json.dumps({"episode": args.episode, "name": d.name, "steps": len(d), "cameras": list(d.images),
+                      **written}, indent=1))
+    return 0
