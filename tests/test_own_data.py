@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # trains (a few steps each): `make test` runs it,
 
 
 def _robomimic_file(path, state_parts=(3, 4, 2), action_dim=7, cams=("agentview_image", "robot0_eye_in_hand_image"),
-                    size=(32, 32), demos=6, T=14, masks=False):
+                    size=(32, 32), demos=6, T=14, masks=False, scale=1.0, instruction=None):
     """robomimic's released layout: obs/robot0_eef_pos, robot0_eef_quat, robot0_gripper_qpos and camera keys, no
     obs/state, no instruction, env_args of env type 1 (robosuite)."""
     rng = np.random.default_rng(0)
@@ -35,8 +35,10 @@ def _robomimic_file(path, state_parts=(3, 4, 2), action_dim=7, cams=("agentview_
             for c in cams:
                 obs.create_dataset(c, data=rng.integers(0, 256, (T, *size, 3), dtype=np.uint8))
             t = np.linspace(0, 1, T)[:, None]
-            g.create_dataset("actions", data=np.sin(t * (1 + np.arange(action_dim)) + i).astype(np.float32))
+            g.create_dataset("actions", data=(scale * np.sin(t * (1 + np.arange(action_dim)) + i)).astype(np.float32))
             g.attrs["num_samples"] = T
+            if instruction:
+                g.attrs["instruction"] = instruction
         if masks:
             f.create_dataset("mask/train", data=np.array([f"demo_{i}" for i in range(demos - 1)], dtype="S"))
             f.create_dataset("mask/valid", data=np.array([f"demo_{demos - 1}"], dtype="S"))
@@ -128,3 +130,43 @@ def test_vla_data_info_and_show_on_a_robomimic_file(tmp_path, capsys):
         assert imageio.imread(shown[k]).ndim == 3
     assert main(["data", "show", path, "--episode", "9"]) == 2
     assert "--episode: expected 0..5" in capsys.readouterr().err
+
+
+def test_init_from_the_shipped_policy_refits_processors_grows_words_and_lists_reinit(tmp_path):
+    """`vla train --init vla/pretrained/lift_tiny` on data with 3x the action range, one camera and new words: the
+    new checkpoint's bins cover the new data's quantiles, old words keep their ids, re-initialised modules are listed
+    and saved, and it reloads."""
+    import os
+
+    from vla.cli import main
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base_dir = os.path.join(root, "vla", "pretrained", "lift_tiny")
+    base = Policy.from_pretrained(base_dir)
+    path = _robomimic_file(tmp_path / "mug.hdf5", cams=("agentview_image",), size=(64, 64), demos=10, scale=3.0,
+                           instruction="grab the teal mug")
+    out = tmp_path / "ft"
+    rc = main(["train", "--config", "lift_tiny", "--init", base_dir, "--data", path, "--out", str(out), "--steps", "3",
+               "--set", "batch_size=4", "--set", "val_every=0", "--set", "save_every=0", "--set", "aux=null",
+               "--set", "threads=1", "--no-progress"])
+    assert rc == 0
+    p = Policy.from_pretrained(str(out / "policy"))
+    cfg = json.load(open(out / "policy" / "config.json"))
+    acts = np.concatenate([d.actions for d in load_demos(path, split="train", cameras=[])])
+    q01, q99 = np.quantile(acts, 0.01, axis=0), np.quantile(acts, 0.99, axis=0)
+    np.testing.assert_allclose(p.action_tokenizer.low, q01, rtol=1e-5)  # refitted: the bins span the new range
+    np.testing.assert_allclose(p.action_tokenizer.high, q99, rtol=1e-5)
+    assert q99.max() > 1.5 and not np.allclose(base.action_tokenizer.high, p.action_tokenizer.high)
+    vocab = p.text_tokenizer.vocab
+    assert vocab[: len(base.text_tokenizer.vocab)] == base.text_tokenizer.vocab and {"teal", "mug", "grab"} <= set(vocab)
+    assert tuple(p.cfg.cameras) == ("agentview",)
+    init = cfg["init"]
+    assert "camera_embed" in init["reinitialized"] and any(k.startswith("vision.1") for k in init["dropped"])
+    assert any(k.endswith("embed_tokens.weight") for k in init["grown"]) and {"teal", "mug"} <= set(init["new_words"])
+    # everything else came from the base: the first stem's weights moved only by 3 steps of training
+    k = "vision.0.stages.0.0.weight"
+    moved = float((p.model.state_dict()[k] - base.model.state_dict()[k]).abs().max())
+    assert 0 < moved < 0.05
+    obs = {"images": {"agentview": np.zeros((64, 64, 3), np.uint8)}, "state": np.zeros(9, np.float32),
+           "instruction": "grab the teal mug"}
+    assert p.infer(obs)["actions"].shape == (p.cfg.chunk_size, 7)

@@ -213,6 +213,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "runs/default"
     init: str | None = None  # start from this checkpoint's weights (finetune / distill student / capvector meta)
+    # with init: refit the action tokenizer and state normaliser to this data, grow the word vocabulary, size the model
+    # by the data and re-initialise the modules whose shapes change (`vla train --init` does; distill keeps the base's)
+    init_refit: bool = False
     objective: str = "diffusion"
     eps: float = 1e-3  # mask prob = (1 - eps) * t + eps
     # diffusion forcing

@@ -126,6 +126,15 @@ class WordTokenizer(TextTokenizer):
     def words(text: str) -> list[str]:
         return _WORD_RE.findall(text.lower())
 
+    def grown(self, texts: list[str]) -> "WordTokenizer":
+        """This vocabulary plus the new words of `texts`, appended: every old word keeps its id (finetuning)."""
+        new: dict[str, None] = {}
+        for t in texts:
+            for w in self.words(t):
+                if w not in self.index:
+                    new.setdefault(w, None)
+        return WordTokenizer(self.vocab + sorted(new))
+
     @classmethod
     def fit(cls, texts: list[str], extra_words: list[str] = ()) -> "WordTokenizer":
         seen: dict[str, None] = {}

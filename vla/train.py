@@ -59,6 +59,8 @@ def _barrier(world: int) -> None:
 def build_components(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig | None = None):
     """-> (model, action tokenizer, state normalizer, text tokenizer). From `cfg.init` when given. mcfg: the model
     config already fitted to the data (Trainer); default: the config's preset and overrides."""
+    if cfg.init and cfg.init_refit:
+        return _refit_from(cfg, train_demos, stats, mcfg)
     if cfg.init:
         base = Policy.from_pretrained(cfg.init)
         mcfg = replace(base.cfg, **cfg.model_overrides) if cfg.model_overrides else base.cfg
@@ -83,6 +85,48 @@ def build_components(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig | N
     model = DVLA(mcfg, text_tok.vocab_size)
     action_tok = ActionTokenizer.from_stats(stats["actions"], num_bins=mcfg.num_bins)
     state_norm = StateNormalizer.from_stats(stats["state"])
+    return model, action_tok, state_norm, text_tok
+
+
+def _refit_from(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig):
+    """Finetune `cfg.init` on new data: processors refitted to it (actions' q01/q99 bins, state normaliser), the word
+    vocabulary grown by its new words (old ids kept), the model sized by it (mcfg, fitted by Trainer). Weights load
+    by name where the shapes agree; a grown text embedding keeps its old rows; the rest is re-initialised, and
+    listed (model.init_report, saved in the checkpoint's config.json under "init")."""
+    base = Policy.from_pretrained(cfg.init)
+    text_tok = base.text_tokenizer
+    if isinstance(text_tok, WordTokenizer):
+        text_tok = text_tok.grown([d.instruction for d in train_demos])
+    action_tok = ActionTokenizer.from_stats(stats["actions"], num_bins=mcfg.num_bins)
+    state_norm = StateNormalizer.from_stats(stats["state"])
+    model = DVLA(mcfg, text_tok.vocab_size)
+    old = base.model.state_dict()
+    new = model.state_dict()
+    reinit, grown = [], []
+    for k, v in new.items():
+        w = old.get(k)
+        if w is None:
+            reinit.append(k)
+        elif w.shape == v.shape:
+            new[k] = w
+        elif k.endswith("embed_tokens.weight") and w.shape[1:] == v.shape[1:] and w.shape[0] < v.shape[0]:
+            new[k] = torch.cat([w, v[w.shape[0]:]])  # old words keep their rows; new words start fresh
+            grown.append(k)
+        else:
+            reinit.append(k)
+    model.load_state_dict(new, strict=True)
+    dropped = sorted(k for k in old if k not in new)
+    modules = sorted({k.rsplit(".", 1)[0] for k in reinit})
+    model.init_report = {"from": cfg.init, "refit": ["action_tokenizer", "state_normalizer"]
+                         + (["text_vocabulary"] if text_tok is not base.text_tokenizer else []),
+                         "reinitialized": modules, "grown": grown, "dropped": dropped,
+                         "new_words": [w for w in getattr(text_tok, "vocab", []) if w not in getattr(
+                             base.text_tokenizer, "index", {})]}
+    logger = __import__("logging").getLogger("vla.train")
+    logger.warning("--init %s: re-initialised %s; grown %s; dropped %s", cfg.init, modules or "nothing",
+                   grown or "nothing", dropped[:8] or "nothing")
+    print(f"[vla train] --init {cfg.init}: processors refitted to the data; re-initialised modules: "
+          f"{', '.join(modules) or 'none'}; grown: {', '.join(grown) or 'none'}", flush=True)
     return model, action_tok, state_norm, text_tok
 
 
@@ -146,7 +190,8 @@ class Trainer:
         train, valid, stats = load_training_data(cfg.data, data_mcfg)
         self.stats = stats
         model, self.action_tok, self.state_norm, self.text_tok = build_components(
-            cfg, train, stats, None if cfg.init else data_mcfg)
+            cfg, train, stats, data_mcfg if (cfg.init_refit or not cfg.init) else None)
+        self.init_report = getattr(model, "init_report", None)
         self.model = model.to(self.device)
         self.mcfg: ModelConfig = model.cfg
         if cfg.n_action_steps is not None:  # before any step, not when the first checkpoint builds the Policy
@@ -209,7 +254,11 @@ class Trainer:
             from vla.policy import read_checkpoint_files
 
             config, _, _ = read_checkpoint_files(self.cfg.init)
-            return from_dict(ModelConfig, config["model"])
+            base = from_dict(ModelConfig, config["model"])
+            if not self.cfg.init_refit:
+                return base
+            base = replace(base, backbone_path=None, **(self.cfg.model_overrides or {}))
+            return fit_model_to_data(base, self.cfg.data, explicit=set(self.cfg.model_overrides or {}))
         mcfg = self.cfg.model if isinstance(self.cfg.model, ModelConfig) else load_model_config(self.cfg.model,
                                                                                                   self.cfg.model_overrides)
         # cameras, state/action sizes and block_size from the data unless model_overrides sets them
@@ -320,7 +369,10 @@ class Trainer:
                 "samples_per_s": self.step * cfg.batch_size * cfg.grad_accum * self.world / max(self.train_seconds, 1e-9),
                 "threads": torch.get_num_threads(), "world": self.world, "tasks": self.tasks,
                 "train_samples": len(self.train_data), "parameters": count_parameters(self.model)})
-            self.policy().save_pretrained(final + ".tmp", extra={"train": to_dict(cfg), "tasks": self.tasks})
+            extra = {"train": to_dict(cfg), "tasks": self.tasks}
+            if self.init_report:
+                extra["init"] = self.init_report
+            self.policy().save_pretrained(final + ".tmp", extra=extra)
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(final + ".tmp", final)

@@ -29,7 +29,10 @@ def add_train(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/LATEST")
     s.add_argument("--out", help="output directory (overrides out_dir)")
     s.add_argument("--steps", type=int)
-    s.add_argument("--init", help="start from this checkpoint's weights")
+    s.add_argument("--init", help="finetune this checkpoint on the data: processors refitted, vocabulary grown, "
+                                  "modules whose shapes change re-initialised (listed)")
+    s.add_argument("--keep-processors", action="store_true",
+                   help="with --init: keep the base checkpoint's action tokenizer, state normaliser and vocabulary")
     s.add_argument("--capvector", help="capability vector (.safetensors) for the orthogonal penalty")
     s.add_argument("--orth-weight", type=float)
     s.add_argument("--data", action="append", help="dataset file(s), replacing data.paths")
@@ -50,6 +53,8 @@ def train_config_from_args(args, extra: dict | None = None):
             over[key] = val
     if getattr(args, "data", None):
         over.setdefault("data", {})["paths"] = list(args.data)
+    if getattr(args, "init", None) and not getattr(args, "keep_processors", False) and extra is None:
+        over.setdefault("init_refit", True)  # `vla train --init`: finetune on new data (distill passes `extra`)
     return load_train_config(args.config, merge_overrides(over, extra or {}))
 
 
