@@ -28,14 +28,12 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from vla.features import DatasetError, FeatureMap, fit_frames  # noqa: F401  (DatasetError: re-exported)
+
 FORMAT = "vla-stack/1"
 IMAGE_KEYS = {"agentview": "agentview_image", "wrist": "wrist_image"}
 LOWDIM_KEYS = ("state", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object_pos")
 REQUIRED_DEMO_KEYS = ("actions", "obs/state")
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing, corrupt, or lacks a key; the message names the file and the key."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -234,8 +232,6 @@ def load_demos(
     (None: detected per file, ours or robomimic's layout). image_size: frames made square (`frame_fit`: "crop" or
     "pad") and resized on load.
     """
-    from vla.features import FeatureMap, fit_frames
-
     if isinstance(paths, (str, os.PathLike)):
         paths = [str(paths)]
     if split not in (None, "train", "valid"):
@@ -301,8 +297,6 @@ def load_demos(
 def peek_dims(paths, features=None) -> dict:
     """{"cameras": [...], "state_dim", "action_dim", "features": FeatureMap} of the first demo of the first file (the
     model is sized by them before the data is loaded); the other files must agree (checked here)."""
-    from vla.features import FeatureMap
-
     out = None
     for path in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths)):
         with _open(str(path)) as f:
@@ -327,8 +321,6 @@ def peek_dims(paths, features=None) -> dict:
 def describe(path: str, features=None) -> dict:
     """What `vla data info` prints: format, episodes, frames, fps, features (key, shape, dtype), per-dimension
     action/state quantiles (q01, q50, q99), tasks and instructions. Reads every demo's low-dim arrays, no images."""
-    from vla.features import FeatureMap
-
     with _open(path) as f:
         if "data" not in f:
             raise DatasetError(f"{path}: missing key 'data'")

@@ -20,6 +20,10 @@ import numpy as np
 ACTION_SPACES = ("eef_delta", "eef_absolute", "joint_delta", "joint_absolute")
 
 
+class DatasetError(ValueError):
+    """A dataset file is missing, corrupt, or lacks a key; the message names the file and the key."""
+
+
 @dataclass(frozen=True)
 class FeatureMap:
     cameras: dict = field(default_factory=dict)  # policy camera name -> key under obs/ (uint8 (T, H, W, 3))
@@ -69,8 +73,6 @@ class FeatureMap:
     @classmethod
     def detect(cls, f, path: str) -> "FeatureMap":
         """The mapping of an open HDF5 file: ours, or robomimic's released key layout (cameras that exist only)."""
-        from vla.dataset import DatasetError
-
         names = list(f["data"].keys()) if "data" in f else []
         if not names:
             raise DatasetError(f"{path}: no demos under 'data'")
