@@ -96,6 +96,8 @@ class LoopConfig:
     latency_margin: float = 2.0  # async, adaptive: cover this many times the slowest recent request latency
     blend: str = "none"  # async: none (the new chunk replaces the queue) | linear (cross-fade overlapping steps)
     on_starvation: str = "hold"  # hold: zero arm deltas, last gripper command kept | zero: all-zero action
+    hold: str = "zeros"  # what holding means in the action space: "zeros" (delta actions) | "last" (absolute targets:
+    # repeat the last action; none before the first)
     gripper_index: int = -1  # which action dimension is the gripper (kept by "hold")
     request_timeout_ms: float = 2000.0  # async: the client gives up (and reconnects) after this
     retry_interval_s: float = 0.1  # async: wait after a failed request before the next
@@ -110,6 +112,8 @@ class LoopConfig:
             raise ValueError(f"rate_hz: expected 0.1..1000, got {self.rate_hz}")
         if self.blend not in ("none", "linear"):
             raise ValueError(f"blend: expected 'none' or 'linear', got {self.blend!r}")
+        if self.hold not in ("zeros", "last"):
+            raise ValueError(f"hold: expected 'zeros' (delta actions) or 'last' (absolute targets), got {self.hold!r}")
         if self.on_starvation not in ("hold", "zero"):
             raise ValueError(f"on_starvation: expected 'hold' or 'zero', got {self.on_starvation!r}")
         if not 1.0 <= self.latency_margin <= 10.0:
@@ -258,7 +262,10 @@ class ControlLoop:
             return self.policy.infer(obs, episode_id=self._episode, step=step, timeout_ms=timeout_ms, deadline=deadline)
         return self.policy.infer(obs)
 
-    def _hold(self, last: np.ndarray | None) -> np.ndarray:
+    def _hold(self, last: np.ndarray | None) -> np.ndarray | None:
+        """The action that keeps the robot where it is: for absolute targets the last one (None before any)."""
+        if self.config.hold == "last":
+            return None if last is None else last.copy()
         a = np.zeros(self.action_dim, dtype=np.float32)
         if self.config.on_starvation == "hold" and last is not None:
             a[self.config.gripper_index] = last[self.config.gripper_index]
@@ -417,6 +424,9 @@ class ControlLoop:
                     action = None
                 else:
                     action = self._hold(last)
+                    if action is None:  # an absolute target to hold does not exist yet: send nothing
+                        st.silent_ticks += 1
+                        log.length = t + 1
             else:
                 if outage:
                     log_.warning("action chunks again after %.1f s: commanding the robot", tick - starved_since)

@@ -42,6 +42,9 @@ def add_robot_server(sub) -> None:
     g = s.add_argument_group("sim")
     g.add_argument("--task", default="Lift")
     g.add_argument("--image-size", type=int, default=128)
+    s.add_argument("--action-space", default="eef_delta", choices=["eef_delta", "joint_absolute"],
+                   help="what a command means: eef_delta (7: delta position, rotation vector, gripper) or "
+                        "joint_absolute (the arm's joint targets in rad, then the gripper; franka)")
     g = s.add_argument_group("franka")
     g.add_argument("--control", default="cartesian", help="cartesian | impedance")
     g.add_argument("--no-realtime", action="store_true",
@@ -97,7 +100,18 @@ def build_robot(args):
         if not sep or not name:
             raise ValueError(f"--camera {item!r}: expected NAME=SPEC, e.g. wrist=usb:0@224x224")
         cams[name] = make_camera(spec)
+    spec = None
+    if getattr(args, "action_space", "eef_delta") != "eef_delta":
+        from robot_bridge.robots.base import ActionSpec
+
+        n = len(cls.joint_limits[0]) if getattr(cls, "joint_limits", None) else 0
+        if args.action_space not in getattr(cls, "action_kinds", ("eef_delta",)) or not n:
+            raise ValueError(f"--action-space: {args.robot} executes {list(getattr(cls, 'action_kinds', ('eef_delta',)))}"
+                             f", not {args.action_space!r}")
+        spec = ActionSpec.joint_absolute(n)
     if args.robot == "sim":
+        if spec is not None:
+            raise ValueError(f"--action-space: the sim robot executes ['eef_delta'], not {args.action_space!r}")
         if cams:
             raise ValueError("--camera: the sim robot renders its own cameras (agentview, wrist)")
         cfg = cfg_cls(task=args.task, image_size=args.image_size)
@@ -108,6 +122,7 @@ def build_robot(args):
         cfg = cfg_cls(host=args.robot_ip, control=args.control, realtime=not args.no_realtime,
                       relative_dynamics_factor=args.dynamics, auto_recover=args.auto_recover,
                       home_joints=_floats(args.home, 7, "--home") if args.home else None)
+        return cls(cfg, cameras=cams, safety=_safety(args, cls), action_spec=spec)
     elif args.robot == "ur":
         cfg = cfg_cls(host=args.robot_ip, mode=args.ur_mode, gripper_digital_out=args.ur_gripper_do)
     else:
@@ -163,7 +178,8 @@ def add_run(sub) -> None:
 
 def _cmd_run(args) -> int:
     """Exit codes: 0 done; 3 the policy server never answered (or an episode got no chunk at all); 4 the robot
-    server was lost. Each with a message on stderr naming the server."""
+    server was lost; 5 the policy's action space is not the robot's. Each with a message on stderr naming the
+    server(s)."""
     import sys
 
     from robot_bridge.client import PolicyClient
@@ -191,12 +207,21 @@ def _cmd_run(args) -> int:
         except TimeoutError as e:
             return fail(4, f"robot server at {args.robot_server} did not answer ({e}); is `vla robot-server` running "
                            f"there?")
+        p_space = (meta.get("action_space") or {}).get("kind", "eef_delta")
+        r_spec = robot.meta.get("action_spec") or {}
+        r_space = r_spec.get("kind", "eef_delta")
+        if p_space != r_space or int(meta["action_dim"]) != int(r_spec.get("dim", meta["action_dim"])):
+            return fail(5, f"action space: the policy at {args.policy_server} outputs {p_space} "
+                           f"({meta['action_dim']} dims), the robot server at {args.robot_server} executes {r_space} "
+                           f"({r_spec.get('dim')} dims); start the robot server with --action-space {p_space}, or "
+                           f"serve a policy trained for {r_space}")
         watchdog_ms = float(robot.meta.get("watchdog_ms") or 0)
         if args.mode == "async" and 0 < watchdog_ms < 2e3 / args.rate:
             print(f"vla run: warning: the robot server's watchdog ({watchdog_ms:.0f} ms) is shorter than two control "
                   f"periods at --rate {args.rate:g} ({2e3 / args.rate:.0f} ms): it will hold the arm between commands; "
                   f"raise its --watchdog-ms or the rate", file=sys.stderr, flush=True)
         cfg = LoopConfig(mode=args.mode, rate_hz=args.rate, first_chunk_timeout_s=args.first_chunk_timeout,
+                         hold="last" if r_space.endswith("_absolute") else "zeros",
                          starvation_hold_s=args.starvation_hold, policy_lost_s=args.policy_lost,
                          replan_every=args.replan_every or (int(meta.get("n_action_steps", meta["chunk_size"]))
                                                             if args.mode == "sync" else None))

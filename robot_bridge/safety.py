@@ -1,7 +1,8 @@
 """Safety layer between a command and the arm: every rule that changes an action is an intervention, logged
 and counted.
 
-Rules, in order (actions are the shared eef-delta schema, float32 (7,)):
+Rules, in order (eef_delta actions, float32 (7,); joint_absolute actions go through filter_joints: reject, gripper
+limits, joint_limits (targets clipped inside the limits less the margin), max_joint_step):
   reject            NaN/inf or a wrong shape: nothing is applied (UnsafeAction)
   action_limits     each dimension clipped to [ActionSpec.low, ActionSpec.high]
   gripper_limits    the gripper command clipped to [gripper_low, gripper_high]
@@ -23,7 +24,8 @@ import numpy as np
 
 log = logging.getLogger("robot_bridge.safety")
 
-RULES = ("action_limits", "gripper_limits", "workspace", "max_translation", "max_rotation")
+RULES = ("action_limits", "gripper_limits", "workspace", "max_translation", "max_rotation", "joint_limits",
+         "max_joint_step")
 
 
 class UnsafeAction(ValueError):
@@ -113,10 +115,8 @@ class SafetyFilter:
             self.recent.append(ev)
         log.info("safety %s: %s (before %s, after %s)", rule, detail, ev.before, ev.after)
 
-    def filter(self, action, reference_pos: np.ndarray | None) -> np.ndarray:
-        """action (D,) -> the safe action float32 (D,). reference_pos (3,): where the next translation starts
-        (None: the workspace rule is skipped). Raises UnsafeAction for what no clipping can fix."""
-        spec, cfg = self.spec, self.config
+    def _reject_bad(self, action) -> np.ndarray:
+        spec = self.spec
         with self._lock:
             self.commands += 1
         try:
@@ -130,6 +130,47 @@ class SafetyFilter:
                                                    f"NaN/inf at {np.where(~np.isfinite(a))[0].tolist()}")
             log.warning("safety reject: action %s; expected finite float (%d,)", what, spec.dim)
             raise UnsafeAction(f"action: {what}; expected {spec.dim} finite numbers")
+        return a
+
+    def filter_joints(self, action, reference_q: np.ndarray, joint_limits) -> np.ndarray:
+        """joint_absolute: action (n + 1,) = joint targets (rad) and the gripper -> the safe action float32. Each
+        target is clipped into the joint limits (less joint_limit_margin_rad) and moved at most
+        ActionSpec.max_step_joint_rad from reference_q (n,), the last target or the measured joints."""
+        spec, cfg = self.spec, self.config
+        a = self._reject_bad(action)
+        orig, hits = a.copy(), []
+        g = spec.gripper_index
+        joints = np.delete(np.arange(spec.dim), g)
+        gc = float(np.clip(a[g], max(spec.low, cfg.gripper_low), min(spec.high, cfg.gripper_high)))
+        if gc != a[g]:
+            self._record("gripper_limits", f"gripper {a[g]:.3f} outside [{cfg.gripper_low}, {cfg.gripper_high}]",
+                         [a[g]], [gc], hits)
+            a[g] = gc
+        lo = np.asarray(joint_limits[0], np.float64) + cfg.joint_limit_margin_rad
+        hi = np.asarray(joint_limits[1], np.float64) - cfg.joint_limit_margin_rad
+        q = a[joints]
+        inside = np.clip(q, lo, hi)
+        if np.any(inside != q):
+            self._record("joint_limits", f"joints {np.where(inside != q)[0].tolist()} outside their limits", q, inside,
+                         hits)
+            q = inside
+        ref = np.asarray(reference_q, np.float64)
+        step = np.clip(q - ref, -spec.max_step_joint_rad, spec.max_step_joint_rad)
+        if np.any(np.abs(ref + step - q) > 1e-12):
+            self._record("max_joint_step", f"joint step > {spec.max_step_joint_rad} rad", q - ref, step, hits)
+            q = ref + step
+        a[joints] = q
+        if hits:
+            with self._lock:
+                self.intervened += 1
+            return a.astype(np.float32)
+        return orig.astype(np.float32)
+
+    def filter(self, action, reference_pos: np.ndarray | None) -> np.ndarray:
+        """action (D,) -> the safe action float32 (D,). reference_pos (3,): where the next translation starts
+        (None: the workspace rule is skipped). Raises UnsafeAction for what no clipping can fix."""
+        spec, cfg = self.spec, self.config
+        a = self._reject_bad(action)
         orig = a.copy()
         hits = []  # rules that changed this action
 

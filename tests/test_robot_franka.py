@@ -420,3 +420,71 @@ def test_vla_run_names_a_dead_policy_server_and_warns_about_a_short_watchdog(fra
     finally:
         rig.close()
     assert "watchdog (100 ms) is shorter than two control periods" in capfd.readouterr().err
+
+
+class JointTargets:
+    """A joint-position policy: chunks of absolute joint targets (7) + gripper, ramping joint 1 by +0.01 rad a step
+    from the home pose; no cameras."""
+
+    metadata = {"policy_type": "scripted", "action_dim": 8, "chunk_size": 8, "n_action_steps": 8, "cameras": {},
+                "state_dim": 9, "action_space": {"kind": "joint_absolute", "dim": 8}}
+
+    def __init__(self):
+        self.calls = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def infer_batch(self, obs_list):
+        out = []
+        for _ in obs_list:
+            k0 = 8 * self.calls
+            self.calls += 1
+            a = np.zeros((8, 8), np.float32)
+            a[:, :7] = HOME
+            a[:, 0] = np.minimum(0.01 * (k0 + 1 + np.arange(8)), 0.2)  # up to 0.2 rad, then held there
+            a[:, 7] = -1.0  # gripper open
+            out.append({"actions": a, "timing": {}})
+        return out
+
+
+def test_a_joint_position_policy_moves_the_joints_as_commanded(franky_sim, tmp_path, capfd):
+    """`--action-space joint_absolute`: `vla run` streams joint targets to the franka adapter (franky JointMotion,
+    re-planned per command) on franky-sim; joint 1 ends where the last target put it. A policy whose action space the
+    robot server does not execute is refused at connect (exit 5), naming both."""
+    from robot_bridge.robot_cli import _cmd_run
+    from robot_bridge.robots.base import ActionSpec
+
+    psrv = PolicyServer(JointTargets(), bind="tcp://127.0.0.1:0").start()
+    robot = FrankaRobot(FrankaConfig(host="127.0.0.1", realtime=False, relative_dynamics_factor=1.0, auto_recover=True,
+                                     home_joints=HOME), action_spec=ActionSpec.joint_absolute(7))
+    server = RobotServer(robot, bind="tcp://127.0.0.1:0", watchdog_ms=WATCHDOG_MS).start()
+    client = RobotClient(server.address, timeout_ms=20_000)
+    try:
+        assert client.hello()["action_spec"]["kind"] == "joint_absolute"
+        client.reset()
+        wait_at_rest(client)
+        q0 = robot.arm_joints()
+        code = _cmd_run(_run_args(psrv.address, server.address, str(tmp_path / "j.json"), steps=40))
+        time.sleep(1.5)  # the last target is held: the arm settles on it
+        client.latest_state(200)
+        q1 = robot.arm_joints()
+        safety = robot.safety.summary()
+    finally:
+        client.close()
+        server.stop()
+    assert code == 0
+    np.testing.assert_allclose(q0, HOME, atol=0.01)
+    assert abs(q1[0] - 0.2) < 0.02, q1  # joint 1 moved 0.2 rad, as commanded
+    np.testing.assert_allclose(q1[1:], HOME[1:], atol=0.02)  # the others stayed
+    assert safety["rejected"] == 0
+    rig = Rig()  # an eef_delta robot server: the joint policy is refused before any command
+    try:
+        code = _cmd_run(_run_args(psrv.address, rig.server.address, str(tmp_path / "k.json"), steps=5))
+        applied = rig.server.counts["applied"]
+    finally:
+        rig.close()
+        psrv.stop()
+    err = capfd.readouterr().err
+    assert code == 5 and "outputs joint_absolute (8 dims)" in err and "executes eef_delta (7 dims)" in err
+    assert applied == 0

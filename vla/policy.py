@@ -59,7 +59,10 @@ class Policy:
         stats: dict | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        action_space: dict | None = None,
     ):
+        """action_space: what the actions mean, recorded in the checkpoint and the server's handshake:
+        {"kind": eef_delta | eef_absolute | joint_delta | joint_absolute, "dim", "names"}; default eef_delta."""
         self.model = model.eval()
         self.cfg: ModelConfig = model.cfg
         self.action_tokenizer = action_tokenizer
@@ -68,6 +71,11 @@ class Policy:
         self.decode_cfg = decode_cfg or DecodeConfig(decoder="pipelined" if self.cfg.attention == "block_causal" else "parallel")
         self.n_action_steps = check_n_action_steps(int(n_action_steps or self.cfg.chunk_size), self.cfg.chunk_size)
         self.stats = stats or {}
+        self.action_space = dict(action_space or {"kind": "eef_delta"})
+        self.action_space.setdefault("dim", self.cfg.action_dim)
+        if self.action_space["dim"] != self.cfg.action_dim:
+            raise ValueError(f"action_space.dim: {self.action_space['dim']} differs from the model's action_dim "
+                             f"{self.cfg.action_dim}")
         self.device = torch.device(device)
         self.model.to(self.device)
         self.seed = seed
@@ -87,6 +95,7 @@ class Policy:
             "n_action_steps": self.n_action_steps,
             "cameras": {cam: [c.image_size, c.image_size, 3] for cam in c.cameras},
             "state_dim": c.state_dim,
+            "action_space": dict(self.action_space),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
 
@@ -212,6 +221,7 @@ class Policy:
             "model": to_dict(self.cfg),
             "decode": to_dict(self.decode_cfg),
             "n_action_steps": self.n_action_steps,
+            "action_space": self.action_space,
         }
         if extra:
             config.update(extra)
@@ -287,6 +297,7 @@ class Policy:
             n_action_steps=kw.pop("n_action_steps", None) or config.get("n_action_steps"),
             stats=norm.get("stats"),
             device=device,
+            action_space=config.get("action_space"),
             **kw,
         )
 

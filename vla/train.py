@@ -187,6 +187,11 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         data_mcfg = self._data_model_cfg()
+        from vla.dataset import peek_dims
+        from vla.data import feature_map
+
+        fm = peek_dims(list(cfg.data.paths), feature_map(cfg.data))["features"] if cfg.data.paths else None
+        self.action_space = {"kind": fm.action_space if fm else "eef_delta", "dim": data_mcfg.action_dim}
         train, valid, stats = load_training_data(cfg.data, data_mcfg)
         self.stats = stats
         model, self.action_tok, self.state_norm, self.text_tok = build_components(
@@ -418,7 +423,7 @@ class Trainer:
 
             model = merged_copy(self.model)
         return Policy(model, self.action_tok, self.state_norm, self.text_tok, decode_cfg=self.cfg.decode,
-                      n_action_steps=self.cfg.n_action_steps, stats=self.stats)
+                      n_action_steps=self.cfg.n_action_steps, stats=self.stats, action_space=self.action_space)
 
     def save_checkpoint(self) -> None:
         from safetensors.torch import save_file

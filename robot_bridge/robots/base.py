@@ -32,6 +32,10 @@ log = logging.getLogger("robot_bridge.robots")
 
 STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "finger_left", "finger_right")
 ACTION_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
+# what an action means (vla.features.ACTION_SPACES on the policy side): eef_delta (7: delta position, rotation vector,
+# gripper), joint_absolute (n joint targets in rad, then the gripper); eef_absolute and joint_delta are named so a
+# checkpoint can record them, and refused by every adapter here
+ACTION_KINDS = ("eef_delta", "eef_absolute", "joint_delta", "joint_absolute")
 
 
 class RobotError(RuntimeError):
@@ -61,9 +65,16 @@ class ActionSpec:
     gripper_index: int = 6  # -1 open, +1 closed
     names: tuple[str, ...] = ACTION_NAMES
 
+    max_step_joint_rad: float = 0.035  # joint_absolute: largest change of a joint target per command (0.7 rad/s at 20 Hz)
+
     def __post_init__(self):
-        if self.kind != "eef_delta" or self.dim != 7:
-            raise ValueError(f"ActionSpec: only kind 'eef_delta' with dim 7 is implemented, got {self.kind!r} dim {self.dim}")
+        if self.kind not in ACTION_KINDS:
+            raise ValueError(f"ActionSpec.kind: expected one of {list(ACTION_KINDS)}, got {self.kind!r}")
+        if self.kind == "eef_delta" and self.dim != 7:
+            raise ValueError(f"ActionSpec: kind 'eef_delta' has dim 7 (position, rotation vector, gripper), got {self.dim}")
+        if self.kind != "eef_delta" and not (2 <= self.dim <= 64 and -self.dim <= self.gripper_index < self.dim):
+            raise ValueError(f"ActionSpec: kind {self.kind!r} needs dim 2..64 and a gripper_index inside it, got dim "
+                             f"{self.dim}, gripper_index {self.gripper_index}")
         if not (self.pos_scale_m > 0 and self.rot_scale_rad > 0):
             raise ValueError(f"ActionSpec: pos_scale_m and rot_scale_rad must be > 0, got {self.pos_scale_m}, "
                              f"{self.rot_scale_rad}")
@@ -72,6 +83,16 @@ class ActionSpec:
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @property
+    def hold(self) -> str:
+        """What "stay where you are" is in this space: zero deltas, or the last commanded target."""
+        return "zeros" if self.kind.endswith("_delta") else "last"
+
+    @classmethod
+    def joint_absolute(cls, n_joints: int, **kw) -> "ActionSpec":
+        names = tuple(f"q{i + 1}" for i in range(n_joints)) + ("gripper",)
+        return cls(dim=n_joints + 1, kind="joint_absolute", gripper_index=n_joints, names=names, **kw)
 
 
 @dataclass(frozen=True)
@@ -119,11 +140,21 @@ class Robot(ABC):
     reach: Reach | None = None
     #: (low (n,), high (n,)) rad: the pose monitor's joint limits, with arm_joints(); None: not checked
     joint_limits: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: the action kinds this adapter executes (ActionSpec.kind); another is refused when the adapter is built
+    action_kinds: tuple[str, ...] = ("eef_delta",)
 
     def __init__(self, cameras: dict | None = None, safety: SafetyConfig | None = None,
                  action_spec: ActionSpec | None = None):
         self.cameras = dict(cameras or {})  # name -> robot_bridge.cameras.Camera
         self.action_spec = action_spec or ActionSpec()
+        if self.action_spec.kind not in self.action_kinds:
+            raise ValueError(f"action space: {self.name} executes {list(self.action_kinds)}, not "
+                             f"{self.action_spec.kind!r}")
+        if self.action_spec.kind == "joint_absolute" and (
+                self.joint_limits is None or self.action_spec.dim != len(self.joint_limits[0]) + 1):
+            raise ValueError(f"action space: joint_absolute for {self.name} needs dim = its joints + 1 (gripper)"
+                             + (f" = {len(self.joint_limits[0]) + 1}" if self.joint_limits else "") +
+                             f", got {self.action_spec.dim}")
         self.safety = SafetyFilter(safety or self.default_safety(), self.action_spec)
         cfg = self.safety.config
         if cfg.check_reach:
@@ -263,10 +294,20 @@ class Robot(ABC):
             raise RobotError(f"{self.name}: send_action before connect()")
         if self.stopped:
             raise RobotStopped(f"{self.name}: e-stopped; release() first")
-        pos, _ = self.reference_pose()
-        safe = self.safety.filter(action, pos)
+        if self.action_spec.kind == "joint_absolute":
+            safe = self.safety.filter_joints(action, self.reference_joints(), self.joint_limits)
+        else:
+            pos, _ = self.reference_pose()
+            safe = self.safety.filter(action, pos)
         self._apply(safe)
         return safe
+
+    def reference_joints(self) -> np.ndarray:
+        """joint_absolute: where the next target's step limit counts from (the last target, else the measured joints)."""
+        q = self.arm_joints()
+        if q is None:
+            raise RobotError(f"{self.name}: joint_absolute needs measured joint positions")
+        return q
 
     def hold(self) -> None:
         if self.connected:

@@ -72,10 +72,13 @@ class FrankaRobot(Robot):
     name = "franka"
 
     def __init__(self, config: FrankaConfig | None = None, cameras: dict | None = None,
-                 safety: SafetyConfig | None = None):
+                 safety: SafetyConfig | None = None, action_spec=None):
+        """action_spec: ActionSpec() (eef_delta, the default) or ActionSpec.joint_absolute(7) (7 joint targets in rad
+        and the gripper; streamed as franky JointMotions, re-planned at each command)."""
         self.config = config or FrankaConfig()
         self.franky = _import_franky()
-        super().__init__(cameras=cameras, safety=safety)
+        super().__init__(cameras=cameras, safety=safety, action_spec=action_spec)
+        self._q_target: np.ndarray | None = None  # joint_absolute: the last joint target (7,)
         self.robot = self.gripper = None
         self._target: tuple[np.ndarray, np.ndarray] | None = None  # last commanded pose (pos (3,), quat xyzw (4,))
         self._anchor: tuple[np.ndarray, np.ndarray] | None = None
@@ -98,6 +101,7 @@ class FrankaRobot(Robot):
     reach = Reach(shoulder=(0.0, 0.0, 0.333), reach_m=0.855, wrist_offset_m=0.21)
     joint_limits = ((-2.7437, -1.7628, -2.8973, -3.0421, -2.8065, 0.5445, -2.8973),
                     (2.7437, 1.7628, 2.8973, -0.1518, 2.8065, 3.7525, 2.8973))
+    action_kinds = ("eef_delta", "joint_absolute")
 
     @classmethod
     def default_safety(cls) -> SafetyConfig:
@@ -189,8 +193,25 @@ class FrankaRobot(Robot):
                 "control": self.config.control}
 
     # ----- actions -----
+    def reference_joints(self) -> np.ndarray:
+        """joint_absolute: the last target, pulled to within 2 steps of the measured joints (a lagging arm does not
+        wind the target up)."""
+        q = np.asarray(self.robot.current_joint_state.position, np.float64)
+        if self._q_target is None:
+            return q
+        lead = 2 * self.action_spec.max_step_joint_rad
+        return np.clip(self._q_target, q - lead, q + lead)
+
     def _apply(self, action: np.ndarray) -> None:
         spec = self.action_spec
+        if spec.kind == "joint_absolute":
+            q = np.asarray(action[:7], np.float64)
+            fr = self.franky
+            self._call(lambda: self.robot.move(fr.JointMotion(fr.JointState(q), return_when_finished=False),
+                                               asynchronous=True))
+            self._q_target = q
+            self._gripper(float(action[spec.gripper_index]))
+            return
         anchor = self._anchor or self.reference_pose()
         self._anchor = None
         pos, quat = apply_delta(anchor[0], anchor[1], action[0:3] * spec.pos_scale_m, action[3:6] * spec.rot_scale_rad)
@@ -215,12 +236,18 @@ class FrankaRobot(Robot):
         if self.robot is None:
             return
         self._target = None  # the next command starts from the measured pose
+        self._q_target = None
         if self.config.control == "impedance":
             if self._tracker is not None and self.robot.is_in_control:
                 pos, quat = self._pose()
                 self._call(lambda: self._tracker.set_target(self.franky.Affine(pos, quat)))
         elif self.robot.is_in_control:
-            self._call(lambda: self.robot.move(self.franky.CartesianStopMotion(), asynchronous=True))
+            self._call(lambda: self.robot.move(self._stop_motion(), asynchronous=True))
+
+    def _stop_motion(self, **kw):
+        """A motion that brakes to a stop, of the running motion's type (franky refuses to switch type mid-motion)."""
+        fr = self.franky
+        return (fr.JointStopMotion(**kw) if self.action_spec.kind == "joint_absolute" else fr.CartesianStopMotion(**kw))
 
     def _stop(self) -> None:
         """E-stop: brake with the full dynamics limits, then end the motion (the controller holds the arm)."""
@@ -231,7 +258,7 @@ class FrankaRobot(Robot):
                 self._tracker.stop()
                 self._tracker = None
             elif self.robot.is_in_control:
-                self.robot.move(fr.CartesianStopMotion(relative_dynamics_factor=1.0), asynchronous=True)
+                self.robot.move(self._stop_motion(relative_dynamics_factor=1.0), asynchronous=True)
                 self.robot.join_motion(timeout=1.0)
             if self.robot.is_in_control:
                 self.robot.stop()

@@ -83,6 +83,9 @@ class PolicyServer:
             "n_action_steps": int(meta.get("n_action_steps", meta["chunk_size"])),
             "cameras": {c: list(s) for c, s in meta["cameras"].items()},
             "state_dim": int(meta["state_dim"]),
+            # what the actions mean (a checkpoint records it; docs/PROTOCOL.md): clients check it against the robot
+            "action_space": {k: v for k, v in (meta.get("action_space") or {"kind": "eef_delta"}).items()
+                             if isinstance(v, (str, int, float, bool, list))},
             "suggested_rate_hz": self.config.suggested_rate_hz,
             "max_message_bytes": self.config.max_message_bytes,
             "max_batch": self.config.max_batch,
