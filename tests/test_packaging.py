@@ -63,3 +63,12 @@ def test_each_shipped_checkpoint_rebuilds_from_its_recorded_config_and_tokenizer
            "state": np.zeros(model_cfg.state_dim, np.float32), "instruction": "lift the cube"}
     a = policy.infer(obs)["actions"]
     assert a.shape == (model_cfg.chunk_size, model_cfg.action_dim) and np.all(np.abs(a) <= 1.0 + 1e-6)
+
+
+def test_make_demo_finds_the_shipped_checkpoints_and_the_repository():
+    """vla/cli/demo.py (what `make demo` runs) resolves its paths from its own place in the package."""
+    from vla.cli import demo
+
+    assert os.path.isfile(os.path.join(demo.PRETRAINED, "config.json"))
+    assert os.path.isfile(os.path.join(demo.FAST, "config.json"))
+    assert os.path.realpath(demo.ROOT) == os.path.realpath(ROOT)  # demo data goes to <repo>/data, not into vla/

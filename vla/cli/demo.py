@@ -19,9 +19,10 @@ import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "lift_tiny")
-FAST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "lift_tiny_fast")
+VLA_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the vla package (this file is vla/cli/demo.py)
+ROOT = os.path.dirname(VLA_DIR)  # the repository
+PRETRAINED = os.path.join(VLA_DIR, "pretrained", "lift_tiny")
+FAST = os.path.join(VLA_DIR, "pretrained", "lift_tiny_fast")
 
 
 def _say(msg: str) -> None:
