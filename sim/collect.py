@@ -65,7 +65,8 @@ def collect(
             if writer is None:
                 env_args = env.env_args() if len(specs) == 1 else {"env_name": "multi", "type": "vla-stack",
                                                                     "tasks": [s.name for s in specs]}
-                writer = DemoWriter(out, env_args, append=append, overwrite=overwrite)
+                writer = DemoWriter(out, env_args, append=append, overwrite=overwrite,
+                                    vla_env_args=env.vla_env_args() if len(specs) == 1 else None)
             expert = make_expert(spec.name, noise=noise)
             done = 0
             attempts = 0

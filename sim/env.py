@@ -312,7 +312,26 @@ class VLAEnv(gym.Env):
         return float(self._rs.bin1_pos[2])
 
     def env_args(self) -> dict:
-        """robomimic-style description stored in datasets (`data.attrs["env_args"]`)."""
+        """robomimic's env metadata (type 1 = robosuite), stored as `data.attrs["env_args"]`: robomimic's
+        create_env_from_metadata calls robosuite.make(env_name, **env_kwargs) with it (tests/test_sim_envs.py makes
+        that call). The colour tasks' robosuite classes live in sim.color_envs: import it first."""
+        return {
+            "env_name": self.task.robosuite_env,
+            "type": 1,
+            "env_kwargs": {
+                "robots": "Panda",
+                "control_freq": 20,
+                "reward_shaping": False,
+                "horizon": self.horizon,
+                "camera_names": [CAMERA_SOURCES[c] for c in self.cameras],
+                "camera_heights": self.image_size,
+                "camera_widths": self.image_size,
+                **dict(self.task.env_kwargs),
+            },
+        }
+
+    def vla_env_args(self) -> dict:
+        """This project's own description (`data.attrs["vla_env_args"]`): our task name, cameras, image size."""
         return {
             "env_name": self.task.name,
             "type": "vla-stack",

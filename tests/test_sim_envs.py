@@ -222,3 +222,31 @@ def test_frustum_culling_keeps_every_pixel(envs, task):
         for _ in range(3):
             env.advance(rng.uniform(-1, 1, 7))
     assert outside_view(model, data, "no_such_camera") is None
+
+
+def test_collected_files_carry_robomimic_env_metadata_that_rebuilds_the_env(tmp_path):
+    """data.attrs["env_args"] is robomimic's env metadata (type 1 = robosuite): its create_env_from_metadata calls
+    robosuite.make(env_name, **env_kwargs) plus its own render flags; that call builds Lift here. Our own description
+    sits in data.attrs["vla_env_args"]."""
+    import json
+
+    import h5py
+    import robosuite
+
+    from sim.collect import collect
+    from vla.dataset import load_demos
+
+    out = str(tmp_path / "lift.hdf5")
+    collect("Lift", episodes=1, out=out, image_size=32, noise=0.05, progress=False)
+    with h5py.File(out, "r") as f:
+        meta = json.loads(f["data"].attrs["env_args"])
+        ours = json.loads(f["data"].attrs["vla_env_args"])
+    assert meta["type"] == 1 and meta["env_name"] == "Lift" and ours["env_name"] == "Lift"
+    kw = meta["env_kwargs"]
+    assert kw["camera_names"] == ["agentview", "robot0_eye_in_hand"] and kw["camera_heights"] == 32
+    env = robosuite.make(meta["env_name"], has_renderer=False, has_offscreen_renderer=False, ignore_done=True,
+                         use_object_obs=True, use_camera_obs=False, **kw)  # robomimic's EnvRobosuite, robosuite v1
+    obs = env.reset()
+    assert "robot0_eef_pos" in obs and "cube_pos" in obs
+    env.close()
+    assert load_demos(out)[0].task == "Lift"

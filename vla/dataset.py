@@ -1,6 +1,7 @@
 """Demonstration datasets in robomimic's HDF5 layout.
 
-    data                         attrs: total (samples), env_args (JSON), format ("vla-stack/1"), tasks (JSON list)
+    data                         attrs: total (samples), env_args (JSON: robomimic's env metadata, type 1 = robosuite),
+                                 vla_env_args (JSON: our task, cameras, image size), format ("vla-stack/1"), tasks
     data/demo_<i>                attrs: num_samples, instruction, task, seed, env_args (JSON)
         obs/agentview_image      uint8   (T, S, S, 3)   upright
         obs/wrist_image          uint8   (T, S, S, 3)
@@ -47,7 +48,10 @@ class DemoWriter:
     run that dies - even without a chance to clean up - keeps every demo it finished; `append=True` continues it.
     """
 
-    def __init__(self, path: str, env_args: dict, append: bool = False, overwrite: bool = False, valid_every: int = 10):
+    def __init__(self, path: str, env_args: dict, append: bool = False, overwrite: bool = False, valid_every: int = 10,
+                 vla_env_args: dict | None = None):
+        """env_args: robomimic's env metadata (type 1 = robosuite for a single robosuite task); vla_env_args: this
+        project's own description, in an attribute of its own."""
         self.path = str(path)
         self.valid_every = int(valid_every)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)) or ".", exist_ok=True)
@@ -64,6 +68,8 @@ class DemoWriter:
             data.attrs["total"] = 0
             data.attrs["format"] = FORMAT
             data.attrs["env_args"] = json.dumps(env_args)
+            if vla_env_args is not None:
+                data.attrs["vla_env_args"] = json.dumps(vla_env_args)
             data.attrs["tasks"] = json.dumps([])
             self.f.create_group("mask")
             self._write_masks([], [])
@@ -249,7 +255,8 @@ def load_demos(
                 raise DatasetError(f"{path}: camera(s) {unknown} are not in the data's feature map (no "
                                    f"{', '.join(f'obs/{c}_image' for c in unknown)}; it has {fm.cameras}); map them "
                                    f"in data.features.cameras or choose model.cameras")
-            env_task = json.loads(f["data"].attrs.get("env_args", "{}") or "{}").get("env_name", "")
+            env_task = json.loads(f["data"].attrs.get("vla_env_args", "") or f["data"].attrs.get("env_args", "{}")
+                                  or "{}").get("env_name", "")
             for name in _split_names(f, path, split):
                 if name not in f["data"]:
                     raise DatasetError(f"{path}: mask/{split} names missing demo 'data/{name}'")
