@@ -416,17 +416,14 @@ class ControlLoop:
                     log_.warning("no action chunk for %.1f s (last error: %s): %s; retrying", starved,
                                  st.last_error or "none, the request is still out", "not commanding the robot (its "
                                  "watchdog holds it)" if cfg.starvation_hold_s is not None else "sending hold actions")
-                if cfg.starvation_hold_s is not None and starved > cfg.starvation_hold_s - 1e-9:
+                # past starvation_hold_s, or an absolute target to hold does not exist yet: send nothing
+                quiet = cfg.starvation_hold_s is not None and starved > cfg.starvation_hold_s - 1e-9
+                action = None if quiet else self._hold(last)
+                if action is None:
                     st.silent_ticks += 1
                     if st.t_first_silent is None:
                         st.t_first_silent = time.time()
                     log.length = t + 1
-                    action = None
-                else:
-                    action = self._hold(last)
-                    if action is None:  # an absolute target to hold does not exist yet: send nothing
-                        st.silent_ticks += 1
-                        log.length = t + 1
             else:
                 if outage:
                     log_.warning("action chunks again after %.1f s: commanding the robot", tick - starved_since)

@@ -100,18 +100,16 @@ def build_robot(args):
         if not sep or not name:
             raise ValueError(f"--camera {item!r}: expected NAME=SPEC, e.g. wrist=usb:0@224x224")
         cams[name] = make_camera(spec)
-    spec = None
+    action_spec = None  # eef_delta, the adapters' default
     if getattr(args, "action_space", "eef_delta") != "eef_delta":
         from robot_bridge.robots.base import ActionSpec
 
-        n = len(cls.joint_limits[0]) if getattr(cls, "joint_limits", None) else 0
-        if args.action_space not in getattr(cls, "action_kinds", ("eef_delta",)) or not n:
-            raise ValueError(f"--action-space: {args.robot} executes {list(getattr(cls, 'action_kinds', ('eef_delta',)))}"
-                             f", not {args.action_space!r}")
-        spec = ActionSpec.joint_absolute(n)
+        n = len(cls.joint_limits[0]) if cls.joint_limits else 0
+        if args.action_space not in cls.action_kinds or not n:  # the sim arm, UR and xArm: eef_delta only
+            raise ValueError(f"--action-space: {args.robot} executes {list(cls.action_kinds)}, not "
+                             f"{args.action_space!r}")
+        action_spec = ActionSpec.joint_absolute(n)
     if args.robot == "sim":
-        if spec is not None:
-            raise ValueError(f"--action-space: the sim robot executes ['eef_delta'], not {args.action_space!r}")
         if cams:
             raise ValueError("--camera: the sim robot renders its own cameras (agentview, wrist)")
         cfg = cfg_cls(task=args.task, image_size=args.image_size)
@@ -122,7 +120,7 @@ def build_robot(args):
         cfg = cfg_cls(host=args.robot_ip, control=args.control, realtime=not args.no_realtime,
                       relative_dynamics_factor=args.dynamics, auto_recover=args.auto_recover,
                       home_joints=_floats(args.home, 7, "--home") if args.home else None)
-        return cls(cfg, cameras=cams, safety=_safety(args, cls), action_spec=spec)
+        return cls(cfg, cameras=cams, safety=_safety(args, cls), action_spec=action_spec)
     elif args.robot == "ur":
         cfg = cfg_cls(host=args.robot_ip, mode=args.ur_mode, gripper_digital_out=args.ur_gripper_do)
     else:
@@ -185,6 +183,7 @@ def _cmd_run(args) -> int:
     from robot_bridge.client import PolicyClient
     from robot_bridge.control_loop import ControlLoop, LoopConfig
     from robot_bridge.robot_client import RemoteRobot, RobotClient, RobotServerLost
+    from robot_bridge.robots.base import hold_for
 
     def fail(code: int, msg: str) -> int:
         print(f"vla run: {msg}", file=sys.stderr, flush=True)
@@ -221,7 +220,7 @@ def _cmd_run(args) -> int:
                   f"periods at --rate {args.rate:g} ({2e3 / args.rate:.0f} ms): it will hold the arm between commands; "
                   f"raise its --watchdog-ms or the rate", file=sys.stderr, flush=True)
         cfg = LoopConfig(mode=args.mode, rate_hz=args.rate, first_chunk_timeout_s=args.first_chunk_timeout,
-                         hold="last" if r_space.endswith("_absolute") else "zeros",
+                         hold=hold_for(r_space),
                          starvation_hold_s=args.starvation_hold, policy_lost_s=args.policy_lost,
                          replan_every=args.replan_every or (int(meta.get("n_action_steps", meta["chunk_size"]))
                                                             if args.mode == "sync" else None))

@@ -21,7 +21,6 @@ import collections
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import zmq
 
 from robot_bridge import protocol as P
 from robot_bridge import robot_protocol as RP
+from robot_bridge.lifecycle import serve_until_signal
 from robot_bridge.robots.base import RobotError, RobotStopped
 from robot_bridge.safety import UnsafeAction
 from robot_bridge.security import ServerAuth, ServerKeys, check_bind
@@ -142,20 +142,9 @@ class RobotServer:
 
     def serve_forever(self, on_start=None) -> None:
         """Block until SIGINT/SIGTERM (handlers installed before the start: no window) or stop()."""
-        old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, lambda *_: self._exit.set())
         try:
-            self.start()
-            if on_start is not None:
-                on_start(self)
-            while not self._exit.wait(0.2):
-                pass
+            serve_until_signal(self, self._exit, on_start)
         finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-            self.stop()
             log.info("robot server stopped: %s", dict(self.counts))
 
     def __enter__(self):

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import numpy as np
 import torch
 
 from vla.dataset import Demo, dataset_stats, load_demos, peek_dims
+from vla.features import FeatureMap
 from vla.palette import PALETTE
 from vla.config import DataConfig, ModelConfig
 from vla.normalization import StateNormalizer
@@ -175,20 +179,19 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | No
     return out.reshape(B, C, ch, S, S)
 
 
-def feature_map(data_cfg: DataConfig):
-    from vla.features import FeatureMap
-
+def feature_map(data_cfg: DataConfig) -> FeatureMap | None:
     return FeatureMap.from_dict(data_cfg.features) if data_cfg.features is not None else None
 
 
-def fit_model_to_data(mcfg: ModelConfig, data_cfg: DataConfig, explicit: set[str] = frozenset()) -> ModelConfig:
-    """Cameras, state size, action size and a valid block_size from the data, unless the config says otherwise:
-    `explicit` names the model fields the user set (model_overrides); one that disagrees with the data is an error
-    naming both. Preset values give way to the data (logged)."""
-    import dataclasses
-    import logging
+def data_dims(data_cfg: DataConfig) -> dict:
+    """vla.dataset.peek_dims of the configured files: cameras, state_dim, action_dim and the feature map."""
+    return peek_dims(list(data_cfg.paths), feature_map(data_cfg))
 
-    dims = peek_dims(list(data_cfg.paths), feature_map(data_cfg))
+
+def fit_model_to_data(mcfg: ModelConfig, dims: dict, source: str, explicit: set[str] = frozenset()) -> ModelConfig:
+    """Cameras, state size, action size and a valid block_size from the data's `dims` (data_dims), unless the config
+    says otherwise: `explicit` names the model fields the user set (model_overrides); one that disagrees with the
+    data (`source`, named in the error) is an error naming both. Preset values give way to the data (logged)."""
     want = {"state_dim": dims["state_dim"], "action_dim": dims["action_dim"]}
     cams = [c for c in mcfg.cameras if c in dims["cameras"]]
     if cams != list(mcfg.cameras):
@@ -198,7 +201,7 @@ def fit_model_to_data(mcfg: ModelConfig, data_cfg: DataConfig, explicit: set[str
         if getattr(mcfg, k) == v:
             continue
         if k in explicit:
-            raise ValueError(f"model.{k}: the config says {getattr(mcfg, k)!r}, the data {data_cfg.paths[0]} has "
+            raise ValueError(f"model.{k}: the config says {getattr(mcfg, k)!r}, the data {source} has "
                              f"{v!r} ({'cameras ' + str(dims['cameras']) if k == 'cameras' else 'from its feature map'})")
         changes[k] = v
     a = changes.get("action_dim", mcfg.action_dim)
@@ -208,7 +211,7 @@ def fit_model_to_data(mcfg: ModelConfig, data_cfg: DataConfig, explicit: set[str
                              f"that divides chunk_size*action_dim")
         changes["block_size"] = a
     if changes:
-        logging.getLogger("vla.data").warning("model sized by the data %s: %s", data_cfg.paths[0], changes)
+        logging.getLogger("vla.data").warning("model sized by the data %s: %s", source, changes)
         mcfg = dataclasses.replace(mcfg, **changes)
     return mcfg
 

@@ -13,6 +13,7 @@ Frames that are not square are cropped (centre) or padded to a square before the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -90,8 +91,6 @@ class FeatureMap:
                                f"declare the mapping in data.features (cameras, state, action)")
         cams = {c: k for c, k in cams.items() if k in keys}
         fps = None
-        import json
-
         try:
             env_args = json.loads(f["data"].attrs.get("env_args", "{}"))
             kw = env_args.get("env_kwargs") or {}

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from vla.config import ModelConfig, TrainConfig, load_model_config, to_dict
-from vla.data import DemoBatches, fit_model_to_data, load_training_data
+from vla.data import DemoBatches, data_dims, fit_model_to_data, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
 from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, masked_mse, noise, target_columns
@@ -122,11 +122,9 @@ def _refit_from(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig):
                          "reinitialized": modules, "grown": grown, "dropped": dropped,
                          "new_words": [w for w in getattr(text_tok, "vocab", []) if w not in getattr(
                              base.text_tokenizer, "index", {})]}
-    logger = __import__("logging").getLogger("vla.train")
-    logger.warning("--init %s: re-initialised %s; grown %s; dropped %s", cfg.init, modules or "nothing",
-                   grown or "nothing", dropped[:8] or "nothing")
     print(f"[vla train] --init {cfg.init}: processors refitted to the data; re-initialised modules: "
-          f"{', '.join(modules) or 'none'}; grown: {', '.join(grown) or 'none'}", flush=True)
+          f"{', '.join(modules) or 'none'}; grown: {', '.join(grown) or 'none'}; dropped: "
+          f"{', '.join(dropped[:8]) or 'none'}{' ...' if len(dropped) > 8 else ''}", flush=True)
     return model, action_tok, state_norm, text_tok
 
 
@@ -186,12 +184,9 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        data_mcfg = self._data_model_cfg()
-        from vla.dataset import peek_dims
-        from vla.data import feature_map
-
-        fm = peek_dims(list(cfg.data.paths), feature_map(cfg.data))["features"] if cfg.data.paths else None
-        self.action_space = {"kind": fm.action_space if fm else "eef_delta", "dim": data_mcfg.action_dim}
+        dims = data_dims(cfg.data)  # the first file's cameras, sizes and feature map, read once
+        data_mcfg = self._data_model_cfg(dims)
+        self.action_space = {"kind": dims["features"].action_space, "dim": data_mcfg.action_dim}
         train, valid, stats = load_training_data(cfg.data, data_mcfg)
         self.stats = stats
         model, self.action_tok, self.state_norm, self.text_tok = build_components(
@@ -252,8 +247,9 @@ class Trainer:
         if resume:
             self._load_latest()
 
-    def _data_model_cfg(self) -> ModelConfig:
-        """The model config the data must be prepared for (cameras, image size) before the model exists."""
+    def _data_model_cfg(self, dims: dict) -> ModelConfig:
+        """The model config the data must be prepared for (cameras, image size) before the model exists; dims: the
+        data's (vla.data.data_dims)."""
         if self.cfg.init:
             from vla.config import from_dict
             from vla.policy import read_checkpoint_files
@@ -263,11 +259,12 @@ class Trainer:
             if not self.cfg.init_refit:
                 return base
             base = replace(base, backbone_path=None, **(self.cfg.model_overrides or {}))
-            return fit_model_to_data(base, self.cfg.data, explicit=set(self.cfg.model_overrides or {}))
+            return fit_model_to_data(base, dims, self.cfg.data.paths[0],
+                                     explicit=set(self.cfg.model_overrides or {}))
         mcfg = self.cfg.model if isinstance(self.cfg.model, ModelConfig) else load_model_config(self.cfg.model,
                                                                                                   self.cfg.model_overrides)
         # cameras, state/action sizes and block_size from the data unless model_overrides sets them
-        return fit_model_to_data(mcfg, self.cfg.data, explicit=set(self.cfg.model_overrides or {}))
+        return fit_model_to_data(mcfg, dims, self.cfg.data.paths[0], explicit=set(self.cfg.model_overrides or {}))
 
     # ----- one step -----
     def compute_loss(self, batch: dict, gen: torch.Generator | None, train: bool = True) -> tuple[torch.Tensor, dict]:

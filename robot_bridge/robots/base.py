@@ -38,6 +38,12 @@ ACTION_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
 ACTION_KINDS = ("eef_delta", "eef_absolute", "joint_delta", "joint_absolute")
 
 
+def hold_for(kind: str) -> str:
+    """What "stay where you are" is for an action kind (the control loop's LoopConfig.hold): zero deltas ("zeros"),
+    or the last commanded absolute target ("last")."""
+    return "zeros" if kind.endswith("_delta") else "last"
+
+
 class RobotError(RuntimeError):
     """The arm or its controller reported a fault (reflex, protective stop, lost connection)."""
 
@@ -86,8 +92,7 @@ class ActionSpec:
 
     @property
     def hold(self) -> str:
-        """What "stay where you are" is in this space: zero deltas, or the last commanded target."""
-        return "zeros" if self.kind.endswith("_delta") else "last"
+        return hold_for(self.kind)
 
     @classmethod
     def joint_absolute(cls, n_joints: int, **kw) -> "ActionSpec":

@@ -181,7 +181,7 @@ class FrankaRobot(Robot):
         arm."""
         pos, quat = self._pose()
         self._anchor, capped = anchor_pose(self._target, pos, quat, self.config.max_lead_m,
-                                               self.config.max_lead_rad)
+                                           self.config.max_lead_rad)
         if capped:
             self.lead_capped += 1
             log.debug("target more than %.0f mm ahead of the arm: start pulled back", self.config.max_lead_m * 1e3)

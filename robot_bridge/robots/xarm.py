@@ -131,7 +131,7 @@ class XArmRobot(Robot):
     def reference_pose(self) -> tuple[np.ndarray, np.ndarray]:
         pos, quat = self._pose()
         self._anchor, capped = anchor_pose(self._target, pos, quat, self.config.max_lead_m,
-                                               self.config.max_lead_rad)
+                                           self.config.max_lead_rad)
         self.lead_capped += capped
         return self._anchor
 

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import zmq
 
 from robot_bridge import protocol as P
+from robot_bridge.lifecycle import serve_until_signal
 from robot_bridge.serving.batcher import Batcher, Job
 
 log = logging.getLogger("robot_bridge.serving.server")
@@ -175,20 +175,9 @@ class PolicyServer:
         """Start (if needed) and block until stop() or SIGINT/SIGTERM; then shut down gracefully. The signal handlers
         go in before the server starts, so a client answered at once can never race them; on_start(self) runs once
         the server is up (e.g. to print its address)."""
-        old = {}
-        if install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, lambda *_: self._stop.set())
         try:
-            self.start()
-            if on_start is not None:
-                on_start(self)
-            while not self._stop.wait(0.2):
-                pass
+            serve_until_signal(self, self._stop, on_start, install_signals)
         finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-            self.stop()
             log.info("server stopped: %s", dict(self.counts))
 
     def __enter__(self):
