@@ -69,13 +69,14 @@ def wait_at_rest(client, timeout_s: float = 10.0, window_s: float = 0.3, tol_m: 
 
 
 def stream(client, action, steps: int, rate_hz: float = 20.0) -> float:
-    """Send `action` steps times at rate_hz (fire and forget); returns time.time() of the last send."""
+    """Send `action` steps times at rate_hz (fire and forget); returns time.time() just before the last send
+    (taken before the call: the server may receive the message before send_command returns)."""
     period = 1.0 / rate_hz
     t0 = time.perf_counter()
     last = time.time()
     for i in range(steps):
-        client.send_command(action)
         last = time.time()
+        client.send_command(action)
         time.sleep(max(0.0, t0 + (i + 1) * period - time.perf_counter()))
     return last
 

@@ -178,6 +178,8 @@ class DataConfig:
     task_weights: dict | None = None  # {task name: weight >= 0}, every task in the data; only with "weighted"
     features: dict | None = None  # the feature mapping (vla/features.py: cameras, state, action, ...); None: detected
     frame_fit: str = "crop"  # non-square frames: "crop" (centre) or "pad" to a square before resizing
+    frame_cache: str | None = None  # LeRobot video/image datasets: decoded-frame cache dir (None: $VLA_FRAME_CACHE or
+    # ~/.cache/vla/frames); a memmap per camera and size, shared by DDP ranks
 
     def __post_init__(self):
         if not 0.0 <= self.augment_color <= 1.0:

@@ -33,7 +33,7 @@ class DemoBatches:
             raise ValueError("data: no demonstrations matched (check data.paths, the split masks and data.tasks)")
         H = model_cfg.chunk_size
         self.cfg = model_cfg
-        self.images = {c: np.concatenate([d.images[c] for d in demos]) for c in model_cfg.cameras}
+        self.images = {c: frames_of([d.images[c] for d in demos]) for c in model_cfg.cameras}
         self.state = state_norm.normalize(np.concatenate([d.state for d in demos]))  # (N, S) normalized
         self.eef = np.concatenate([d.state[:, :3] for d in demos]).astype(np.float32)  # (N, 3) raw
         actions = np.concatenate([d.actions for d in demos])  # (N, D)
@@ -136,6 +136,32 @@ class DemoBatches:
         }
 
 
+class FrameRows:
+    """Frames of many demos addressed by global row without copying them: used when the demos' frames are views of
+    an on-disk memmap (vla.lerobot.FrameCache), so N ranks share the page cache instead of N copies in RAM.
+    rows[idx] -> uint8 (B, S, S, 3)."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+        self.starts = np.cumsum([0] + [len(a) for a in arrays])  # (n_demos + 1,)
+        self.shape = (int(self.starts[-1]), *arrays[0].shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.atleast_1d(np.asarray(idx))
+        d = np.searchsorted(self.starts, idx, side="right") - 1
+        return np.stack([self.arrays[di][i - self.starts[di]] for di, i in zip(d, idx)])
+
+
+def frames_of(arrays: list[np.ndarray]):
+    """One camera's frames over all demos: a FrameRows over memmap views (no copy), else one array in RAM."""
+    if arrays and all(isinstance(a, np.memmap) for a in arrays):
+        return FrameRows(arrays)
+    return np.concatenate(arrays)
+
+
 RGB_PERMS = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]  # identity first
 
 
@@ -193,9 +219,8 @@ def fit_model_to_data(mcfg: ModelConfig, dims: dict, source: str, explicit: set[
     says otherwise: `explicit` names the model fields the user set (model_overrides); one that disagrees with the
     data (`source`, named in the error) is an error naming both. Preset values give way to the data (logged)."""
     want = {"state_dim": dims["state_dim"], "action_dim": dims["action_dim"]}
-    cams = [c for c in mcfg.cameras if c in dims["cameras"]]
-    if cams != list(mcfg.cameras):
-        want["cameras"] = tuple(cams) if cams else tuple(dims["cameras"])
+    if not all(c in dims["cameras"] for c in mcfg.cameras):  # a preset's cameras the data lacks: the data's cameras
+        want["cameras"] = tuple(dims["cameras"])
     changes = {}
     for k, v in want.items():
         if getattr(mcfg, k) == v:
@@ -216,7 +241,7 @@ def fit_model_to_data(mcfg: ModelConfig, dims: dict, source: str, explicit: set[
     return mcfg
 
 
-def load_training_data(data_cfg: DataConfig, model_cfg: ModelConfig):
+def load_training_data(data_cfg: DataConfig, model_cfg: ModelConfig, progress: bool = False):
     """-> (train demos, valid demos, stats). Valid falls back to empty if no file has a mask/valid entry."""
     paths = list(data_cfg.paths)
     if not paths:
@@ -228,6 +253,8 @@ def load_training_data(data_cfg: DataConfig, model_cfg: ModelConfig):
         max_demos_per_task=data_cfg.max_demos_per_task,
         features=feature_map(data_cfg),
         frame_fit=data_cfg.frame_fit,
+        frame_cache=data_cfg.frame_cache,
+        progress=progress,
     )
     train = load_demos(paths, split="train", **kw)
     valid = load_demos(paths, split="valid", **kw)

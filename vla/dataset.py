@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from vla.features import DatasetError, FeatureMap, fit_frames  # noqa: F401  (DatasetError: re-exported)
+from vla.lerobot import is_lerobot
 
 FORMAT = "vla-stack/1"
 IMAGE_KEYS = {"agentview": "agentview_image", "wrist": "wrist_image"}
@@ -230,13 +231,16 @@ def load_demos(
     max_demos_per_task: int | None = None,
     features=None,
     frame_fit: str = "crop",
+    frame_cache: str | None = None,
+    progress: bool = False,
 ) -> list[Demo]:
     """Read demos from one or several files (several files mix into one multi-task list).
 
     split: None (all), "train" or "valid" (robomimic masks; without masks every 10th demo is "valid").
     cameras: the policy cameras to read (None: every camera of the feature map). features: a vla.features.FeatureMap
     (None: detected per file, ours or robomimic's layout). image_size: frames made square (`frame_fit`: "crop" or
-    "pad") and resized on load.
+    "pad") and resized on load. A path that is a LeRobot v3 folder (meta/info.json) is read by vla.lerobot, its
+    frames through the on-disk cache under `frame_cache` (memmap views, not copies).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [str(paths)]
@@ -245,6 +249,16 @@ def load_demos(
     demos: list[Demo] = []
     per_task: dict[str, int] = {}
     for path in paths:
+        if is_lerobot(path):
+            from vla.lerobot import load_lerobot_demos
+
+            got = load_lerobot_demos(path, split, cameras, image_size, tasks, max_demos_per_task, features, frame_fit,
+                                     frame_cache, progress)
+            for d in got:
+                if max_demos_per_task is None or per_task.get(d.task, 0) < max_demos_per_task:
+                    demos.append(d)
+                    per_task[d.task] = per_task.get(d.task, 0) + 1
+            continue
         with _open(path) as f:
             if "data" not in f:
                 raise DatasetError(f"{path}: missing key 'data'")
@@ -301,20 +315,30 @@ def load_demos(
     return demos
 
 
+def _hdf5_dims(path: str, features=None) -> dict:
+    with _open(path) as f:
+        fm = features or FeatureMap.detect(f, path)
+        g = f["data"][sorted(f["data"].keys(), key=_demo_index)[0]]
+        for key in [fm.action] + [f"obs/{k}" for k in fm.state]:
+            if key not in g:
+                raise DatasetError(f"{path}: missing key '{g.name.lstrip('/')}/{key}'")
+        state_dim = sum(int(np.prod(g[f"obs/{k}"].shape[1:])) for k in fm.state)
+        return {"cameras": list(fm.cameras), "state_dim": state_dim,
+                "action_dim": int(np.prod(g[fm.action].shape[1:])), "features": fm}
+
+
 def peek_dims(paths, features=None) -> dict:
     """{"cameras": [...], "state_dim", "action_dim", "features": FeatureMap} of the first demo of the first file (the
     model is sized by them before the data is loaded); the other files must agree (checked here)."""
     out = None
     for path in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths)):
-        with _open(str(path)) as f:
-            fm = features or FeatureMap.detect(f, path)
-            g = f["data"][sorted(f["data"].keys(), key=_demo_index)[0]]
-            for key in [fm.action] + [f"obs/{k}" for k in fm.state]:
-                if key not in g:
-                    raise DatasetError(f"{path}: missing key '{g.name.lstrip('/')}/{key}'")
-            state_dim = sum(int(np.prod(g[f"obs/{k}"].shape[1:])) for k in fm.state)
-            dims = {"cameras": list(fm.cameras), "state_dim": state_dim,
-                    "action_dim": int(np.prod(g[fm.action].shape[1:])), "features": fm}
+        if is_lerobot(path):
+            from vla.lerobot import LeRobotDir
+
+            ds = LeRobotDir(str(path))
+            dims = ds.dims(features or ds.feature_map())
+        else:
+            dims = _hdf5_dims(str(path), features)
         if out is None:
             out = dims
         elif (dims["state_dim"], dims["action_dim"]) != (out["state_dim"], out["action_dim"]):
@@ -328,6 +352,41 @@ def peek_dims(paths, features=None) -> dict:
 def describe(path: str, features=None) -> dict:
     """What `vla data info` prints: format, episodes, frames, fps, features (key, shape, dtype), per-dimension
     action/state quantiles (q01, q50, q99), tasks and instructions. Reads every demo's low-dim arrays, no images."""
+    if is_lerobot(path):
+        from vla.lerobot import LeRobotDir
+
+        ds = LeRobotDir(path)
+        fm = features or ds.feature_map()
+        feats = {}
+        for cam, key in fm.cameras.items():
+            ft = ds.features[key]
+            feats[f"camera.{cam}"] = {"key": key, "shape": list(ft["shape"]), "dtype": "uint8",
+                                      "stored_as": ft["dtype"], **({"codec": ft["info"].get("video.codec")}
+                                                                   if "info" in ft else {})}
+        for key in fm.state + (fm.action,):
+            ft = ds.features[key]
+            feats["action" if key == fm.action else f"state.{key}"] = {
+                "key": key, "shape": list(ft["shape"]), "dtype": ft["dtype"], "names": ft.get("names"),
+                **({"space": fm.action_space} if key == fm.action else {})}
+        fmt = f"lerobot/{ds.info['codebase_version']}"
+    else:
+        fm, feats, fmt = _describe_hdf5(path, features)
+    demos = load_demos(path, cameras=[], features=fm)
+    tasks: dict[str, int] = {}
+    for dm in demos:
+        tasks[dm.task] = tasks.get(dm.task, 0) + 1
+
+    def q(arrs):
+        x = np.concatenate(arrs).astype(np.float64)
+        return {k: np.round(np.quantile(x, p, axis=0), 5).tolist() for k, p in (("q01", .01), ("q50", .5), ("q99", .99))}
+
+    return {"path": path, "format": fmt, "episodes": len(demos), "frames": int(sum(len(d) for d in demos)),
+            "fps": fm.fps, "features": feats, "feature_map": fm.to_dict(),
+            "action": q([d.actions for d in demos]), "state": q([d.state for d in demos]),
+            "tasks": tasks, "instructions": sorted({d.instruction for d in demos})[:20]}
+
+
+def _describe_hdf5(path: str, features=None):
     with _open(path) as f:
         if "data" not in f:
             raise DatasetError(f"{path}: missing key 'data'")
@@ -344,20 +403,8 @@ def describe(path: str, features=None) -> dict:
         d = first[fm.action]
         feats["action"] = {"key": fm.action, "shape": list(d.shape[1:]), "dtype": str(d.dtype),
                            "space": fm.action_space}
-    demos = load_demos(path, cameras=[], features=fm)
-    tasks: dict[str, int] = {}
-    for dm in demos:
-        tasks[dm.task] = tasks.get(dm.task, 0) + 1
-
-    def q(arrs):
-        x = np.concatenate(arrs).astype(np.float64)
-        return {k: np.round(np.quantile(x, p, axis=0), 5).tolist() for k, p in (("q01", .01), ("q50", .5), ("q99", .99))}
-
     fmt = "vla-stack/1" if fm.state == ("state",) else "robomimic"
-    return {"path": path, "format": fmt, "episodes": len(demos), "frames": int(sum(len(d) for d in demos)),
-            "fps": fm.fps, "features": feats, "feature_map": fm.to_dict(),
-            "action": q([d.actions for d in demos]), "state": q([d.state for d in demos]),
-            "tasks": tasks, "instructions": sorted({d.instruction for d in demos})[:20]}
+    return fm, feats, fmt
 
 
 def compute_stats(arrays: list[np.ndarray]) -> dict[str, list[float]]:

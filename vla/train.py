@@ -187,7 +187,7 @@ class Trainer:
         dims = data_dims(cfg.data)  # the first file's cameras, sizes and feature map, read once
         data_mcfg = self._data_model_cfg(dims)
         self.action_space = {"kind": dims["features"].action_space, "dim": data_mcfg.action_dim}
-        train, valid, stats = load_training_data(cfg.data, data_mcfg)
+        train, valid, stats = load_training_data(cfg.data, data_mcfg, progress=progress and self.rank == 0)
         self.stats = stats
         model, self.action_tok, self.state_norm, self.text_tok = build_components(
             cfg, train, stats, data_mcfg if (cfg.init_refit or not cfg.init) else None)

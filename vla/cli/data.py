@@ -12,7 +12,7 @@ def add_data(sub) -> None:
     dsub = s.add_subparsers(dest="data_command", metavar="action")
     i = dsub.add_parser("info", help="episodes, frames, fps, features with shapes and dtypes, action/state quantiles, "
                                      "tasks")
-    i.add_argument("path", help="a dataset file (this project's HDF5 or robomimic's layout)")
+    i.add_argument("path", help="a dataset: this project's HDF5, robomimic's layout, or a LeRobot v3 folder")
     i.set_defaults(func=_cmd_info)
     w = dsub.add_parser("show", help="one episode: its cameras side by side as an MP4, its state and actions as PNG plots")
     w.add_argument("path")
@@ -20,6 +20,17 @@ def add_data(sub) -> None:
     w.add_argument("--out", default="data_show", help="directory for <episode>.mp4 and <episode>_{state,action}.png")
     w.add_argument("--fps", type=float, help="video rate (default: the dataset's control rate)")
     w.set_defaults(func=_cmd_show)
+    x = dsub.add_parser("export", help="write demos as a LeRobot v3.0 dataset folder (AV1 video as LeRobot writes it "
+                                       "by default, or PNG image features with --images)")
+    x.add_argument("paths", nargs="+", help="dataset files (any readable format); several mix into one dataset")
+    x.add_argument("--to", choices=["lerobot"], default="lerobot", help="the format to write (default: lerobot)")
+    x.add_argument("--out", required=True, help="the dataset folder to write (written to OUT.tmp, then renamed)")
+    x.add_argument("--images", action="store_true", help="store frames as PNG image features instead of video")
+    x.add_argument("--crf", type=int, default=30, help="AV1 quality (LeRobot's default 30; lower = better, larger)")
+    x.add_argument("--fps", type=float, help="control rate (default: the dataset's)")
+    x.add_argument("--robot-type", default=None, help="info.json robot_type (default: panda for our sim files)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    x.set_defaults(func=_cmd_export)
     s.set_defaults(func=lambda args: (s.print_help(), 2)[1])
 
 
@@ -27,6 +38,20 @@ def _cmd_info(args) -> int:
     from vla.dataset import describe
 
     print(json.dumps(describe(args.path), indent=1))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from vla.dataset import load_demos, peek_dims
+    from vla.lerobot import export_lerobot
+
+    fm = peek_dims(args.paths)["features"]
+    demos = load_demos(args.paths, cameras=None, progress=True)
+    ours = fm.state == ("state",)
+    rep = export_lerobot(demos, args.out, fps=args.fps or fm.fps or 20.0, video=not args.images,
+                         robot_type=args.robot_type or ("panda" if ours else None), crf=args.crf,
+                         overwrite=args.overwrite, action_space=fm.action_space, progress=True)
+    print(json.dumps(rep.__dict__, indent=1))
     return 0
 
 
@@ -40,7 +65,7 @@ def _cmd_show(args) -> int:
 
     from vla.dataset import load_demos
 
-    demos = load_demos(args.path, cameras=None)
+    demos = load_demos(args.path, cameras=None)  # frames at their recorded size (video decoded, not cached)
     if not 0 <= args.episode < len(demos):
         raise ValueError(f"--episode: expected 0..{len(demos) - 1} ({len(demos)} demos in {args.path}), got {args.episode}")
     d = demos[args.episode]
