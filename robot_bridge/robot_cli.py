@@ -214,6 +214,12 @@ def _cmd_run(args) -> int:
                            f"({meta['action_dim']} dims), the robot server at {args.robot_server} executes {r_space} "
                            f"({r_spec.get('dim')} dims); start the robot server with --action-space {p_space}, or "
                            f"serve a policy trained for {r_space}")
+        p_arms = len((meta.get("action_space") or {}).get("arms") or [None])
+        r_arms = len(r_spec.get("arms") or [None])
+        if p_arms != r_arms:
+            return fail(5, f"action space: the policy at {args.policy_server} drives {p_arms} arm(s) "
+                           f"({(meta.get('action_space') or {}).get('arms')}), the robot server at {args.robot_server} "
+                           f"{r_arms}; one robot server per arm layout")
         watchdog_ms = float(robot.meta.get("watchdog_ms") or 0)
         if args.mode == "async" and 0 < watchdog_ms < 2e3 / args.rate:
             print(f"vla run: warning: the robot server's watchdog ({watchdog_ms:.0f} ms) is shorter than two control "

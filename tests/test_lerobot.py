@@ -234,3 +234,41 @@ def test_lerobot_own_reader_loads_the_export(tmp_path):
     got = np.load(out.replace(".json", ".npz"))
     assert np.array_equal(got["state"], np.concatenate([d.state for d in demos]))
     assert np.array_equal(got["action"], np.concatenate([d.actions for d in demos]))
+
+
+@pytest.mark.slow
+def test_two_arm_absolute_joint_dataset_with_three_cameras_trains_and_records_its_layout(tmp_path):
+    """14 action dims (two 6-joint arms + a gripper each, absolute joint targets), 3 cameras, 16-dim state: exported
+    with its layout, read back, trained with no overrides; the checkpoint and the handshake say which dims drive
+    which arm."""
+    from vla.features import FeatureMap
+    from vla.policy import Policy
+    from vla.train import train
+
+    names = tuple(f"{arm}_{j}" for arm in ("left", "right") for j in ("q1", "q2", "q3", "q4", "q5", "q6", "gripper"))
+    arms = ({"name": "left", "dims": [0, 7], "gripper": 6}, {"name": "right", "dims": [7, 14], "gripper": 13})
+    fm = FeatureMap(cameras={"high": "h", "left_wrist": "l", "right_wrist": "r"}, state=("s",),
+                    action_space="joint_absolute", action_names=names, arms=arms)
+    demos = _demos(n=4, state_dim=16, action_dim=14, cams=(("high", 48, 64), ("left_wrist", 32, 32),
+                                                           ("right_wrist", 32, 32)))
+    root = str(tmp_path / "aloha_like")
+    export_lerobot(demos, root, fps=50, features=fm)
+    back = LeRobotDir(root).feature_map()
+    assert back.action_space == "joint_absolute" and back.action_names == names and list(back.arms) == list(arms)
+    cfg = TrainConfig(model="tiny", model_overrides={"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
+                      data=DataConfig(paths=(root,), augment_shift=0, frame_cache=str(tmp_path / "cache")),
+                      out_dir=str(tmp_path / "run"), steps=3, batch_size=4, warmup_steps=1, log_every=1, val_every=0,
+                      save_every=0, seed=1, threads=1)
+    train(cfg, progress=False)
+    p = Policy.from_pretrained(str(tmp_path / "run" / "policy"))
+    assert (p.cfg.state_dim, p.cfg.action_dim) == (16, 14) and len(p.cfg.cameras) == 3
+    space = p.metadata["action_space"]
+    assert space["kind"] == "joint_absolute" and space["dim"] == 14 and space["names"] == list(names)
+    assert space["arms"] == [dict(a) for a in arms]
+    obs = {"images": {c: np.zeros((32, 32, 3), np.uint8) for c in p.cfg.cameras}, "state": np.zeros(16, np.float32),
+           "instruction": "stack the thing 0"}
+    assert p.infer(obs)["actions"].shape == (p.cfg.chunk_size, 14)
+    with pytest.raises(ValueError, match=r"arms\[1\]: expected \{name, dims"):
+        FeatureMap(cameras={}, state=("s",), arms=({"name": "a", "dims": [0, 7]}, {"name": "b", "dims": [7]}))
+    with pytest.raises(ValueError, match=r"must tile the action from 0"):
+        FeatureMap(cameras={}, state=("s",), arms=({"name": "a", "dims": [0, 7]}, {"name": "b", "dims": [8, 14]}))

@@ -33,6 +33,9 @@ class FeatureMap:
     action_space: str = "eef_delta"  # one of ACTION_SPACES
     instruction: str | None = None  # a constant; None: each demo's `instruction` attribute, else its task name
     fps: float | None = None  # control rate of the recording (Hz), when known
+    action_names: tuple | None = None  # per-dim meaning (units in the name: "left_q1_rad"); LeRobot: the feature's names
+    arms: tuple | None = None  # several arms in one action: ({"name": "left", "dims": [0, 7], "gripper": 6}, ...),
+    # dims a [start, end) range, gripper an index inside it (or None); the ranges tile the action without overlap
 
     def __post_init__(self):
         if not isinstance(self.cameras, dict) or not all(isinstance(k, str) and isinstance(v, str)
@@ -49,6 +52,33 @@ class FeatureMap:
                              f"got {self.action_space!r}")
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"data.features.fps: expected > 0, got {self.fps}")
+        for i, arm in enumerate(self.arms or ()):
+            ok = (isinstance(arm, dict) and isinstance(arm.get("name"), str) and isinstance(arm.get("dims"), (list, tuple))
+                  and len(arm["dims"]) == 2 and 0 <= arm["dims"][0] < arm["dims"][1]
+                  and (arm.get("gripper") is None or arm["dims"][0] <= arm["gripper"] < arm["dims"][1]))
+            if not ok:
+                raise ValueError(f"data.features.arms[{i}]: expected {{name, dims: [start, end), gripper: index inside "
+                                 f"dims or null}}, got {arm!r}")
+        if self.arms:
+            spans = sorted(tuple(a["dims"]) for a in self.arms)
+            if spans[0][0] != 0 or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+                raise ValueError(f"data.features.arms: the dims ranges {spans} must tile the action from 0 without "
+                                 f"gaps or overlap")
+
+    def action_space_record(self, dim: int) -> dict:
+        """What the checkpoint and the server's handshake say the actions are (robot_bridge reads kind and dim; names
+        and arms tell an integrator which numbers drive which joint of which arm)."""
+        if self.arms and max(a["dims"][1] for a in self.arms) != dim:
+            raise ValueError(f"data.features.arms: the ranges end at {max(a['dims'][1] for a in self.arms)}, the "
+                             f"data's action has {dim} dims")
+        if self.action_names is not None and len(self.action_names) != dim:
+            raise ValueError(f"data.features.action_names: {len(self.action_names)} names for {dim} action dims")
+        out: dict = {"kind": self.action_space, "dim": dim}
+        if self.action_names is not None:
+            out["names"] = list(self.action_names)
+        if self.arms:
+            out["arms"] = [{"name": a["name"], "dims": list(a["dims"]), "gripper": a.get("gripper")} for a in self.arms]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureMap":
@@ -65,11 +95,16 @@ class FeatureMap:
         d = dict(d)
         if "state" in d:
             d["state"] = tuple(d["state"]) if isinstance(d["state"], (list, tuple)) else (d["state"],)
+        for k in ("action_names", "arms"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k]) if isinstance(d[k], (list, tuple)) else d[k]
         return cls(**d)
 
     def to_dict(self) -> dict:
         return {"cameras": dict(self.cameras), "state": list(self.state), "action": self.action,
-                "action_space": self.action_space, "instruction": self.instruction, "fps": self.fps}
+                "action_space": self.action_space, "instruction": self.instruction, "fps": self.fps,
+                "action_names": list(self.action_names) if self.action_names is not None else None,
+                "arms": [dict(a) for a in self.arms] if self.arms else None}
 
     @classmethod
     def detect(cls, f, path: str) -> "FeatureMap":

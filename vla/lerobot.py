@@ -1,5 +1,5 @@
 """LeRobot dataset v3.0 in a local folder, read and written with pyarrow and PyAV (no LeRobot import: no LeRobot
-release installs next to Python 3.11 + torch 2.13 + transformers 5; see docs/DATA.md).
+release installs next to Python 3.11 + torch 2.13 + transformers 5; docs/ARCHITECTURE.md "Data").
 
     meta/info.json                                  codebase_version "v3.0", fps, features {key: dtype, shape, names}
     meta/stats.json                                 per feature: min, max, mean, std, count, q01..q99
@@ -146,7 +146,13 @@ class LeRobotDir:
             raise DatasetError(f"{self.root}/{INFO_PATH}: no observation.state feature (features: "
                                f"{sorted(self.features)}); declare the mapping in data.features")
         space = self.info.get("vla_action_space", "eef_delta")  # ours; other writers: deltas of the end effector
-        return FeatureMap(cameras=cams, state=state, action="action", action_space=space, fps=self.fps)
+        names = self.features.get("action", {}).get("names")
+        if isinstance(names, dict):  # LeRobot <= 2.x wrote {"motors": [...]}
+            names = next(iter(names.values()), None)
+        ok = isinstance(names, list) and len(names) == int(np.prod(self.features.get("action", {}).get("shape", [0])))
+        return FeatureMap(cameras=cams, state=state, action="action", action_space=space, fps=self.fps,
+                          action_names=tuple(str(n) for n in names) if ok else None,
+                          arms=tuple(self.info["vla_arms"]) if self.info.get("vla_arms") else None)
 
     def dims(self, fm: FeatureMap) -> dict:
         for k in (fm.action, *fm.state, *fm.cameras.values()):
@@ -322,22 +328,26 @@ class FrameCache:
         return np.memmap(self.path, np.uint8, mode="r", shape=self.shape)
 
     def _build(self, progress: bool) -> None:
+        """Written with plain file writes at each episode's offset (not through a writable mapping, whose dirty pages
+        would count against this process's memory while it builds)."""
         from tqdm import tqdm
 
         tmp = self.path + ".tmp"
-        mm = np.memmap(tmp, np.uint8, mode="w+", shape=self.shape)
+        row = int(np.prod(self.shape[1:]))
         bar = tqdm(total=self.shape[0], desc=f"decoding {self.key} -> {self.size}px cache", unit="frame",
                    disable=not progress)
+        with open(tmp, "wb") as f:
+            f.truncate(self.shape[0] * row)
 
-        def sink(ep, frames):
-            a = ep["dataset_from_index"]
-            mm[a:a + len(frames)] = fit_frames(frames, self.size, self.fit)
-            bar.update(len(frames))
+            def sink(ep, frames):
+                f.seek(int(ep["dataset_from_index"]) * row)
+                f.write(np.ascontiguousarray(fit_frames(frames, self.size, self.fit), np.uint8).tobytes())
+                bar.update(len(frames))
 
-        self.ds.frames(self.key, self.ds.episodes, sink)
+            self.ds.frames(self.key, self.ds.episodes, sink)
+            f.flush()
+            os.fsync(f.fileno())
         bar.close()
-        mm.flush()
-        del mm
         os.replace(tmp, self.path)
         write_json_atomic(self.done_path, {"dataset": self.ds.root, "key": self.key, "shape": list(self.shape),
                                            "fit": self.fit})
@@ -516,12 +526,13 @@ class ExportReport:
 
 
 def export_lerobot(demos: list, out: str, fps: float, video: bool = True, robot_type: str | None = None,
-                   crf: int = 30, overwrite: bool = False, action_space: str = "eef_delta",
+                   crf: int = 30, overwrite: bool = False, features: FeatureMap | None = None,
                    progress: bool = False) -> ExportReport:
     """Write `demos` (vla.dataset.Demo, frames at their stored size) as a LeRobot v3.0 folder at `out`.
     Cameras become `observation.images.<camera>` (AV1 video, or PNG image features with video=False), the state
     `observation.state`, the actions `action`; the instruction is the episode's task string; our task name goes
-    to the episode metadata column `vla_task`. Written to `out`.tmp, renamed when complete."""
+    to the episode metadata column `vla_task`. `features`: the source's feature map (its action space, action names
+    and arm layout go to info.json). Written to `out`.tmp, renamed when complete."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -542,14 +553,17 @@ def export_lerobot(demos: list, out: str, fps: float, video: bool = True, robot_
         if d.state.shape[1] != S or d.actions.shape[1] != D or list(d.images) != cams:
             raise ValueError(f"export: {d.name} has state {d.state.shape[1]}, actions {d.actions.shape[1]}, cameras "
                              f"{list(d.images)}; the first demo has {S}, {D}, {cams}")
+    src = features
+    action_space = src.action_space if src else "eef_delta"
     features = {}
     for c in cams:
         h, w = demos[0].images[c].shape[1:3]
         ft = {"dtype": "video" if video else "image", "shape": [h, w, 3], "names": ["height", "width", "channels"]}
         features[IMAGE_PREFIX + c] = ft
     features["observation.state"] = {"dtype": "float32", "shape": [S], "names": STATE_NAMES.get(S)}
-    features["action"] = {"dtype": "float32", "shape": [D], "names": ACTION_NAMES.get(D) if action_space == "eef_delta"
-                          else None}
+    names = list(src.action_names) if src and src.action_names else (ACTION_NAMES.get(D) if action_space == "eef_delta"
+                                                                    else None)
+    features["action"] = {"dtype": "float32", "shape": [D], "names": names}
     for k in DEFAULT_FEATURES:
         features[k] = {"dtype": "float32" if k == "timestamp" else "int64", "shape": [1], "names": None}
     tasks: list[str] = []
@@ -627,7 +641,7 @@ def export_lerobot(demos: list, out: str, fps: float, video: bool = True, robot_
             "data_files_size_in_mb": DATA_FILE_MB, "video_files_size_in_mb": VIDEO_FILE_MB,
             "fps": int(round(fps)) if float(fps).is_integer() else fps, "splits": {"train": f"0:{len(demos)}"},
             "data_path": DATA_PATH, "video_path": VIDEO_PATH if video else None, "features": features,
-            "vla_action_space": action_space}
+            "vla_action_space": action_space, **({"vla_arms": [dict(a) for a in src.arms]} if src and src.arms else {})}
     write_json_atomic(os.path.join(tmp, INFO_PATH), info)
     if os.path.exists(out):
         shutil.rmtree(out)

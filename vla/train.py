@@ -186,7 +186,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         dims = data_dims(cfg.data)  # the first file's cameras, sizes and feature map, read once
         data_mcfg = self._data_model_cfg(dims)
-        self.action_space = {"kind": dims["features"].action_space, "dim": data_mcfg.action_dim}
+        self.action_space = dims["features"].action_space_record(data_mcfg.action_dim)
         train, valid, stats = load_training_data(cfg.data, data_mcfg, progress=progress and self.rank == 0)
         self.stats = stats
         model, self.action_tok, self.state_norm, self.text_tok = build_components(

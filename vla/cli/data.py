@@ -50,7 +50,7 @@ def _cmd_export(args) -> int:
     ours = fm.state == ("state",)
     rep = export_lerobot(demos, args.out, fps=args.fps or fm.fps or 20.0, video=not args.images,
                          robot_type=args.robot_type or ("panda" if ours else None), crf=args.crf,
-                         overwrite=args.overwrite, action_space=fm.action_space, progress=True)
+                         overwrite=args.overwrite, features=fm, progress=True)
     print(json.dumps(rep.__dict__, indent=1))
     return 0
 
