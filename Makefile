@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 
 RENDER_DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
-.PHONY: setup sysdeps test test-fast demo bench clean
+.PHONY: setup sysdeps test test-fast demo bench peers clean
 
 # Debian packages for headless rendering (EGL via Mesa; OSMesa as fallback). Installed only when missing.
 sysdeps:
@@ -43,6 +43,11 @@ test: setup
 # the tests without the `slow` marker (training, evaluation episodes, the robot package's fresh venv): ~4 min here
 test-fast: setup
 	$(PY) -m pytest -q -x --timeout=900 -m "not slow" tests
+
+# LeRobot 0.4.4 in its own venv (.venv-peers: numpy 2, the CPU torch, torchcodec): checks our LeRobot v3 export with
+# LeRobot's own reader (tests/test_lerobot.py) and runs the peer policies (issue 25). ~2 min, ~2.3 GB.
+peers:
+	bash benchmarks/peers/setup.sh
 
 demo: setup
 	$(PY) -m vla.cli.demo

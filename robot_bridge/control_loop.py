@@ -94,7 +94,10 @@ class LoopConfig:
     replan_every: int | None = None  # sync: actions applied per chunk (default: the whole chunk)
     request_below: int | None = None  # async: request when fewer actions remain (default: adaptive, see above)
     latency_margin: float = 2.0  # async, adaptive: cover this many times the slowest recent request latency
-    blend: str = "none"  # async: none (the new chunk replaces the queue) | linear (cross-fade overlapping steps)
+    blend: str = "none"  # async: none (the new chunk replaces the queue) | linear (cross-fade overlapping steps) |
+    # inpaint (real-time chunking: the actions that will run before the reply arrives are sent as prefix_actions; the
+    # policy decodes the rest of the chunk around them, so the switch is seamless; needs a policy that takes a prefix)
+    inject_delay_ms: float = 0.0  # async: extra latency added to every chunk request (to study delays; 0 = none)
     on_starvation: str = "hold"  # hold: zero arm deltas, last gripper command kept | zero: all-zero action
     hold: str = "zeros"  # what holding means in the action space: "zeros" (delta actions) | "last" (absolute targets:
     # repeat the last action; none before the first)
@@ -110,8 +113,10 @@ class LoopConfig:
             raise ValueError(f"mode: expected 'async' or 'sync', got {self.mode!r}")
         if not 0.1 <= self.rate_hz <= 1000:
             raise ValueError(f"rate_hz: expected 0.1..1000, got {self.rate_hz}")
-        if self.blend not in ("none", "linear"):
-            raise ValueError(f"blend: expected 'none' or 'linear', got {self.blend!r}")
+        if self.blend not in ("none", "linear", "inpaint"):
+            raise ValueError(f"blend: expected 'none', 'linear' or 'inpaint', got {self.blend!r}")
+        if not 0.0 <= self.inject_delay_ms <= 60_000:
+            raise ValueError(f"inject_delay_ms: expected 0..60000, got {self.inject_delay_ms}")
         if self.hold not in ("zeros", "last"):
             raise ValueError(f"hold: expected 'zeros' (delta actions) or 'last' (absolute targets), got {self.hold!r}")
         if self.on_starvation not in ("hold", "zero"):
@@ -145,6 +150,8 @@ class LoopStats:
     last_error: str | None = None  # the last failed request's error
     seconds: float = 0.0
     steps: int = 0
+    rtc_delay_steps: list[int] = field(default_factory=list)  # inpaint: the delay estimated at each request (steps)
+    rtc_prefixes: list[tuple[int, list]] = field(default_factory=list)  # inpaint: (request step, prefix sent)
 
     def summary(self) -> dict:
         p = np.asarray(self.periods_ms)
@@ -161,6 +168,7 @@ class LoopStats:
             **{k: getattr(self, k) for k in ("chunks", "starvation_events", "stale_dropped", "late_discarded",
                                              "request_failures", "overruns", "silent_ticks", "policy_outages",
                                              "t_first_silent", "last_error")},
+            **({"rtc_delay_steps_mean": float(np.mean(self.rtc_delay_steps))} if self.rtc_delay_steps else {}),
         }
 
 
@@ -344,9 +352,9 @@ class ControlLoop:
         cfg, st = self.config, log.stats
         period = 1.0 / cfg.rate_hz
         if self._requester is None:
-            self._requester = _Requester(lambda job: self._infer(job["obs"], job["step"], job["timeout_ms"],
-                                                                 job["deadline"]))
+            self._requester = _Requester(self._timed_infer)
         req = self._requester
+        inpaint = cfg.blend == "inpaint" and self._takes_prefix()
         plan: dict[int, tuple[np.ndarray, int]] = {}  # absolute step -> (action (D,), request step of its chunk)
         chunk_len = int((getattr(self.policy, "metadata", None) or {}).get("chunk_size", 8))
         last: np.ndarray | None = None
@@ -397,9 +405,14 @@ class ControlLoop:
             # 2. ask for the next chunk early enough that the queue never runs dry
             below = cfg.request_below or self._adaptive_below(list(self._recent_ms), period, chunk_len,
                                                               cfg.latency_margin)
-            if len(plan) < below and not req.busy and time.perf_counter() >= retry_at:
+            # (inpaint: not while a reply is waiting to be merged: the prefix must be taken from the plan it lands on)
+            if len(plan) < below and not req.busy and time.perf_counter() >= retry_at and not (
+                    inpaint and not req.results.empty()):
                 t_obs = time.perf_counter()  # the queue must cover the observation too (cameras, rendering)
-                req.submit({"obs": self.robot.get_observation(), "t_obs": t_obs, "step": t, "episode": self._episode,
+                obs = self.robot.get_observation()
+                if inpaint:
+                    obs = self._with_prefix(obs, plan, t, period, chunk_len, st)
+                req.submit({"obs": obs, "t_obs": t_obs, "step": t, "episode": self._episode,
                             "deadline": time.monotonic() + cfg.request_timeout_ms / 1e3,
                             "timeout_ms": cfg.request_timeout_ms})
 
@@ -439,6 +452,45 @@ class ControlLoop:
                 t_next = time.perf_counter()
         req.wait_idle(cfg.request_timeout_ms / 1e3 + 1.0)  # nothing of this episode leaks into the next
 
+    def _timed_infer(self, job: dict) -> dict:
+        out = self._infer(job["obs"], job["step"], job["timeout_ms"], job["deadline"])
+        if self.config.inject_delay_ms > 0:  # a slower policy, for honest delay studies with a fast one
+            time.sleep(self.config.inject_delay_ms / 1e3)
+        return out
+
+    def _takes_prefix(self) -> bool:
+        """Whether the policy (server) takes prefix_actions; an old server without it gets today's requests."""
+        meta = getattr(self.policy, "metadata", None) or {}
+        ok = bool(meta.get("prefix_actions"))
+        if not ok and not getattr(self, "_warned_prefix", False):
+            self._warned_prefix = True
+            log_.warning("blend 'inpaint': the policy does not take prefix_actions (older server?); switching chunks "
+                         "without it")
+        return ok
+
+    def estimate_delay(self, period: float, chunk_len: int) -> int:
+        """Control steps between a request and its reply's arrival, from the recent observation-to-arrival times
+        (the slowest of the last 5; 1 step before any): the actions that run while the next chunk is decoded."""
+        recent = list(self._recent_ms)[-5:]
+        if not recent:
+            return 1
+        return int(min(chunk_len - 1, max(1, math.ceil(max(recent) / 1e3 / period))))
+
+    def _with_prefix(self, obs: dict, plan: dict, t: int, period: float, chunk_len: int, st: LoopStats) -> dict:
+        """obs + prefix_actions: the planned actions for steps t .. t+d-1 (d: the estimated delay; fewer when the
+        plan ends sooner). The reply starts with exactly these, so aligning it changes nothing already planned."""
+        d = self.estimate_delay(period, chunk_len)
+        prefix = []
+        for i in range(d):
+            if t + i not in plan:
+                break
+            prefix.append(plan[t + i][0])
+        st.rtc_delay_steps.append(d)
+        st.rtc_prefixes.append((t, [a.tolist() for a in prefix]))
+        if not prefix:
+            return obs
+        return {**obs, "prefix_actions": np.stack(prefix).astype(np.float32)}
+
     @staticmethod
     def _adaptive_below(latencies_ms: list[float], period: float, chunk_len: int, margin: float = 2.0) -> int:
         """Enough queued actions to cover `margin` x the slowest of the last 20 requests, plus one step.
@@ -475,7 +527,8 @@ class ControlLoop:
         m = sum((t + i) in plan for i in range(len(actions)))  # overlapping steps
         for i, a in enumerate(actions):
             old = plan.get(t + i)
-            if old is None or self.config.blend == "none":
+            if old is None or self.config.blend != "linear":  # none, inpaint: the new chunk replaces (inpaint: it
+                # starts with the planned actions it was given, so the steps it shares with the plan are unchanged)
                 new[t + i] = (a, src)
             else:
                 w = (i + 1) / (m + 1)  # ramps from the old plan towards the new chunk

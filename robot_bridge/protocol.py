@@ -210,10 +210,15 @@ class ObsSpec:
     state_dim: int
     max_image_side: int = MAX_IMAGE_SIDE
     max_instruction_chars: int = MAX_INSTRUCTION_CHARS
+    action_dim: int | None = None  # for prefix_actions (real-time chunking); None: the field is refused
+    chunk_size: int | None = None
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "ObsSpec":
-        return cls(cameras=tuple(meta["cameras"]), state_dim=int(meta["state_dim"]))
+        takes = bool(meta.get("prefix_actions"))  # the policy inpaints given first steps (real-time chunking)
+        return cls(cameras=tuple(meta["cameras"]), state_dim=int(meta["state_dim"]),
+                   action_dim=int(meta["action_dim"]) if takes and meta.get("action_dim") else None,
+                   chunk_size=int(meta["chunk_size"]) if takes and meta.get("chunk_size") else None)
 
 
 _ID_TYPES = (int, str)
@@ -309,7 +314,23 @@ def parse_obs(msg: dict, spec: ObsSpec) -> dict:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"instruction: expected str, got {_describe(instr)}")
     if len(instr) > spec.max_instruction_chars:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"instruction: {len(instr)} characters exceeds {spec.max_instruction_chars}")
-    return {"images": out_images, "state": state, "instruction": instr}
+    out = {"images": out_images, "state": state, "instruction": instr}
+    if msg.get("prefix_actions") is not None:
+        out["prefix_actions"] = parse_prefix_actions(msg["prefix_actions"], spec)
+    return out
+
+
+def parse_prefix_actions(obj, spec: ObsSpec) -> np.ndarray:
+    """Optional `prefix_actions` float (d, action_dim), 0 <= d < chunk_size: the actions the client will execute
+    while this chunk is decoded (real-time chunking); the chunk that comes back starts with them, unchanged."""
+    if spec.action_dim is None or spec.chunk_size is None:
+        raise ProtocolError(ErrorCode.BAD_FIELD, "prefix_actions: this server's policy does not take a prefix")
+    a = decode_array(obj, "prefix_actions", dtypes=("<f4", "<f8"), ndim=2, shape=(None, spec.action_dim),
+                     max_bytes=spec.chunk_size * spec.action_dim * 8)
+    if a.shape[0] >= spec.chunk_size:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"prefix_actions: {a.shape[0]} steps; expected fewer than the chunk's "
+                                                 f"{spec.chunk_size}")
+    return as_model_floats(a.reshape(-1), "prefix_actions").reshape(a.shape)
 
 
 # -------------------------------------------------------------------------------------------------------- replies
@@ -336,4 +357,10 @@ def obs_fields(obs: dict) -> dict:
         raise ValueError(f"obs['state']: expected a 1-D float array, got {state.dtype} {state.shape}")
     if not isinstance(obs["instruction"], str):
         raise ValueError(f"obs['instruction']: expected str, got {type(obs['instruction']).__name__}")
-    return {"images": images, "state": np.ascontiguousarray(state, dtype=np.float32), "instruction": obs["instruction"]}
+    out = {"images": images, "state": np.ascontiguousarray(state, dtype=np.float32), "instruction": obs["instruction"]}
+    if obs.get("prefix_actions") is not None:
+        pa = np.asarray(obs["prefix_actions"], dtype=np.float32)
+        if pa.ndim != 2:
+            raise ValueError(f"obs['prefix_actions']: expected float (d, action_dim), got {pa.shape}")
+        out["prefix_actions"] = np.ascontiguousarray(pa)
+    return out

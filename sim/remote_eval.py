@@ -33,6 +33,8 @@ def evaluate_server(
     loop: LoopConfig | None = None,
     max_steps: int | None = None,
     failure_videos: int = 0,
+    blend: str = "none",
+    inject_delay_ms: float = 0.0,
 ) -> dict:
     """Evaluate the policy behind `address` on `task`; returns sim.evaluate.summarize's dict (+ loop stats).
 
@@ -49,8 +51,9 @@ def evaluate_server(
     try:
         meta = client.hello()
         replan = int(replan_every or meta.get("n_action_steps") or meta["chunk_size"])
-        cfg = loop or LoopConfig(mode=mode, rate_hz=rate_hz, replan_every=replan,
-                                 request_timeout_ms=min(timeout_ms, 2000.0))
+        cfg = loop or LoopConfig(mode=mode, rate_hz=rate_hz, replan_every=replan, blend=blend,
+                                 inject_delay_ms=inject_delay_ms,
+                                 request_timeout_ms=min(timeout_ms, 2000.0) + inject_delay_ms)
         env = VLAEnv(task, image_size=image_size, cameras=tuple(meta["cameras"]))
         robot = _GLEnvRobot(env)
         ctl = ControlLoop(client, robot, cfg, action_dim=int(meta["action_dim"]))
@@ -81,7 +84,7 @@ def evaluate_server(
                 "chunk_ms_p50": float(np.median(log.chunk_ms)) if log.chunk_ms else None,
                 "nfe_mean": float(np.mean(log.nfe)) if log.nfe else None,
                 **({"loop": s} if cfg.mode == "async" else {}),
-                **({"actions": log.actions} if keep_actions else {}),
+                **({"actions": log.actions, "sources": log.sources} if keep_actions else {}),
                 **({"video": os.path.relpath(video, out_dir)} if video else {}),
             })
             if hasattr(bar, "set_postfix"):
@@ -91,7 +94,8 @@ def evaluate_server(
         extra = {"server": address, "model": meta.get("model"), "mode": cfg.mode, "replan_every": replan,
                  "client": dict(client.stats)}
         if cfg.mode == "async":
-            extra.update(rate_hz=cfg.rate_hz, loop=aggregate_stats(stats))
+            extra.update(rate_hz=cfg.rate_hz, blend=cfg.blend, inject_delay_ms=cfg.inject_delay_ms,
+                         loop=aggregate_stats(stats))
         return summarize(results, task, time.time() - t0, out_dir, extra=extra)
     finally:
         client.close()
@@ -133,6 +137,7 @@ def aggregate_stats(stats: list) -> dict:
         "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
         **{k: int(sum(getattr(s, k) for s in stats)) for k in ("steps", "chunks", "starvation_events", "stale_dropped",
                                                                "late_discarded", "request_failures", "overruns")},
+        **({"rtc_delay_steps_mean": float(np.mean(d))} if (d := [x for s in stats for x in s.rtc_delay_steps]) else {}),
     }
 
 

@@ -224,6 +224,10 @@ class TrainConfig:
     df_first: tuple[float, float] = (0.2, 0.7)  # first block's mask ratio ~ U(a, b)
     df_max_increment: float = 0.3  # per-block non-negative increments ~ U(0, this), capped at 1
     df_clean_past_prob: float = 0.5  # chance of the inference pattern: clean past, current masked, future all masked
+    # real-time chunking (training-time prefix conditioning): with this probability a sample's first d ~ U{0..max}
+    # action steps are given clean (not masked, no loss), the case inpainted decoding meets at run time; 0 = off
+    prefix_prob: float = 0.0
+    prefix_max_steps: int | None = None  # None: chunk_size // 2
     # distillation
     teacher: str | None = None
     distill_ce_weight: float = 0.0  # optional CE on ground truth beside the KL
@@ -280,6 +284,10 @@ class TrainConfig:
             raise ValueError("batch_size and grad_accum: expected >= 1")
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ValueError(f"n_action_steps: expected >= 1 or null, got {self.n_action_steps}")
+        if not 0.0 <= self.prefix_prob <= 1.0:
+            raise ValueError(f"prefix_prob: expected a probability in [0, 1], got {self.prefix_prob}")
+        if self.prefix_max_steps is not None and self.prefix_max_steps < 0:
+            raise ValueError(f"prefix_max_steps: expected >= 0 or null, got {self.prefix_max_steps}")
 
 
 OBJECTIVES = ("diffusion", "diffusion_forcing", "distill")

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
-from vla.features import DatasetError, FeatureMap, fit_frames  # noqa: F401  (DatasetError: re-exported)
+from vla.features import DatasetError, Demo, FeatureMap, fit_frames  # noqa: F401  (DatasetError, Demo: re-exported)
 from vla.lerobot import is_lerobot
 
 FORMAT = "vla-stack/1"
@@ -193,20 +192,6 @@ def check_file(path: str) -> None:
             for key in REQUIRED_DEMO_KEYS:
                 if key not in f["data"][name]:
                     raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
-
-
-@dataclass
-class Demo:
-    name: str
-    task: str
-    instruction: str
-    images: dict[str, np.ndarray]  # camera -> uint8 (T, S, S, 3)
-    state: np.ndarray  # float32 (T, state_dim): the feature map's state keys concatenated
-    actions: np.ndarray  # float32 (T, action_dim)
-    object_pos: np.ndarray  # float32 (T, 3, 3)
-
-    def __len__(self) -> int:
-        return len(self.actions)
 
 
 def _split_names(f, path: str, split: str | None) -> list[str]:

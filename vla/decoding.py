@@ -21,6 +21,11 @@ pass, at the front of the query, and the KV of that pass is committed. Blocks ar
 a finished block behind an unfinished one stays in flight. So the cache always equals what an uncached
 block-causal forward over the same tokens computes.
 
+Inpainting (real-time chunking, docs/ARCHITECTURE.md "Real-time chunking"): every decoder takes `known` (B, A') long,
+the token id where a token is given and -1 elsewhere (the actions that will run while this chunk is decoded, as
+the first d steps). Given tokens start revealed and are never changed; the reveal schedules count only the unknown
+ones; block-causal decoders commit fully given leading blocks to the cache in their first pass, as clean blocks.
+
 Every decoder returns token ids (B, A') and stats {"nfe": action passes, "prefix_passes": 1, "tokens": A'}.
 """
 
@@ -61,12 +66,14 @@ def _reveal_top(tokens, revealed, pred, conf, counts):
     return chosen
 
 
-def _schedule_counts(revealed: torch.Tensor, s: int, K: int, A: int, schedule: str) -> torch.Tensor:
+def _schedule_counts(revealed: torch.Tensor, s: int, K: int, A, schedule: str) -> torch.Tensor:
     """Tokens to reveal per row at parallel step s of K: down to A*cos(pi/2*(s+1)/K) still masked (or linear);
-    everything at the last step; at least one."""
+    everything at the last step; at least one. A: the tokens to decode, an int or per row (B,) (given tokens
+    excluded)."""
     frac = (s + 1) / K
-    keep_masked = A * (math.cos(math.pi / 2 * frac) if schedule == "cosine" else 1.0 - frac)
-    target_masked = 0 if s == K - 1 else int(math.floor(keep_masked))
+    keep = math.cos(math.pi / 2 * frac) if schedule == "cosine" else 1.0 - frac
+    A = torch.as_tensor(A, device=revealed.device)
+    target_masked = torch.zeros_like(A) if s == K - 1 else torch.floor(A * keep).long()
     return torch.clamp((~revealed).sum(dim=1) - target_masked, min=1)
 
 
@@ -94,19 +101,40 @@ def _n_tokens(model_cfg, dcfg: DecodeConfig) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
-def _blank(cfg, cache: KVCache, dcfg: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-[MASK] action tokens (B, A) and their revealed flags (B, A), on the cache's device."""
+def check_known(known: torch.Tensor | None, B: int, A: int, vocab: int) -> torch.Tensor | None:
+    """known (B, k <= A) long, -1 = unknown -> (B, A) padded with -1; None stays None."""
+    if known is None:
+        return None
+    if known.ndim != 2 or known.shape[0] != B or known.shape[1] > A:
+        raise ValueError(f"known: expected (B={B}, k <= {A}) token ids, got {tuple(known.shape)}")
+    if bool(((known < -1) | (known >= vocab)).any()):
+        raise ValueError(f"known: token ids must be -1 (unknown) or in 0..{vocab - 1}")
+    out = torch.full((B, A), -1, dtype=torch.long, device=known.device)
+    out[:, :known.shape[1]] = known
+    return out
+
+
+def _blank(cfg, cache: KVCache, dcfg: DecodeConfig, known=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Action tokens (B, A) all [MASK] except the given ones, and their revealed flags (B, A), on the cache's
+    device."""
     B = cache.prefix_valid.shape[0]
     A = _n_tokens(cfg, dcfg)
     dev = cache.prefix_valid.device
     tokens = torch.full((B, A), cfg.mask_id, dtype=torch.long, device=dev)
-    return tokens, torch.zeros(B, A, dtype=torch.bool, device=dev)
+    revealed = torch.zeros(B, A, dtype=torch.bool, device=dev)
+    known = check_known(known, B, A, cfg.mask_id)
+    if known is not None:
+        known = known.to(dev)
+        revealed = known >= 0
+        tokens[revealed] = known[revealed]
+    return tokens, revealed
 
 
-def decode_parallel(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
+def decode_parallel(model, cache: KVCache, dcfg: DecodeConfig, generator=None, known=None):
     cfg = model.cfg
-    tokens, revealed = _blank(cfg, cache, dcfg)  # (B, A)
+    tokens, revealed = _blank(cfg, cache, dcfg, known)  # (B, A)
     A = tokens.shape[1]
+    todo = (~revealed).sum(dim=1)  # (B,) tokens to decode
     slots = torch.arange(A, device=tokens.device)
     K = dcfg.steps
     nfe = 0
@@ -116,15 +144,16 @@ def decode_parallel(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
         logits = model.action_logits(cache, tokens, slots, span=(0, A))
         nfe += 1
         pred, conf = _confidence(logits, dcfg.temperature, generator)
-        _reveal_top(tokens, revealed, pred, conf, _schedule_counts(revealed, s, K, A, dcfg.schedule))
+        _reveal_top(tokens, revealed, pred, conf, _schedule_counts(revealed, s, K, todo, dcfg.schedule))
     return tokens, {"nfe": nfe, "prefix_passes": 1, "tokens": A}
 
 
-def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
+def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=None, known=None):
     """Approximate cache under bidirectional attention: revealed tokens keep stale KV between refreshes."""
     cfg = model.cfg
-    tokens, revealed = _blank(cfg, cache, dcfg)  # (B, A)
+    tokens, revealed = _blank(cfg, cache, dcfg, known)  # (B, A)
     B, A = tokens.shape
+    todo = (~revealed).sum(dim=1)  # (B,)
     dev = tokens.device
     K = dcfg.steps
     nfe = 0
@@ -147,7 +176,7 @@ def decode_parallel_cached(model, cache: KVCache, dcfg: DecodeConfig, generator=
             logits = model.action_logits(cache, tokens[:, q_slots], q_slots, mode="bidirectional")
         nfe += 1
         pred, conf = _confidence(logits, dcfg.temperature, generator)
-        counts = _schedule_counts(revealed, s, K, A, dcfg.schedule)
+        counts = _schedule_counts(revealed, s, K, todo, dcfg.schedule)
         sub_tok, sub_rev = tokens[:, q_slots].clone(), revealed[:, q_slots].clone()
         _reveal_top(sub_tok, sub_rev, pred, conf, counts)
         tokens[:, q_slots], revealed[:, q_slots] = sub_tok, sub_rev
@@ -188,12 +217,17 @@ class _Chunk:
     each torch op costs more than the arithmetic; numpy does it at a fraction of the cost, and the GPU (if any)
     only runs the model."""
 
-    def __init__(self, cfg, cache: KVCache, dcfg: DecodeConfig):
+    def __init__(self, cfg, cache: KVCache, dcfg: DecodeConfig, known=None):
         self.B = cache.prefix_valid.shape[0]
         self.A = _n_tokens(cfg, dcfg)
         self.dev = cache.prefix_valid.device
         self.tokens = np.full((self.B, self.A), cfg.mask_id, dtype=np.int64)
         self.revealed = np.zeros((self.B, self.A), dtype=bool)
+        known = check_known(known, self.B, self.A, cfg.mask_id)
+        if known is not None:
+            k = known.cpu().numpy()
+            self.revealed = k >= 0
+            self.tokens[self.revealed] = k[self.revealed]
         self.slots = torch.arange(self.A, device=self.dev)
 
     def logits(self, model, cache, lo: int, hi: int, commit: int = 0) -> torch.Tensor:
@@ -205,41 +239,46 @@ class _Chunk:
         return torch.from_numpy(self.tokens).to(self.dev)
 
 
-def decode_block(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
-    """Block by block (the paper's BlockDiff row). Requires a block-causal model."""
+def decode_block(model, cache: KVCache, dcfg: DecodeConfig, generator=None, known=None):
+    """Block by block (the paper's BlockDiff row). Requires a block-causal model. Finished blocks (decoded, or given
+    whole) go clean in front of the next pass and are committed to the cache."""
     cfg = model.cfg
     _require_block_causal(cfg, "block")
-    ch = _Chunk(cfg, cache, dcfg)
+    ch = _Chunk(cfg, cache, dcfg, known)
     A, bs = ch.A, cfg.block_size
     nfe = 0
-    pending = False  # the previous block is finished and goes in front of the next pass, to be committed
+    committed = 0  # blocks [0, committed) are in the cache
     for j in range(A // bs):
         lo, hi = j * bs, (j + 1) * bs
         while not ch.revealed[:, lo:hi].all():
-            if pending:
-                logits = ch.logits(model, cache, lo - bs, hi, commit=bs)[:, bs:]
-                pending = False
-            else:
-                logits = ch.logits(model, cache, lo, hi)
+            n_commit = j - committed  # every block before j is finished: fed clean, then committed
+            logits = ch.logits(model, cache, committed * bs, hi, commit=n_commit * bs)[:, n_commit * bs:]
+            committed = j
             nfe += 1
             pred, conf = _np_confidence(logits, dcfg.temperature, generator)
             t, r = ch.tokens[:, lo:hi], ch.revealed[:, lo:hi]  # views: updated in place
             _np_reveal_fully_active(t, r, pred, conf, dcfg.tau_conf, dcfg.n)
-        pending = True
     return ch.result(), {"nfe": nfe, "prefix_passes": 1, "tokens": A}
 
 
-def decode_pipelined(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
-    """Fast-dVLA inter-block pipelined decoding (batched in lockstep; each row keeps its own block states)."""
+def decode_pipelined(model, cache: KVCache, dcfg: DecodeConfig, generator=None, known=None):
+    """Fast-dVLA inter-block pipelined decoding (batched in lockstep; each row keeps its own block states). Blocks
+    given whole count as finished (fully active) and are committed in the first pass; the pipeline starts at each
+    row's first unfinished block."""
     cfg = model.cfg
     _require_block_causal(cfg, "pipelined")
-    ch = _Chunk(cfg, cache, dcfg)
+    ch = _Chunk(cfg, cache, dcfg, known)
     B, A, bs = ch.B, ch.A, cfg.block_size
     nb = A // bs
     INACTIVE, SEMI, FULL = 0, 1, 2
     status = np.zeros((B, nb), dtype=np.int64)
-    status[:, :dcfg.start_blocks] = SEMI
-    status[:, 0] = FULL
+    given = ch.revealed.reshape(B, nb, bs).all(axis=2)  # (B, nb)
+    for b in range(B):
+        f = int(np.argmin(given[b])) if not given[b].all() else nb  # the first unfinished block
+        status[b, :f] = FULL
+        status[b, f:f + dcfg.start_blocks] = SEMI
+        if f < nb:
+            status[b, f] = FULL
     committed = 0  # blocks [0, committed) are in the cache
     nfe = 0
     while committed < nb:
@@ -303,5 +342,6 @@ DECODER_FNS = {
 }
 
 
-def decode(model, cache: KVCache, dcfg: DecodeConfig, generator=None):
-    return DECODER_FNS[dcfg.decoder](model, cache, dcfg, generator)
+def decode(model, cache: KVCache, dcfg: DecodeConfig, generator=None, known=None):
+    """known: (B, k) given token ids for the start of the chunk (-1 = unknown), or None."""
+    return DECODER_FNS[dcfg.decoder](model, cache, dcfg, generator, known=known)

@@ -21,6 +21,22 @@ import numpy as np
 ACTION_SPACES = ("eef_delta", "eef_absolute", "joint_delta", "joint_absolute")
 
 
+@dataclass
+class Demo:
+    """One demonstration as every reader returns it (vla.dataset for HDF5, vla.lerobot for LeRobot folders)."""
+
+    name: str
+    task: str
+    instruction: str
+    images: dict  # camera -> uint8 (T, S, S, 3) (an array, or a memmap view of the frame cache)
+    state: np.ndarray  # float32 (T, state_dim): the feature map's state keys concatenated
+    actions: np.ndarray  # float32 (T, action_dim)
+    object_pos: np.ndarray  # float32 (T, 3, 3)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
 class DatasetError(ValueError):
     """A dataset file is missing, corrupt, or lacks a key; the message names the file and the key."""
 

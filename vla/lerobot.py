@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla.atomic import write_json_atomic
-from vla.features import DatasetError, FeatureMap, fit_frames
+from vla.features import DatasetError, Demo, FeatureMap, fit_frames
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH, STATS_PATH, TASKS_PATH = "meta/info.json", "meta/stats.json", "meta/tasks.parquet"
@@ -358,8 +358,6 @@ def load_lerobot_demos(root: str, split=None, cameras=("agentview", "wrist"), im
                        frame_cache: str | None = None, progress: bool = False) -> list:
     """vla.dataset.Demo per episode. With image_size the frames come from the on-disk FrameCache (memmap views,
     not in RAM); without, they are decoded at their recorded size (for `vla data show`)."""
-    from vla.dataset import Demo
-
     ds = LeRobotDir(root)
     fm = features or ds.feature_map()
     cams = list(fm.cameras) if cameras is None else list(cameras)

@@ -61,8 +61,31 @@ def mask_blockwise(tokens: torch.Tensor, mask_id: int, block_size: int, cfg: Tra
 
 def noise(tokens: torch.Tensor, model_cfg: ModelConfig, cfg: TrainConfig, g):
     if cfg.objective == "diffusion" and model_cfg.attention == "bidirectional":
-        return mask_uniform(tokens, model_cfg.mask_id, cfg.eps, g)
-    return mask_blockwise(tokens, model_cfg.mask_id, model_cfg.block_size, cfg, g)
+        noised, masked = mask_uniform(tokens, model_cfg.mask_id, cfg.eps, g)
+    else:
+        noised, masked = mask_blockwise(tokens, model_cfg.mask_id, model_cfg.block_size, cfg, g)
+    if cfg.prefix_prob > 0:
+        noised, masked = give_prefix(tokens, noised, masked, model_cfg, cfg, g)
+    return noised, masked
+
+
+def give_prefix(tokens, noised, masked, model_cfg: ModelConfig, cfg: TrainConfig, g):
+    """Training-time prefix conditioning (real-time chunking): with probability cfg.prefix_prob per sample, the first
+    d ~ U{0..d_max} action steps are clean (their true tokens, no loss), as when the actions that run during
+    decoding are inpainted. At least one token stays masked. All (B, A); draws from the CPU generator."""
+    B, A = tokens.shape
+    D, H = model_cfg.action_dim, model_cfg.chunk_size
+    d_max = min(H - 1, cfg.prefix_max_steps if cfg.prefix_max_steps is not None else H // 2)
+    use = torch.rand(B, generator=g) < cfg.prefix_prob
+    d = torch.randint(0, d_max + 1, (B,), generator=g) * use  # (B,) steps given
+    given = (torch.arange(A)[None] < (d * D)[:, None]).to(tokens.device)  # (B, A)
+    noised = torch.where(given, tokens, noised)
+    masked = masked & ~given
+    none = ~masked.any(dim=1)
+    if bool(none.any()):  # everything after the prefix happened to be clean: mask the last token
+        masked[none, -1] = True
+        noised[none, -1] = model_cfg.mask_id
+    return noised, masked
 
 
 def masked_ce(logits: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

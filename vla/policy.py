@@ -96,6 +96,7 @@ class Policy:
             "cameras": {cam: [c.image_size, c.image_size, 3] for cam in c.cameras},
             "state_dim": c.state_dim,
             "action_space": dict(self.action_space),
+            "prefix_actions": True,  # takes obs["prefix_actions"] (d, D): the first d steps inpainted (real-time chunking)
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
 
@@ -129,6 +130,14 @@ class Policy:
             raise ValueError(f"obs['state']: NaN or inf at index {np.where(~np.isfinite(state))[0].tolist()}")
         if not isinstance(obs["instruction"], str):
             raise ValueError(f"obs['instruction']: expected str, got {type(obs['instruction']).__name__}")
+        if obs.get("prefix_actions") is not None:
+            pa = np.asarray(obs["prefix_actions"])
+            H, D = self.cfg.chunk_size, self.cfg.action_dim
+            if pa.ndim != 2 or pa.shape[1] != D or not 0 <= pa.shape[0] < H or not np.issubdtype(pa.dtype, np.number):
+                raise ValueError(f"obs['prefix_actions']: expected float (d, {D}) with 0 <= d < {H} (the actions that "
+                                 f"run while this chunk is decoded), got {pa.dtype} {pa.shape}")
+            if not np.all(np.isfinite(pa)):
+                raise ValueError("obs['prefix_actions']: NaN or inf")
 
     def preprocess(self, obs_list: list[dict]) -> dict[str, torch.Tensor]:
         """list of observations -> model tensors: images (B, n_cam, 3, S, S) float [0,1], text, state."""
@@ -167,11 +176,15 @@ class Policy:
         t1 = time.perf_counter()
         cache = self.model.encode_prefix(x["images"], x["text_ids"], x["text_valid"], x["state"])
         t2 = time.perf_counter()
-        tokens, stats = decode(self.model, cache, self.decode_cfg, self.generator)
+        known, prefixes = self._known(obs_list)
+        tokens, stats = decode(self.model, cache, self.decode_cfg, self.generator, known=known)
         t3 = time.perf_counter()
         ids = tokens.cpu().numpy()
         steps = ids.shape[1] // self.cfg.action_dim
         actions = self.action_tokenizer.detokenize(ids).reshape(len(obs_list), steps, self.cfg.action_dim)
+        for b, pa in enumerate(prefixes):  # the given steps come back exactly as given (their tokens were fixed)
+            if pa is not None and len(pa):
+                actions[b, : len(pa)] = pa
         if self.decode_cfg.decode_steps is not None:
             actions = actions[:, : self.decode_cfg.decode_steps]
         t4 = time.perf_counter()
@@ -186,6 +199,22 @@ class Policy:
             "batch": len(obs_list),
         }
         return [{"actions": np.ascontiguousarray(a, dtype=np.float32), "timing": timing} for a in actions]
+
+    def _known(self, obs_list: list[dict]):
+        """obs['prefix_actions'] (d, D) per observation -> (known token ids (B, k) with -1 where not given, or None;
+        the prefixes as float32 arrays or None). Real-time chunking: the first d steps of the chunk are the actions
+        that run while it is decoded; they are tokenized with this checkpoint's tokenizer and inpainted."""
+        prefixes = [None if o.get("prefix_actions") is None else np.asarray(o["prefix_actions"], np.float32)
+                     for o in obs_list]
+        d = max((len(p) for p in prefixes if p is not None), default=0)
+        if d == 0:
+            return None, prefixes
+        D = self.cfg.action_dim
+        known = np.full((len(obs_list), d * D), -1, np.int64)
+        for b, p in enumerate(prefixes):
+            if p is not None and len(p):
+                known[b, : len(p) * D] = self.action_tokenizer.tokenize(p[None])[0]
+        return torch.from_numpy(known), prefixes
 
     def infer(self, obs: dict) -> dict:
         return self.infer_batch([obs])[0]

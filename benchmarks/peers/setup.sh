@@ -90,8 +90,9 @@ EOF
 
 echo "== torch $TORCH_VERSION (CPU) from $TORCH_WHEEL"
 pip_install "$TORCH_WHEEL"
-echo "== torchvision $TORCHVISION_VERSION, numpy, pyarrow (torch pinned)"
-pip_install -c "$CONSTRAINTS" "torchvision==$TORCHVISION_VERSION" numpy pyarrow
+echo "== torchvision $TORCHVISION_VERSION, numpy, pyarrow, msgpack, pyzmq (torch pinned)"
+# msgpack + pyzmq: benchmarks/peers/serve_lerobot.py serves LeRobot policies through robot_bridge's PolicyServer
+pip_install -c "$CONSTRAINTS" "torchvision==$TORCHVISION_VERSION" numpy pyarrow "msgpack>=1.0" "pyzmq>=25"
 echo "== lerobot $LEROBOT_VERSION (--no-deps) and its dependencies (torch pinned)"
 pip_install -c "$CONSTRAINTS" -r "$REQS"
 pip_install --no-deps "lerobot==$LEROBOT_VERSION"

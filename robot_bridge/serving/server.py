@@ -86,6 +86,7 @@ class PolicyServer:
             # what the actions mean (a checkpoint records it; docs/PROTOCOL.md): clients check it against the robot
             "action_space": {k: v for k, v in (meta.get("action_space") or {"kind": "eef_delta"}).items()
                              if isinstance(v, (str, int, float, bool, list))},
+            "prefix_actions": bool(meta.get("prefix_actions")),  # takes prefix_actions (real-time chunking)
             "suggested_rate_hz": self.config.suggested_rate_hz,
             "max_message_bytes": self.config.max_message_bytes,
             "max_batch": self.config.max_batch,

@@ -97,6 +97,11 @@ def add_eval(sub) -> None:
     s.add_argument("--seed-base", type=int, default=None)
     s.add_argument("--mode", choices=["sync", "async"], default="sync", help="control loop mode (with --server)")
     s.add_argument("--rate", type=float, default=20.0, help="control rate in Hz (async mode)")
+    s.add_argument("--blend", choices=["none", "linear", "inpaint"], default="none",
+                   help="async mode: how a new chunk takes over: none (switch), linear (cross-fade), inpaint (real-time "
+                        "chunking: the actions that run while it is decoded are sent and kept)")
+    s.add_argument("--inject-delay-ms", type=float, default=0.0,
+                   help="async mode: add this latency to every chunk (study delays of several control steps)")
     s.set_defaults(func=_cmd_eval)
 
 
@@ -121,6 +126,9 @@ def _cmd_eval(args) -> int:
 
     for t in tasks:
         get_task(t)
+    if (args.blend != "none" or args.inject_delay_ms) and not (args.server and args.mode == "async"):
+        raise SystemExit("--blend and --inject-delay-ms: for the async control loop (--server ... --mode async); a "
+                         "local policy is evaluated synchronously")
     if args.server and args.ensemble is not None:
         raise SystemExit("--ensemble: supported with --policy only (the server's control loop blends with "
                          "LoopConfig.blend)")
@@ -141,7 +149,7 @@ def _cmd_eval(args) -> int:
             s = evaluate_server(args.server, task, episodes=args.episodes, replan_every=args.replan_every,
                                 image_size=args.image_size, videos=args.videos, out_dir=out, mode=args.mode,
                                 failure_videos=args.failure_videos,
-                                rate_hz=args.rate,
+                                rate_hz=args.rate, blend=args.blend, inject_delay_ms=args.inject_delay_ms,
                                 seed_base=args.seed_base if args.seed_base is not None else EVAL_SEED_BASE)
         summaries.append(s)
     print(format_table(summaries))
