@@ -16,8 +16,9 @@ Recipe: LeRobot's defaults (policy presets: optimizer, scheduler, normalization,
   diffusion  "Diffusion-small": --policy.down_dims=[64,128,256] --policy.noise_scheduler_type=DDIM
              --policy.num_inference_steps=10; --policy.n_obs_steps=1 (and drop_n_last_frames=8, LeRobot's formula
              horizon - n_action_steps - n_obs_steps + 1) because our protocol sends one observation per request;
-             --policy.crop_shape=[112,112] (random crop in training, center crop at inference): lerobot 0.4.4 no
-             longer crops by default (crop_shape=None); 112/128 keeps the original Diffusion Policy ratio 84/96.
+             --policy.crop_shape=[s,s], s = 7/8 of the image side (56 at 64 px, 112 at 128; random crop in training,
+             centre crop at inference): lerobot 0.4.4 no longer crops by default (crop_shape=None); 7/8 keeps the
+             original Diffusion Policy ratio 84/96.
 Anything after `--` goes to lerobot-train verbatim (later flags win), e.g. `-- --policy.chunk_size=20`.
 
 Budget: unless --steps is given, a calibration run of --calib-steps steps (no checkpoint) measures the seconds per
@@ -71,8 +72,15 @@ def _small_recipe(policy: str, args) -> list[str]:
         flags = ["--policy.down_dims=[64,128,256]", "--policy.noise_scheduler_type=DDIM",
                  "--policy.num_inference_steps=10", f"--policy.n_obs_steps={n_obs}",
                  f"--policy.drop_n_last_frames={16 - 8 - n_obs + 1}"]  # LeRobot: horizon - n_action_steps - n_obs + 1
-        if args.diffusion_crop:
-            flags.append(f"--policy.crop_shape=[{args.diffusion_crop},{args.diffusion_crop}]")
+        crop = args.diffusion_crop
+        if crop < 0:  # the original Diffusion Policy ratio 84/96 of the dataset's smallest image side
+            import json
+
+            info = json.load(open(Path(args.dataset) / "meta" / "info.json"))
+            sides = [min(f["shape"][:2]) for f in info["features"].values() if f.get("dtype") in ("video", "image")]
+            crop = int(round(0.875 * min(sides))) if sides else 0
+        if crop:
+            flags.append(f"--policy.crop_shape=[{crop},{crop}]")
         return flags
     raise SystemExit(f"--policy: act or diffusion, got {policy!r}")
 
@@ -226,8 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone-weights", choices=["auto", "imagenet", "none"], default="auto",
                     help="ACT's ResNet-18: ImageNet (LeRobot's default; needs the torch hub cache offline), none, or "
                          "auto = ImageNet when cached, else none")
-    ap.add_argument("--diffusion-crop", type=int, default=112, help="diffusion crop_shape side; 0 = LeRobot 0.4.4's "
-                                                                   "default (no crop)")
+    ap.add_argument("--diffusion-crop", type=int, default=-1, help="diffusion crop_shape side; 0 = LeRobot 0.4.4's "
+                    "default (no crop); -1 (default) = 7/8 of the image side (the paper's 84/96: 56 at 64 px, 112 at 128)")
     ap.add_argument("--diffusion-n-obs-steps", type=int, default=1, help="diffusion n_obs_steps (LeRobot's default 2)")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint, not only the last")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing OUT/train")

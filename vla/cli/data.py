@@ -28,6 +28,8 @@ def add_data(sub) -> None:
     x.add_argument("--images", action="store_true", help="store frames as PNG image features instead of video")
     x.add_argument("--crf", type=int, default=30, help="AV1 quality (LeRobot's default 30; lower = better, larger)")
     x.add_argument("--fps", type=float, help="control rate (default: the dataset's)")
+    x.add_argument("--image-size", type=int, help="make frames square (centre crop) and resize them to this size first "
+                                                  "(default: as stored)")
     x.add_argument("--robot-type", default=None, help="info.json robot_type (default: panda for our sim files)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     x.set_defaults(func=_cmd_export)
@@ -46,7 +48,7 @@ def _cmd_export(args) -> int:
     from vla.lerobot import export_lerobot
 
     fm = peek_dims(args.paths)["features"]
-    demos = load_demos(args.paths, cameras=None, progress=True)
+    demos = load_demos(args.paths, cameras=None, image_size=args.image_size, progress=True)
     ours = fm.state == ("state",)
     rep = export_lerobot(demos, args.out, fps=args.fps or fm.fps or 20.0, video=not args.images,
                          robot_type=args.robot_type or ("panda" if ours else None), crf=args.crf,
