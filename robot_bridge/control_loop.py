@@ -256,6 +256,7 @@ class ControlLoop:
         self._requester: _Requester | None = None
         self._episode = 0
         self._recent_ms: collections.deque = collections.deque(maxlen=20)  # request latencies, across episodes
+        self._warned_prefix = False  # blend "inpaint" with a policy that takes no prefix: warned once
 
     # ----- helpers -----
     @property
@@ -462,7 +463,7 @@ class ControlLoop:
         """Whether the policy (server) takes prefix_actions; an old server without it gets today's requests."""
         meta = getattr(self.policy, "metadata", None) or {}
         ok = bool(meta.get("prefix_actions"))
-        if not ok and not getattr(self, "_warned_prefix", False):
+        if not ok and not self._warned_prefix:
             self._warned_prefix = True
             log_.warning("blend 'inpaint': the policy does not take prefix_actions (older server?); switching chunks "
                          "without it")

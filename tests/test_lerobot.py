@@ -61,6 +61,19 @@ def _psnr(a, b):
     return 10 * np.log10(255.0 ** 2 / max(mse, 1e-12))
 
 
+def _train(root: str, tmp_path, steps: int):
+    """A few steps of the tiny preset on `root` with no dimension overrides; -> the saved Policy."""
+    from vla.policy import Policy
+    from vla.train import train
+
+    cfg = TrainConfig(model="tiny", model_overrides={"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
+                      data=DataConfig(paths=(root,), augment_shift=0, frame_cache=str(tmp_path / "cache")),
+                      out_dir=str(tmp_path / "run"), steps=steps, batch_size=4, warmup_steps=1, log_every=1,
+                      val_every=0, save_every=0, seed=1, threads=1)
+    train(cfg, progress=False)
+    return Policy.from_pretrained(str(tmp_path / "run" / "policy"))
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("lerobot")
@@ -204,16 +217,8 @@ def test_broken_datasets_name_the_file_and_field(exported, tmp_path):
 
 @pytest.mark.slow
 def test_a_lerobot_dataset_trains_with_no_overrides_and_serves_its_action_size(exported, tmp_path):
-    from vla.policy import Policy
-    from vla.train import train
-
     _, video, _ = exported
-    cfg = TrainConfig(model="tiny", model_overrides={"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
-                      data=DataConfig(paths=(video,), augment_shift=0, frame_cache=str(tmp_path / "cache")),
-                      out_dir=str(tmp_path / "run"), steps=5, batch_size=4, warmup_steps=1, log_every=1, val_every=0,
-                      save_every=0, seed=1, threads=1)
-    train(cfg, progress=False)
-    p = Policy.from_pretrained(str(tmp_path / "run" / "policy"))
+    p = _train(video, tmp_path, steps=5)
     assert (p.cfg.state_dim, p.cfg.action_dim, tuple(p.cfg.cameras)) == (8, 6, ("front", "wrist"))
     obs = {"images": {"front": np.zeros((48, 64, 3), np.uint8), "wrist": np.zeros((64, 64, 3), np.uint8)},
            "state": np.zeros(8, np.float32), "instruction": "stack the thing 0"}
@@ -252,8 +257,6 @@ def test_two_arm_absolute_joint_dataset_with_three_cameras_trains_and_records_it
     with its layout, read back, trained with no overrides; the checkpoint and the handshake say which dims drive
     which arm."""
     from vla.features import FeatureMap
-    from vla.policy import Policy
-    from vla.train import train
 
     names = tuple(f"{arm}_{j}" for arm in ("left", "right") for j in ("q1", "q2", "q3", "q4", "q5", "q6", "gripper"))
     arms = ({"name": "left", "dims": [0, 7], "gripper": 6}, {"name": "right", "dims": [7, 14], "gripper": 13})
@@ -265,12 +268,7 @@ def test_two_arm_absolute_joint_dataset_with_three_cameras_trains_and_records_it
     export_lerobot(demos, root, fps=50, features=fm)
     back = LeRobotDir(root).feature_map()
     assert back.action_space == "joint_absolute" and back.action_names == names and list(back.arms) == list(arms)
-    cfg = TrainConfig(model="tiny", model_overrides={"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
-                      data=DataConfig(paths=(root,), augment_shift=0, frame_cache=str(tmp_path / "cache")),
-                      out_dir=str(tmp_path / "run"), steps=3, batch_size=4, warmup_steps=1, log_every=1, val_every=0,
-                      save_every=0, seed=1, threads=1)
-    train(cfg, progress=False)
-    p = Policy.from_pretrained(str(tmp_path / "run" / "policy"))
+    p = _train(root, tmp_path, steps=3)
     assert (p.cfg.state_dim, p.cfg.action_dim) == (16, 14) and len(p.cfg.cameras) == 3
     space = p.metadata["action_space"]
     assert space["kind"] == "joint_absolute" and space["dim"] == 14 and space["names"] == list(names)

@@ -237,8 +237,7 @@ def load_demos(
         if is_lerobot(path):
             from vla.lerobot import load_lerobot_demos
 
-            got = load_lerobot_demos(path, split, cameras, image_size, tasks, max_demos_per_task, features, frame_fit,
-                                     frame_cache, progress)
+            got = load_lerobot_demos(path, split, cameras, image_size, tasks, features, frame_fit, frame_cache, progress)
             for d in got:
                 if max_demos_per_task is None or per_task.get(d.task, 0) < max_demos_per_task:
                     demos.append(d)

@@ -218,16 +218,10 @@ class _Chunk:
     only runs the model."""
 
     def __init__(self, cfg, cache: KVCache, dcfg: DecodeConfig, known=None):
-        self.B = cache.prefix_valid.shape[0]
-        self.A = _n_tokens(cfg, dcfg)
+        tokens, revealed = _blank(cfg, cache, dcfg, known)  # (B, A): [MASK] except the given tokens
+        self.tokens, self.revealed = tokens.cpu().numpy(), revealed.cpu().numpy()
+        self.B, self.A = self.tokens.shape
         self.dev = cache.prefix_valid.device
-        self.tokens = np.full((self.B, self.A), cfg.mask_id, dtype=np.int64)
-        self.revealed = np.zeros((self.B, self.A), dtype=bool)
-        known = check_known(known, self.B, self.A, cfg.mask_id)
-        if known is not None:
-            k = known.cpu().numpy()
-            self.revealed = k >= 0
-            self.tokens[self.revealed] = k[self.revealed]
         self.slots = torch.arange(self.A, device=self.dev)
 
     def logits(self, model, cache, lo: int, hi: int, commit: int = 0) -> torch.Tensor:

@@ -354,10 +354,11 @@ class FrameCache:
 
 
 def load_lerobot_demos(root: str, split=None, cameras=("agentview", "wrist"), image_size=None, tasks=None,
-                       max_demos_per_task=None, features: FeatureMap | None = None, frame_fit="crop",
-                       frame_cache: str | None = None, progress: bool = False) -> list:
-    """vla.dataset.Demo per episode. With image_size the frames come from the on-disk FrameCache (memmap views,
-    not in RAM); without, they are decoded at their recorded size (for `vla data show`)."""
+                       features: FeatureMap | None = None, frame_fit="crop", frame_cache: str | None = None,
+                       progress: bool = False) -> list:
+    """Demo per episode (vla.dataset.load_demos applies max_demos_per_task across files). With image_size the frames
+    come from the on-disk FrameCache (memmap views, not in RAM); without, they are decoded at their recorded size (for
+    `vla data show`)."""
     ds = LeRobotDir(root)
     fm = features or ds.feature_map()
     cams = list(fm.cameras) if cameras is None else list(cameras)
@@ -366,16 +367,12 @@ def load_lerobot_demos(root: str, split=None, cameras=("agentview", "wrist"), im
         raise DatasetError(f"{root}: camera(s) {unknown} are not in the data's feature map ({fm.cameras}); map them "
                            f"in data.features.cameras or choose model.cameras")
     ds.dims(fm)
-    eps, per_task = [], {}
+    eps = []
     for ep in ds.split(split):
         task_str = (ep.get("tasks") or [""])[0]
         task = ep.get("vla_task") or task_str
-        if tasks is not None and task not in tasks:
-            continue
-        if max_demos_per_task is not None and per_task.get(task, 0) >= max_demos_per_task:
-            continue
-        per_task[task] = per_task.get(task, 0) + 1
-        eps.append((ep, task, fm.instruction or task_str or task))
+        if tasks is None or task in tasks:
+            eps.append((ep, task, fm.instruction or task_str or task))
     t = ds.table([fm.action, *fm.state])
     action = LeRobotDir.column(t, fm.action)
     state = np.concatenate([LeRobotDir.column(t, k) for k in fm.state], axis=1)
@@ -413,9 +410,8 @@ def _stats(x: np.ndarray, axis=0) -> dict:
 def _image_stats(frames: np.ndarray) -> dict:
     """uint8 (T, H, W, 3) -> LeRobot's image stats: per channel, in [0, 1], shape (3, 1, 1)."""
     x = frames.reshape(-1, 3)[:: max(1, frames.shape[0] * frames.shape[1] * frames.shape[2] // 200_000)] / 255.0
-    s = _stats(x)
-    return {k: (v if k == "count" else v.reshape(3, 1, 1)) for k, v in s.items()} | {
-        "count": np.array([frames.shape[0]])}
+    s = _stats(x)  # its count is of the sampled pixels; LeRobot counts frames
+    return {k: v.reshape(3, 1, 1) for k, v in s.items() if k != "count"} | {"count": np.array([frames.shape[0]])}
 
 
 def _merge_stats(parts: list[dict]) -> dict:
