@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     for step in [int(s) for s in args.steps.split(",") if s]:
         row = probe(trainer, os.path.join(args.run, "checkpoints", f"step_{step:06d}"), per_task=args.per_task)
         row["step"] = step
+        row["command"] = "python benchmarks/aux_generalization.py " + " ".join(sys.argv[1:] if argv is None else argv)
         line = json.dumps(row)
         print(line, flush=True)
         if args.out:

@@ -1,7 +1,9 @@
 """Discrete-diffusion VLA benchmarks: closed-loop success, chunk decode latency for K = 4, 8, 12, training samples/s.
 
     .venv/bin/python benchmarks/dvla.py --policy Lift=runs/lift/policy --policy PickColor=runs/pickcolor/policy \
-        --multitask runs/multi/policy --episodes 50 --out benchmarks/results/dvla.json
+        --episodes 50 --out benchmarks/results/dvla.json
+
+The five-task policy has its own script, end to end: benchmarks/multitask.py.
 
 Success comes from `vla eval` semantics (fixed seeds, replan every n_action_steps). Decode latency is measured on
 observations from the demo files, batch 1, one process, all cores. Training throughput and minutes come from the
@@ -39,7 +41,6 @@ def _data_paths(policy_dir: str) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--policy", action="append", default=[], help="Task=policy_dir (single-task models)")
-    ap.add_argument("--multitask", help="policy dir of a model trained on all five tasks")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--latency-obs", type=int, default=100)
@@ -72,17 +73,6 @@ def main() -> None:
                               "train_steps": summ.get("steps")}
         train_minutes.append(summ.get("train_seconds", 0) / 60)
         print(task, res["tasks"][task], flush=True)
-    if args.multitask and not args.latency_only:
-        per = {}
-        for task in TASKS:
-            s = evaluate_policy_dir(args.multitask, task, episodes=args.episodes, workers=args.workers, videos=1,
-                                    out_dir=os.path.join(eval_root, "multitask"))
-            per[task] = s["success_rate"]
-            print("multitask", task, s["success_rate"], flush=True)
-        summ = _summary(args.multitask)
-        res["multitask"] = {"per_task": per, "policy": args.multitask,
-                            "train_minutes": round(summ.get("train_seconds", 0) / 60, 1)}
-        res["multitask_avg"] = sum(per.values()) / len(per)
     if train_minutes:  # empty with --latency-only: the earlier figure stays
         res["train_minutes"] = round(max(train_minutes), 1)
     # decode latency for K = 4, 8, 12 (parallel decoder, batch 1)

@@ -42,9 +42,11 @@ def add_robot_server(sub) -> None:
     g = s.add_argument_group("sim")
     g.add_argument("--task", default="Lift")
     g.add_argument("--image-size", type=int, default=128)
-    s.add_argument("--action-space", default="eef_delta", choices=["eef_delta", "joint_absolute"],
-                   help="what a command means: eef_delta (7: delta position, rotation vector, gripper) or "
-                        "joint_absolute (the arm's joint targets in rad, then the gripper; franka)")
+    s.add_argument("--action-space", default="eef_delta",
+                   choices=["eef_delta", "eef_absolute", "joint_delta", "joint_absolute"],
+                   help="what a command means: eef_delta (7: delta position, rotation vector, gripper), eef_absolute "
+                        "(7: position m, rotation vector rad, gripper; base frame), joint_delta / joint_absolute (the "
+                        "arm's joint changes / targets in rad, then the gripper; franka)")
     g = s.add_argument_group("franka")
     g.add_argument("--control", default="cartesian", help="cartesian | impedance")
     g.add_argument("--no-realtime", action="store_true",
@@ -104,16 +106,15 @@ def build_robot(args):
     if getattr(args, "action_space", "eef_delta") != "eef_delta":
         from robot_bridge.robots.base import ActionSpec
 
-        n = len(cls.joint_limits[0]) if cls.joint_limits else 0
-        if args.action_space not in cls.action_kinds or not n:  # the sim arm, UR and xArm: eef_delta only
-            raise ValueError(f"--action-space: {args.robot} executes {list(cls.action_kinds)}, not "
+        if args.action_space not in cls.supported_kinds():
+            raise ValueError(f"--action-space: {args.robot} executes {list(cls.supported_kinds())}, not "
                              f"{args.action_space!r}")
-        action_spec = ActionSpec.joint_absolute(n)
+        action_spec = ActionSpec.of_kind(args.action_space, len(cls.joint_limits[0]) if cls.joint_limits else None)
     if args.robot == "sim":
         if cams:
             raise ValueError("--camera: the sim robot renders its own cameras (agentview, wrist)")
         cfg = cfg_cls(task=args.task, image_size=args.image_size)
-        return cls(cfg, safety=_safety(args, cls))
+        return cls(cfg, safety=_safety(args, cls), action_spec=action_spec)
     if not args.robot_ip:
         raise ValueError(f"--robot-ip: required for --robot {args.robot}")
     if args.robot == "franka":
@@ -125,7 +126,7 @@ def build_robot(args):
         cfg = cfg_cls(host=args.robot_ip, mode=args.ur_mode, gripper_digital_out=args.ur_gripper_do)
     else:
         cfg = cfg_cls(host=args.robot_ip)
-    return cls(cfg, cameras=cams, safety=_safety(args, cls))
+    return cls(cfg, cameras=cams, safety=_safety(args, cls), action_spec=action_spec)
 
 
 def _cmd_robot_server(args) -> int:

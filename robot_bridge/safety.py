@@ -115,21 +115,28 @@ class SafetyFilter:
             self.recent.append(ev)
         log.info("safety %s: %s (before %s, after %s)", rule, detail, ev.before, ev.after)
 
-    def _reject_bad(self, action) -> np.ndarray:
+    def check(self, action) -> np.ndarray:
+        """Shape and finiteness only: the action as float64 (D,), or UnsafeAction (counted as a rejected command).
+        The base class checks an action with it before converting it to the executed space (ActionSpec.executed)."""
         spec = self.spec
-        with self._lock:
-            self.commands += 1
         try:
             a = np.asarray(action, dtype=np.float64)
         except (TypeError, ValueError):
             a = None
         if a is None or a.shape != (spec.dim,) or not np.all(np.isfinite(a)):
             with self._lock:
+                self.commands += 1
                 self.counts["rejected"] += 1
             what = "not numeric" if a is None else (f"shape {a.shape}" if a.shape != (spec.dim,) else
                                                    f"NaN/inf at {np.where(~np.isfinite(a))[0].tolist()}")
             log.warning("safety reject: action %s; expected finite float (%d,)", what, spec.dim)
             raise UnsafeAction(f"action: {what}; expected {spec.dim} finite numbers")
+        return a
+
+    def _reject_bad(self, action) -> np.ndarray:
+        a = self.check(action)
+        with self._lock:
+            self.commands += 1
         return a
 
     def filter_joints(self, action, reference_q: np.ndarray, joint_limits) -> np.ndarray:

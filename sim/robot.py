@@ -30,10 +30,12 @@ class SimRobot(Robot):
     name = "sim"
     clock = "stepped"
 
-    def __init__(self, config: SimConfig | None = None, env=None, safety: SafetyConfig | None = None):
-        """env: an existing sim.env.VLAEnv (tests share one); otherwise connect() creates one from `config`."""
+    def __init__(self, config: SimConfig | None = None, env=None, safety: SafetyConfig | None = None,
+                 action_spec=None):
+        """env: an existing sim.env.VLAEnv (tests share one); otherwise connect() creates one from `config`.
+        action_spec: eef_delta (the default, robosuite's OSC_POSE delta) or ActionSpec.eef_absolute()."""
         self.config = config or SimConfig()
-        super().__init__(cameras=None, safety=safety)
+        super().__init__(cameras=None, safety=safety, action_spec=action_spec)
         self.env = env
         self._own_env = env is None
         self._live = False  # connected and reset: the env has a current step

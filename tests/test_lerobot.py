@@ -273,6 +273,7 @@ def test_two_arm_absolute_joint_dataset_with_three_cameras_trains_and_records_it
     space = p.metadata["action_space"]
     assert space["kind"] == "joint_absolute" and space["dim"] == 14 and space["names"] == list(names)
     assert space["arms"] == [dict(a) for a in arms]
+    assert space["units"] == (["rad"] * 6 + ["gripper"]) * 2  # joint kinds: rad, the arms' gripper dims "gripper"
     obs = {"images": {c: np.zeros((32, 32, 3), np.uint8) for c in p.cfg.cameras}, "state": np.zeros(16, np.float32),
            "instruction": "stack the thing 0"}
     assert p.infer(obs)["actions"].shape == (p.cfg.chunk_size, 14)

@@ -488,3 +488,39 @@ def test_a_joint_position_policy_moves_the_joints_as_commanded(franky_sim, tmp_p
     err = capfd.readouterr().err
     assert code == 5 and "outputs joint_absolute (8 dims)" in err and "executes eef_delta (7 dims)" in err
     assert applied == 0
+
+
+
+def test_joint_delta_commands_add_up_on_the_last_joint_target(franky_sim):
+    """`--action-space joint_delta` (ActionSpec.joint_delta(7)): each command's deltas are added to the last joint
+    target (robot_bridge.robots.base) and run on the adapter's joint-position path. 20 commands of +0.01 rad on joint 1
+    at 20 Hz, then zeros: joint 1 ends 0.2 rad from home, the others stay. (A watchdog hold restarts the deltas from
+    the measured joints, by design; the zeros keep the watchdog fed.)"""
+    from robot_bridge.robots.base import ActionSpec
+
+    robot = FrankaRobot(FrankaConfig(host="127.0.0.1", realtime=False, relative_dynamics_factor=1.0, auto_recover=True,
+                                     home_joints=HOME), action_spec=ActionSpec.joint_delta(7))
+    server = RobotServer(robot, bind="tcp://127.0.0.1:0", watchdog_ms=WATCHDOG_MS).start()
+    client = RobotClient(server.address, timeout_ms=20_000)
+    try:
+        hello = client.hello()["action_spec"]
+        assert hello["kind"] == "joint_delta" and hello["units"] == ["rad"] * 7 + ["gripper"]
+        client.reset()
+        wait_at_rest(client)
+        q0 = robot.arm_joints()
+        step = np.zeros(8, np.float32)
+        step[0], step[7] = 0.01, -1.0
+        stream(client, step, 20)
+        step[0] = 0.0
+        stream(client, step, 30)
+        client.latest_state(200)
+        q1 = robot.arm_joints()
+        applied, holds = server.counts["applied"], server.counts["watchdog_holds"]
+        safety = robot.safety.summary()
+    finally:
+        client.close()
+        server.stop()
+    np.testing.assert_allclose(q0, HOME, atol=0.01)
+    assert abs(q1[0] - 0.2) < 0.02, (q1, holds, applied)  # a hold or coalesced commands would cut the ramp short
+    np.testing.assert_allclose(q1[1:], HOME[1:], atol=0.02)
+    assert safety["rejected"] == 0

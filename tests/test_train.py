@@ -174,11 +174,14 @@ def test_every_shipped_training_config_loads():
 
 
 def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(dataset, tmp_path):
-    """`vla distill`: student starts from the teacher's weights, block-causal, same data and image shift."""
+    """`vla distill`: student starts from the teacher's weights, block-causal, same data, task mix and image
+    augmentation."""
     from vla.cli import main
 
     teacher = tmp_path / "teacher"
-    train(_cfg(dataset, teacher, steps=2, data=DataConfig(paths=(dataset,), augment_shift=0)), progress=False)
+    train(_cfg(dataset, teacher, steps=2, data=DataConfig(paths=(dataset,), augment_shift=0, augment_color=0.25,
+                                                          task_sampling="weighted", task_weights={"Lift": 2.0, "PickColor": 1.0})),
+          progress=False)
     out = tmp_path / "student"
     rc = main(["distill", "--teacher", str(teacher / "policy"), "--out", str(out), "--steps", "2", "--no-progress",
                "--set", "batch_size=2", "--set", "val_every=0", "--set", "save_every=0", "--set", "threads=1"])
@@ -188,6 +191,8 @@ def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(
     assert cfg["decode"]["decoder"] == "pipelined"
     assert cfg["train"]["data"]["augment_shift"] == 0  # the distill config's default (4) gave way to the teacher's
     assert cfg["train"]["data"]["paths"] == [dataset]
+    assert cfg["train"]["data"]["augment_color"] == 0.25
+    assert (cfg["train"]["data"]["task_sampling"], cfg["train"]["data"]["task_weights"]) == ("weighted", {"Lift": 2.0, "PickColor": 1.0})
     assert cfg["train"]["steps"] == 2
     Policy.from_pretrained(str(out / "policy")).predict_action_chunk(
         {"images": {c: np.zeros((32, 32, 3), np.uint8) for c in ("agentview", "wrist")},

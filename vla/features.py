@@ -21,6 +21,21 @@ import numpy as np
 ACTION_SPACES = ("eef_delta", "eef_absolute", "joint_delta", "joint_absolute")
 
 
+def action_units_of(kind: str, dim: int, arms=None) -> tuple:
+    """The units an action space's dims have by convention (robot_bridge.robots.base says the same for the robot
+    side): eef_delta (7) "action" x6 (scaled by the arm's pos/rot scales) + "gripper"; eef_absolute (7) m x3, rad x3
+    (rotation vector), "gripper"; joint kinds "rad" per joint and "gripper" at each arm's gripper index (without an
+    arm layout: the last dim)."""
+    if kind == "eef_delta" and dim == 7:
+        return ("action",) * 6 + ("gripper",)
+    if kind == "eef_absolute" and dim == 7:
+        return ("m",) * 3 + ("rad",) * 3 + ("gripper",)
+    if kind.startswith("joint"):
+        grippers = {a["gripper"] for a in arms if a.get("gripper") is not None} if arms else {dim - 1}
+        return tuple("gripper" if i in grippers else "rad" for i in range(dim))
+    return ("unknown",) * dim
+
+
 @dataclass
 class Demo:
     """One demonstration as every reader returns it (vla.dataset for HDF5, vla.lerobot for LeRobot folders)."""
@@ -52,6 +67,7 @@ class FeatureMap:
     action_names: tuple | None = None  # per-dim meaning (units in the name: "left_q1_rad"); LeRobot: the feature's names
     arms: tuple | None = None  # several arms in one action: ({"name": "left", "dims": [0, 7], "gripper": 6}, ...),
     # dims a [start, end) range, gripper an index inside it (or None); the ranges tile the action without overlap
+    action_units: tuple | None = None  # per-dim unit ("m", "rad", "action", "gripper", ...); None: action_units_of()
 
     def __post_init__(self):
         if not isinstance(self.cameras, dict) or not all(isinstance(k, str) and isinstance(v, str)
@@ -89,7 +105,10 @@ class FeatureMap:
                              f"data's action has {dim} dims")
         if self.action_names is not None and len(self.action_names) != dim:
             raise ValueError(f"data.features.action_names: {len(self.action_names)} names for {dim} action dims")
-        out: dict = {"kind": self.action_space, "dim": dim}
+        if self.action_units is not None and len(self.action_units) != dim:
+            raise ValueError(f"data.features.action_units: {len(self.action_units)} units for {dim} action dims")
+        out: dict = {"kind": self.action_space, "dim": dim,
+                     "units": list(self.action_units or action_units_of(self.action_space, dim, self.arms))}
         if self.action_names is not None:
             out["names"] = list(self.action_names)
         if self.arms:
@@ -111,7 +130,7 @@ class FeatureMap:
         d = dict(d)
         if "state" in d:
             d["state"] = tuple(d["state"]) if isinstance(d["state"], (list, tuple)) else (d["state"],)
-        for k in ("action_names", "arms"):
+        for k in ("action_names", "arms", "action_units"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k]) if isinstance(d[k], (list, tuple)) else d[k]
         return cls(**d)
@@ -120,7 +139,8 @@ class FeatureMap:
         return {"cameras": dict(self.cameras), "state": list(self.state), "action": self.action,
                 "action_space": self.action_space, "instruction": self.instruction, "fps": self.fps,
                 "action_names": list(self.action_names) if self.action_names is not None else None,
-                "arms": [dict(a) for a in self.arms] if self.arms else None}
+                "arms": [dict(a) for a in self.arms] if self.arms else None,
+                "action_units": list(self.action_units) if self.action_units is not None else None}
 
     @classmethod
     def detect(cls, f, path: str) -> "FeatureMap":

@@ -152,7 +152,9 @@ class LeRobotDir:
         ok = isinstance(names, list) and len(names) == int(np.prod(self.features.get("action", {}).get("shape", [0])))
         return FeatureMap(cameras=cams, state=state, action="action", action_space=space, fps=self.fps,
                           action_names=tuple(str(n) for n in names) if ok else None,
-                          arms=tuple(self.info["vla_arms"]) if self.info.get("vla_arms") else None)
+                          arms=tuple(self.info["vla_arms"]) if self.info.get("vla_arms") else None,
+                          action_units=tuple(self.info["vla_action_units"]) if self.info.get("vla_action_units")
+                          else None)
 
     def dims(self, fm: FeatureMap) -> dict:
         for k in (fm.action, *fm.state, *fm.cameras.values()):
@@ -635,7 +637,8 @@ def export_lerobot(demos: list, out: str, fps: float, video: bool = True, robot_
             "data_files_size_in_mb": DATA_FILE_MB, "video_files_size_in_mb": VIDEO_FILE_MB,
             "fps": int(round(fps)) if float(fps).is_integer() else fps, "splits": {"train": f"0:{len(demos)}"},
             "data_path": DATA_PATH, "video_path": VIDEO_PATH if video else None, "features": features,
-            "vla_action_space": action_space, **({"vla_arms": [dict(a) for a in src.arms]} if src and src.arms else {})}
+            "vla_action_space": action_space, **({"vla_arms": [dict(a) for a in src.arms]} if src and src.arms else {}),
+            **({"vla_action_units": list(src.action_units)} if src and src.action_units else {})}
     write_json_atomic(os.path.join(tmp, INFO_PATH), info)
     if os.path.exists(out):
         shutil.rmtree(out)

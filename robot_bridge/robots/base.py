@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -32,10 +32,20 @@ log = logging.getLogger("robot_bridge.robots")
 
 STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "finger_left", "finger_right")
 ACTION_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
-# what an action means (vla.features.ACTION_SPACES on the policy side): eef_delta (7: delta position, rotation vector,
-# gripper), joint_absolute (n joint targets in rad, then the gripper); eef_absolute and joint_delta are named so a
-# checkpoint can record them, and refused by every adapter here
+EEF_ABSOLUTE_NAMES = ("x_m", "y_m", "z_m", "rx_rad", "ry_rad", "rz_rad", "gripper")
+# what an action means (vla.features.ACTION_SPACES on the policy side), in the robot's base frame:
+#   eef_delta      (7) position change (action units x pos_scale_m), rotation vector change (x rot_scale_rad), gripper
+#   eef_absolute   (7) position (m), orientation as a rotation vector (rad, axis x angle), gripper
+#   joint_delta    (n + 1) joint position changes (rad), gripper
+#   joint_absolute (n + 1) joint position targets (rad), gripper
+# gripper: -1 open, +1 closed. An adapter implements eef_delta and/or joint_absolute (Robot.action_kinds); the base
+# class runs eef_absolute on the eef_delta path and joint_delta on the joint_absolute path (EXECUTED_AS), converting
+# each action against the reference the next command starts from, before the safety layer sees it.
 ACTION_KINDS = ("eef_delta", "eef_absolute", "joint_delta", "joint_absolute")
+EXECUTED_AS = {"eef_delta": "eef_delta", "eef_absolute": "eef_delta", "joint_delta": "joint_absolute",
+               "joint_absolute": "joint_absolute"}
+ACTION_UNITS = {"eef_delta": ("action", "action", "action", "action", "action", "action", "gripper"),
+                "eef_absolute": ("m", "m", "m", "rad", "rad", "rad", "gripper")}
 
 
 def hold_for(kind: str) -> str:
@@ -76,9 +86,10 @@ class ActionSpec:
     def __post_init__(self):
         if self.kind not in ACTION_KINDS:
             raise ValueError(f"ActionSpec.kind: expected one of {list(ACTION_KINDS)}, got {self.kind!r}")
-        if self.kind == "eef_delta" and self.dim != 7:
-            raise ValueError(f"ActionSpec: kind 'eef_delta' has dim 7 (position, rotation vector, gripper), got {self.dim}")
-        if self.kind != "eef_delta" and not (2 <= self.dim <= 64 and -self.dim <= self.gripper_index < self.dim):
+        if self.kind in ("eef_delta", "eef_absolute") and (self.dim != 7 or self.gripper_index not in (6, -1)):
+            raise ValueError(f"ActionSpec: kind {self.kind!r} has dim 7 (position, rotation vector, gripper last), got "
+                             f"dim {self.dim}, gripper_index {self.gripper_index}")
+        if self.kind.startswith("joint") and not (2 <= self.dim <= 64 and -self.dim <= self.gripper_index < self.dim):
             raise ValueError(f"ActionSpec: kind {self.kind!r} needs dim 2..64 and a gripper_index inside it, got dim "
                              f"{self.dim}, gripper_index {self.gripper_index}")
         if not (self.pos_scale_m > 0 and self.rot_scale_rad > 0):
@@ -88,16 +99,56 @@ class ActionSpec:
             raise ValueError(f"ActionSpec: low must be < high, got {self.low}, {self.high}")
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()},
+                "units": list(self.units)}
 
     @property
     def hold(self) -> str:
         return hold_for(self.kind)
 
+    @property
+    def units(self) -> tuple[str, ...]:
+        """Per-dim unit: "m", "rad", "action" (x pos_scale_m or rot_scale_rad), "gripper" (-1 open .. +1 closed)."""
+        if self.kind in ACTION_UNITS:
+            return ACTION_UNITS[self.kind]
+        return tuple("gripper" if i == self.gripper_index % self.dim else "rad" for i in range(self.dim))
+
+    @property
+    def executes(self) -> str:
+        """The kind an adapter runs this one as (EXECUTED_AS): eef_delta or joint_absolute."""
+        return EXECUTED_AS[self.kind]
+
+    def executed(self) -> "ActionSpec":
+        """This spec as the adapter and the safety layer see it (same dim, scales and limits, kind = executes)."""
+        if self.executes == self.kind:
+            return self
+        names = ACTION_NAMES if self.executes == "eef_delta" else self.names
+        return replace(self, kind=self.executes, names=names)
+
     @classmethod
     def joint_absolute(cls, n_joints: int, **kw) -> "ActionSpec":
         names = tuple(f"q{i + 1}" for i in range(n_joints)) + ("gripper",)
         return cls(dim=n_joints + 1, kind="joint_absolute", gripper_index=n_joints, names=names, **kw)
+
+    @classmethod
+    def joint_delta(cls, n_joints: int, **kw) -> "ActionSpec":
+        names = tuple(f"dq{i + 1}" for i in range(n_joints)) + ("gripper",)
+        return cls(dim=n_joints + 1, kind="joint_delta", gripper_index=n_joints, names=names, **kw)
+
+    @classmethod
+    def eef_absolute(cls, **kw) -> "ActionSpec":
+        return cls(kind="eef_absolute", names=EEF_ABSOLUTE_NAMES, **kw)
+
+    @classmethod
+    def of_kind(cls, kind: str, n_joints: int | None) -> "ActionSpec":
+        """The default spec of `kind` for an arm with n_joints (needed by the joint kinds)."""
+        if kind not in ACTION_KINDS:
+            raise ValueError(f"action space: expected one of {list(ACTION_KINDS)}, got {kind!r}")
+        if kind.startswith("joint"):
+            if not n_joints:
+                raise ValueError(f"action space {kind!r}: the arm's joint count is not known")
+            return getattr(cls, kind)(n_joints)
+        return cls() if kind == "eef_delta" else cls.eef_absolute()
 
 
 @dataclass(frozen=True)
@@ -145,22 +196,28 @@ class Robot(ABC):
     reach: Reach | None = None
     #: (low (n,), high (n,)) rad: the pose monitor's joint limits, with arm_joints(); None: not checked
     joint_limits: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-    #: the action kinds this adapter executes (ActionSpec.kind); another is refused when the adapter is built
+    #: the action kinds this adapter implements in _apply (eef_delta and/or joint_absolute); supported_kinds() adds
+    #: the ones the base class converts to them. Another kind is refused when the adapter is built.
     action_kinds: tuple[str, ...] = ("eef_delta",)
+
+    @classmethod
+    def supported_kinds(cls) -> tuple[str, ...]:
+        return tuple(k for k in ACTION_KINDS if EXECUTED_AS[k] in cls.action_kinds)
 
     def __init__(self, cameras: dict | None = None, safety: SafetyConfig | None = None,
                  action_spec: ActionSpec | None = None):
         self.cameras = dict(cameras or {})  # name -> robot_bridge.cameras.Camera
-        self.action_spec = action_spec or ActionSpec()
-        if self.action_spec.kind not in self.action_kinds:
-            raise ValueError(f"action space: {self.name} executes {list(self.action_kinds)}, not "
+        self.action_spec = action_spec or ActionSpec()  # what commands carry (the policy's action space)
+        if self.action_spec.kind not in self.supported_kinds():
+            raise ValueError(f"action space: {self.name} executes {list(self.supported_kinds())}, not "
                              f"{self.action_spec.kind!r}")
-        if self.action_spec.kind == "joint_absolute" and (
+        self.exec_spec = self.action_spec.executed()  # what _apply and the safety layer see
+        if self.exec_spec.kind == "joint_absolute" and (
                 self.joint_limits is None or self.action_spec.dim != len(self.joint_limits[0]) + 1):
-            raise ValueError(f"action space: joint_absolute for {self.name} needs dim = its joints + 1 (gripper)"
+            raise ValueError(f"action space: {self.action_spec.kind} for {self.name} needs dim = its joints + 1 (gripper)"
                              + (f" = {len(self.joint_limits[0]) + 1}" if self.joint_limits else "") +
                              f", got {self.action_spec.dim}")
-        self.safety = SafetyFilter(safety or self.default_safety(), self.action_spec)
+        self.safety = SafetyFilter(safety or self.default_safety(), self.exec_spec)
         cfg = self.safety.config
         if cfg.check_reach:
             check_workspace(self.name, self.reach, cfg.workspace_low, cfg.workspace_high)
@@ -290,7 +347,8 @@ class Robot(ABC):
         return {"images": {**snap["images"], **self.read_cameras()}, "state": snap["state"]}
 
     def send_action(self, action) -> np.ndarray:
-        """Filter `action` through the safety layer and apply it; returns the applied action float32 (D,).
+        """Filter `action` through the safety layer and apply it; returns the applied action float32 (D,), in the
+        executed space (exec_spec: eef_absolute comes back as the eef_delta that ran, joint_delta as joint targets).
 
         Raises safety.UnsafeAction (non-finite, wrong shape: nothing applied), RobotStopped after stop(),
         RobotError when the arm faults.
@@ -299,13 +357,36 @@ class Robot(ABC):
             raise RobotError(f"{self.name}: send_action before connect()")
         if self.stopped:
             raise RobotStopped(f"{self.name}: e-stopped; release() first")
-        if self.action_spec.kind == "joint_absolute":
-            safe = self.safety.filter_joints(action, self.reference_joints(), self.joint_limits)
+        kind = self.action_spec.kind
+        if self.exec_spec.kind == "joint_absolute":
+            ref = self.reference_joints()
+            if kind == "joint_delta":
+                action = self._joint_delta_to_targets(self.safety.check(action), ref)
+            safe = self.safety.filter_joints(action, ref, self.joint_limits)
         else:
-            pos, _ = self.reference_pose()
+            pos, quat = self.reference_pose()
+            if kind == "eef_absolute":
+                action = self._eef_absolute_to_delta(self.safety.check(action), pos, quat)
             safe = self.safety.filter(action, pos)
         self._apply(safe)
         return safe
+
+    def _joint_delta_to_targets(self, a: np.ndarray, ref_q: np.ndarray) -> np.ndarray:
+        """joint_delta (n + 1,) -> joint_absolute (n + 1,): the reference joints (the last target, else the measured
+        ones) plus the deltas; the gripper passes through."""
+        g = self.exec_spec.gripper_index % self.exec_spec.dim
+        out = a.copy()
+        joints = np.delete(np.arange(len(a)), g)
+        out[joints] = np.asarray(ref_q, np.float64) + a[joints]
+        return out
+
+    def _eef_absolute_to_delta(self, a: np.ndarray, pos: np.ndarray, quat: np.ndarray) -> np.ndarray:
+        """eef_absolute (7,) -> eef_delta (7,) from the reference pose (pos (3,), quat xyzw (4,)): the move to the target
+        in action units (the safety layer then clips it to the action range and its step limits)."""
+        spec = self.exec_spec
+        d_pos = (a[:3] - np.asarray(pos, np.float64)) / spec.pos_scale_m
+        d_rot = quat_to_axis_angle(quat_mul(axis_angle_to_quat(a[3:6]), quat_conj(quat_normalize(quat))))
+        return np.concatenate([d_pos, d_rot / spec.rot_scale_rad, a[6:7]])
 
     def reference_joints(self) -> np.ndarray:
         """joint_absolute: where the next target's step limit counts from (the last target, else the measured joints)."""

@@ -73,8 +73,9 @@ class FrankaRobot(Robot):
 
     def __init__(self, config: FrankaConfig | None = None, cameras: dict | None = None,
                  safety: SafetyConfig | None = None, action_spec=None):
-        """action_spec: ActionSpec() (eef_delta, the default) or ActionSpec.joint_absolute(7) (7 joint targets in rad
-        and the gripper; streamed as franky JointMotions, re-planned at each command)."""
+        """action_spec: ActionSpec() (eef_delta, the default), ActionSpec.eef_absolute() (run as eef_delta from the
+        reference pose), ActionSpec.joint_absolute(7) (7 joint targets in rad and the gripper; streamed as franky
+        JointMotions, re-planned at each command) or ActionSpec.joint_delta(7) (added to the last joint target)."""
         self.config = config or FrankaConfig()
         self.franky = _import_franky()
         super().__init__(cameras=cameras, safety=safety, action_spec=action_spec)
@@ -203,7 +204,7 @@ class FrankaRobot(Robot):
         return np.clip(self._q_target, q - lead, q + lead)
 
     def _apply(self, action: np.ndarray) -> None:
-        spec = self.action_spec
+        spec = self.exec_spec
         if spec.kind == "joint_absolute":
             q = np.asarray(action[:7], np.float64)
             fr = self.franky
@@ -247,7 +248,7 @@ class FrankaRobot(Robot):
     def _stop_motion(self, **kw):
         """A motion that brakes to a stop, of the running motion's type (franky refuses to switch type mid-motion)."""
         fr = self.franky
-        return (fr.JointStopMotion(**kw) if self.action_spec.kind == "joint_absolute" else fr.CartesianStopMotion(**kw))
+        return (fr.JointStopMotion(**kw) if self.exec_spec.kind == "joint_absolute" else fr.CartesianStopMotion(**kw))
 
     def _stop(self) -> None:
         """E-stop: brake with the full dynamics limits, then end the motion (the controller holds the arm)."""

@@ -73,11 +73,11 @@ class URRobot(Robot):
     name = "ur"
 
     def __init__(self, config: URConfig | None = None, cameras: dict | None = None,
-                 safety: SafetyConfig | None = None, sdk=None):
+                 safety: SafetyConfig | None = None, sdk=None, action_spec=None):
         """sdk: an object with RTDEControlInterface / RTDEReceiveInterface / RTDEIOInterface (default: ur-rtde)."""
         self.config = config or URConfig()
         self.sdk = sdk or _import_sdk()
-        super().__init__(cameras=cameras, safety=safety)
+        super().__init__(cameras=cameras, safety=safety, action_spec=action_spec)  # eef_delta or eef_absolute
         self.ctrl = self.recv = self.io = None
         self._target: tuple[np.ndarray, np.ndarray] | None = None
         self._anchor = None
@@ -142,7 +142,7 @@ class URRobot(Robot):
 
     # ----- actions -----
     def _apply(self, action: np.ndarray) -> None:
-        c, spec = self.config, self.action_spec
+        c, spec = self.config, self.exec_spec
         anchor = self._anchor or self.reference_pose()
         self._anchor = None
         dpos, drot = action[0:3] * spec.pos_scale_m, action[3:6] * spec.rot_scale_rad

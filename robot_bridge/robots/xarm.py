@@ -55,11 +55,11 @@ class XArmRobot(Robot):
     name = "xarm"
 
     def __init__(self, config: XArmConfig | None = None, cameras: dict | None = None,
-                 safety: SafetyConfig | None = None, api_class=None):
+                 safety: SafetyConfig | None = None, api_class=None, action_spec=None):
         """api_class: XArmAPI or a stand-in with the same methods (default: xarm-python-sdk's)."""
         self.config = config or XArmConfig()
         self.api_class = api_class or _import_sdk()
-        super().__init__(cameras=cameras, safety=safety)
+        super().__init__(cameras=cameras, safety=safety, action_spec=action_spec)  # eef_delta or eef_absolute
         self.arm = None
         self._target: tuple[np.ndarray, np.ndarray] | None = None
         self._anchor = None
@@ -144,7 +144,7 @@ class XArmRobot(Robot):
         self._check(self.arm.set_servo_cartesian(mvpose, is_radian=True), "set_servo_cartesian")
 
     def _apply(self, action: np.ndarray) -> None:
-        spec = self.action_spec
+        spec = self.exec_spec
         anchor = self._anchor or self.reference_pose()
         self._anchor = None
         pos, quat = apply_delta(anchor[0], anchor[1], action[0:3] * spec.pos_scale_m, action[3:6] * spec.rot_scale_rad)

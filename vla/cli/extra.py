@@ -30,18 +30,23 @@ def _cmd_distill(args) -> int:
     extra = {"objective": "distill", "teacher": args.teacher, "init": args.teacher,
              "model_overrides": {"attention": "block_causal"},
              "decode": {"decoder": "pipelined"}}
-    if not args.data:
-        paths = ((config.get("train") or {}).get("data") or {}).get("paths")
-        if not paths:
-            raise ValueError("--data: the teacher records no training data; pass --data <file.hdf5>")
-        extra["data"] = {"paths": list(paths)}
-    if args.lora_rank:
-        extra["lora_rank"] = args.lora_rank
-    # the student sees images as the teacher was trained on them (random shift or none), unless --set says otherwise
+    # the student sees the data as the teacher was trained on it: the same files, task mix and image augmentation
+    # (what --data / --set give instead wins); the mix only with the teacher's own files, whose tasks it names
     teacher_data = (config.get("train") or {}).get("data") or {}
     user_keys = {item.split("=", 1)[0] for item in (args.set or [])}
-    if "augment_shift" in teacher_data and "data.augment_shift" not in user_keys:
-        args.set = [f"data.augment_shift={teacher_data['augment_shift']}"] + list(args.set or [])
+    carried = ["augment_shift", "augment_color"]
+    extra["data"] = {}
+    if not args.data:
+        paths = teacher_data.get("paths")
+        if not paths:
+            raise ValueError("--data: the teacher records no training data; pass --data <file.hdf5>")
+        extra["data"]["paths"] = list(paths)
+        carried += ["tasks", "max_demos_per_task", "task_sampling", "task_weights", "features", "frame_fit"]
+    for key in carried:
+        if key in teacher_data and f"data.{key}" not in user_keys:
+            extra["data"][key] = teacher_data[key]
+    if args.lora_rank:
+        extra["lora_rank"] = args.lora_rank
     args.init = None
     args.capvector = None
     args.orth_weight = None

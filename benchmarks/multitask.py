@@ -1,0 +1,189 @@
+"""The five-task headline, end to end and traced: collect the demos, train the release recipe, ship the checkpoint
+(fp16) and its Fast-dVLA student under vla/pretrained/, evaluate the shipped files, write the JSON.
+
+    python benchmarks/multitask.py                       # everything; every stage skips what is already there
+    python benchmarks/multitask.py --stages eval,student_eval --episodes 50   # re-evaluate the shipped checkpoints
+
+Stages (each a `vla` command, recorded in the JSON): collect -> train -> ship -> eval -> distill -> student_eval.
+Collection runs two tasks at a time (one per core); training resumes from its last checkpoint if interrupted.
+Results: benchmarks/results/multitask.json, per-episode JSONL under benchmarks/results/multitask_eval/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_io import write_json  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VLA = os.path.join(ROOT, ".venv", "bin", "vla")
+TASKS = ["Lift", "PickColor", "Stack", "StackColor", "PickPlaceCan"]
+CONFIG = "multitask_tiny_release"
+RUN = "runs/multitask_tiny_release"
+SHIPPED = "vla/pretrained/multitask_tiny"
+STUDENT_RUN = "runs/multitask_tiny_fast"
+STUDENT = "vla/pretrained/multitask_tiny_fast"
+EVAL_ROOT = "benchmarks/results/multitask_eval"
+OUT = "benchmarks/results/multitask.json"
+# (task, successful demos, seed or None, file): the data the release config reads, with the seeds it was made with.
+DATA = [
+    ("Lift", 200, None, "data/lift.hdf5"),
+    ("PickColor", 200, None, "data/pickcolor.hdf5"),
+    ("Stack", 150, None, "data/stack_release.hdf5"),
+    ("StackColor", 200, None, "data/stackcolor_release.hdf5"),
+    ("PickPlaceCan", 75, None, "data/pickplacecan_release_a.hdf5"),
+    ("PickPlaceCan", 75, 50000, "data/pickplacecan_release_b.hdf5"),
+]
+STAGES = ["collect", "train", "ship", "eval", "distill", "student_eval"]
+
+
+def _cmd_str(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c if c != VLA else "vla") for c in cmd)
+
+
+def run(cmd: list[str], log: list[str]) -> None:
+    print("+", _cmd_str(cmd), flush=True)
+    log.append(_cmd_str(cmd))
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def collect(log: list[str]) -> None:
+    """Missing demo files, two collections at a time (one per core); each written as <file>.part, renamed when done."""
+    running: list[tuple[subprocess.Popen, str]] = []
+
+    def finish(p: subprocess.Popen, path: str) -> None:
+        if p.wait() != 0:
+            sys.exit(f"collection for {path} failed (exit {p.returncode})")
+        os.replace(os.path.join(ROOT, path + ".part"), os.path.join(ROOT, path))
+
+    for task, n, seed, path in DATA:
+        cmd = [VLA, "collect", "--task", task, "--episodes", str(n), "--noise", "0.1", "--out", path]
+        if seed is not None:
+            cmd += ["--seed", str(seed)]
+        log.append(_cmd_str(cmd))
+        if os.path.exists(os.path.join(ROOT, path)):
+            continue
+        part = os.path.join(ROOT, path + ".part")
+        if os.path.exists(part):
+            os.remove(part)  # an interrupted file: start it again with the same seeds
+        cmd[cmd.index(path)] = path + ".part"
+        print("+", _cmd_str(cmd), flush=True)
+        if len(running) == 2:
+            finish(*running.pop(0))
+        running.append((subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL), path))
+    for p, path in running:
+        finish(p, path)
+
+
+def train(log: list[str]) -> None:
+    if os.path.exists(os.path.join(ROOT, RUN, "policy", "model.safetensors")):
+        print(f"{RUN}/policy exists: training skipped", flush=True)
+        log.append(f"vla train --config {CONFIG}")
+        return
+    cmd = [VLA, "train", "--config", CONFIG, "--no-progress"]
+    if os.path.exists(os.path.join(ROOT, RUN, "checkpoints", "LATEST")):
+        cmd.append("--resume")
+    run(cmd, log)
+
+
+def ship(log: list[str], src: str, dst: str, reproduce: str) -> None:
+    """src -> dst in fp16, with the command that reproduces it in config.json's "reproduce" field."""
+    tmp = dst + ".tmp"
+    if os.path.exists(os.path.join(ROOT, tmp)):
+        subprocess.run(["rm", "-rf", os.path.join(ROOT, tmp)], check=True)
+    run([VLA, "export", "--policy", src, "--out", tmp, "--dtype", "float16", "--note", f"reproduce={reproduce}"], log)
+    if os.path.exists(os.path.join(ROOT, dst)):
+        subprocess.run(["rm", "-rf", os.path.join(ROOT, dst)], check=True)
+    os.replace(os.path.join(ROOT, tmp), os.path.join(ROOT, dst))
+    log[-1] = log[-1].replace(tmp, dst)
+
+
+def evaluate(log: list[str], policy: str, name: str, episodes: int, extra: list[str]) -> dict:
+    out = f"{EVAL_ROOT}/{name}"
+    run([VLA, "eval", "--policy", policy, "--task", ",".join(TASKS), "--episodes", str(episodes), "--workers", "2",
+         "--replan-every", "4", "--out", out, *extra], log)
+    per, length, seconds = {}, {}, {}
+    for task in TASKS:
+        with open(os.path.join(ROOT, out, f"summary_{task}.json")) as f:
+            s = json.load(f)
+        per[task] = s["success_rate"]
+        length[task] = s.get("mean_length")
+        seconds[task] = s.get("seconds")
+    return {"policy": policy, "episodes": episodes, "replan_every": 4, "success": per,
+            "average": round(sum(per.values()) / len(per), 4), "mean_length": length, "eval_seconds": seconds,
+            "per_episode": [f"{out}/episodes_{t}.jsonl" for t in TASKS]}
+
+
+def _train_summary(run_dir: str) -> dict:
+    with open(os.path.join(ROOT, run_dir, "train_summary.json")) as f:
+        s = json.load(f)
+    return {"steps": s["steps"], "train_minutes": round(s["train_seconds"] / 60, 1),
+            "train_samples_per_s": round(s["samples_per_s"], 1), "parameters": s["parameters"],
+            "threads": s.get("threads")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--distill-steps", type=int, default=1200)
+    args = ap.parse_args()
+    stages = args.stages.split(",")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        sys.exit(f"--stages: unknown {unknown}; expected a subset of {STAGES}")
+    res = {}
+    if os.path.exists(os.path.join(ROOT, OUT)):
+        with open(os.path.join(ROOT, OUT)) as f:
+            res = json.load(f)
+    cmds = res.setdefault("commands", {})
+    t0 = time.time()
+    if "collect" in stages:
+        cmds["collect"] = []
+        collect(cmds["collect"])
+        res["demos_per_task"] = {}
+        for task, n, _, _ in DATA:
+            res["demos_per_task"][task] = res["demos_per_task"].get(task, 0) + n
+    if "train" in stages:
+        cmds["train"] = []
+        train(cmds["train"])
+        res["teacher_training"] = _train_summary(RUN)
+    if "ship" in stages:
+        cmds["ship"] = []
+        ship(cmds["ship"], f"{RUN}/policy", SHIPPED, "python benchmarks/multitask.py --stages collect,train,ship")
+    if "eval" in stages:
+        cmds["eval"] = []
+        res["teacher"] = evaluate(cmds["eval"], SHIPPED, "teacher", args.episodes, [])
+        write_json(os.path.join(ROOT, OUT), res)
+    if "distill" in stages:
+        cmds["distill"] = []
+        if not os.path.exists(os.path.join(ROOT, STUDENT_RUN, "policy", "model.safetensors")):
+            cmd = [VLA, "distill", "--teacher", SHIPPED, "--out", STUDENT_RUN, "--steps", str(args.distill_steps),
+                   "--no-progress"]
+            if os.path.exists(os.path.join(ROOT, STUDENT_RUN, "checkpoints", "LATEST")):
+                cmd.append("--resume")
+            run(cmd, cmds["distill"])
+        res["student_training"] = _train_summary(STUDENT_RUN)
+        ship(cmds["distill"], f"{STUDENT_RUN}/policy", STUDENT,
+             f"python benchmarks/multitask.py --stages collect,train,ship,distill --distill-steps {args.distill_steps}")
+    if "student_eval" in stages:
+        cmds["student_eval"] = []
+        res["student"] = evaluate(cmds["student_eval"], STUDENT, "student", args.episodes,
+                                  ["--decoder", "pipelined"])
+    res["command"] = "python benchmarks/multitask.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    res["seconds_this_run"] = round(time.time() - t0, 1)
+    write_json(os.path.join(ROOT, OUT), res)
+    for key in ("teacher", "student"):
+        if key in res:
+            print(key, res[key]["success"], "average", res[key]["average"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
