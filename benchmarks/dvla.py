@@ -29,8 +29,11 @@ from vla.policy import Policy  # noqa: E402
 
 
 def _summary(policy_dir: str) -> dict:
+    """The run's train_summary.json next to its policy dir, or the copy `vla export` keeps in config.json."""
     p = os.path.join(os.path.dirname(policy_dir.rstrip("/")), "train_summary.json")
-    return json.load(open(p)) if os.path.exists(p) else {}
+    if os.path.exists(p):
+        return json.load(open(p))
+    return json.load(open(os.path.join(policy_dir, "config.json"))).get("train_summary") or {}
 
 
 def _data_paths(policy_dir: str) -> list[str]:

@@ -44,10 +44,12 @@ def test_export_half_precision_keeps_notes(tmp_path):
     from vla.policy import Policy
 
     Policy.untrained("tiny").save_pretrained(str(tmp_path / "p"), extra={"train": {"steps": 5}})
+    (tmp_path / "train_summary.json").write_text(json.dumps({"steps": 5, "train_seconds": 12.5}))  # the run's, beside p
     r = _vla("export", "--policy", str(tmp_path / "p"), "--out", str(tmp_path / "q"), "--note", "reproduce=vla train x")
     assert r.returncode == 0, r.stderr
     cfg = json.load(open(tmp_path / "q" / "config.json"))
     assert cfg["reproduce"] == "vla train x" and cfg["train"] == {"steps": 5}
+    assert cfg["train_summary"] == {"steps": 5, "train_seconds": 12.5}  # how long the shipped weights trained
     assert json.loads(r.stdout)["model_bytes"] < 0.55 * os.path.getsize(tmp_path / "p" / "model.safetensors")
     r = _vla("export", "--policy", str(tmp_path / "p"), "--out", str(tmp_path / "z"), "--note", "oops")
     assert r.returncode == 2 and "--note" in r.stderr

@@ -124,6 +124,10 @@ def _cmd_export(args) -> int:
             raise ValueError(f"--note: expected KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         keep[k] = v
+    summary = os.path.join(os.path.dirname(os.path.abspath(args.policy)), "train_summary.json")
+    if "train_summary" not in keep and os.path.isfile(summary):  # a run's <out_dir>/policy: how long it trained
+        with open(summary) as f:
+            keep["train_summary"] = json.load(f)
     Policy.from_pretrained(args.policy).save_pretrained(args.out, extra=keep, dtype=args.dtype)
     size = os.path.getsize(os.path.join(args.out, "model.safetensors"))
     print(json.dumps({"out": args.out, "dtype": args.dtype, "model_bytes": size}, indent=2))
