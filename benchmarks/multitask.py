@@ -108,7 +108,7 @@ def ship(log: list[str], src: str, dst: str, reproduce: str) -> None:
 def evaluate(log: list[str], policy: str, name: str, episodes: int, extra: list[str]) -> dict:
     out = f"{EVAL_ROOT}/{name}"
     run([VLA, "eval", "--policy", policy, "--task", ",".join(TASKS), "--episodes", str(episodes), "--workers", "2",
-         "--replan-every", "4", "--out", out, *extra], log)
+         "--replan-every", "4", "--videos", "1", "--failure-videos", "1", "--out", out, *extra], log)
     per, length, seconds = {}, {}, {}
     for task in TASKS:
         with open(os.path.join(ROOT, out, f"summary_{task}.json")) as f:

@@ -87,6 +87,9 @@ class EnvRobot:
         self.done = bool(terminated or truncated)
 
 
+BLENDS = ("auto", "none", "linear", "ensemble", "inpaint")
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     mode: str = "async"  # async | sync
@@ -94,9 +97,13 @@ class LoopConfig:
     replan_every: int | None = None  # sync: actions applied per chunk (default: the whole chunk)
     request_below: int | None = None  # async: request when fewer actions remain (default: adaptive, see above)
     latency_margin: float = 2.0  # async, adaptive: cover this many times the slowest recent request latency
-    blend: str = "none"  # async: none (the new chunk replaces the queue) | linear (cross-fade overlapping steps) |
-    # inpaint (real-time chunking: the actions that will run before the reply arrives are sent as prefix_actions; the
-    # policy decodes the rest of the chunk around them, so the switch is seamless; needs a policy that takes a prefix)
+    blend: str = "auto"  # async: how a new chunk takes over. none (it replaces the queue) | linear (cross-fade
+    # overlapping steps) | ensemble (ACT temporal ensembling: every step is the weighted mean of all the chunks that
+    # predicted it, weights exp(-ensemble_coeff * i), i = 0 the oldest) | inpaint (real-time chunking: the actions
+    # that will run before the reply arrives are sent as prefix_actions; the policy decodes the rest of the chunk
+    # around them, so the switch is seamless; needs a policy that takes a prefix) | auto (inpaint when the policy
+    # takes a prefix, else none)
+    ensemble_coeff: float = 0.01  # blend "ensemble": ACT's default
     inject_delay_ms: float = 0.0  # async: extra latency added to every chunk request (to study delays; 0 = none)
     on_starvation: str = "hold"  # hold: zero arm deltas, last gripper command kept | zero: all-zero action
     hold: str = "zeros"  # what holding means in the action space: "zeros" (delta actions) | "last" (absolute targets:
@@ -113,8 +120,10 @@ class LoopConfig:
             raise ValueError(f"mode: expected 'async' or 'sync', got {self.mode!r}")
         if not 0.1 <= self.rate_hz <= 1000:
             raise ValueError(f"rate_hz: expected 0.1..1000, got {self.rate_hz}")
-        if self.blend not in ("none", "linear", "inpaint"):
-            raise ValueError(f"blend: expected 'none', 'linear' or 'inpaint', got {self.blend!r}")
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend: expected one of {list(BLENDS)}, got {self.blend!r}")
+        if not 0.0 <= self.ensemble_coeff <= 10.0:
+            raise ValueError(f"ensemble_coeff: expected 0..10, got {self.ensemble_coeff}")
         if not 0.0 <= self.inject_delay_ms <= 60_000:
             raise ValueError(f"inject_delay_ms: expected 0..60000, got {self.inject_delay_ms}")
         if self.hold not in ("zeros", "last"):
@@ -152,6 +161,7 @@ class LoopStats:
     steps: int = 0
     rtc_delay_steps: list[int] = field(default_factory=list)  # inpaint: the delay estimated at each request (steps)
     rtc_prefixes: list[tuple[int, list]] = field(default_factory=list)  # inpaint: (request step, prefix sent)
+    blend: str | None = None  # async: the blend that ran (auto resolved to inpaint or none)
 
     def summary(self) -> dict:
         p = np.asarray(self.periods_ms)
@@ -169,6 +179,7 @@ class LoopStats:
                                              "request_failures", "overruns", "silent_ticks", "policy_outages",
                                              "t_first_silent", "last_error")},
             **({"rtc_delay_steps_mean": float(np.mean(self.rtc_delay_steps))} if self.rtc_delay_steps else {}),
+            **({"blend": self.blend} if self.blend else {}),
         }
 
 
@@ -257,6 +268,9 @@ class ControlLoop:
         self._episode = 0
         self._recent_ms: collections.deque = collections.deque(maxlen=20)  # request latencies, across episodes
         self._warned_prefix = False  # blend "inpaint" with a policy that takes no prefix: warned once
+        self._blend = "none" if self.config.blend == "auto" else self.config.blend  # the running episode's (auto
+        # resolved when it starts)
+        self._ens: dict = {}  # blend "ensemble": step -> (weighted sum (D,), weight sum, predictions)
 
     # ----- helpers -----
     @property
@@ -355,7 +369,9 @@ class ControlLoop:
         if self._requester is None:
             self._requester = _Requester(self._timed_infer)
         req = self._requester
-        inpaint = cfg.blend == "inpaint" and self._takes_prefix()
+        inpaint = cfg.blend in ("inpaint", "auto") and self._takes_prefix(warn=cfg.blend == "inpaint")
+        self._blend = st.blend = "inpaint" if inpaint else ("none" if cfg.blend in ("auto", "inpaint") else cfg.blend)
+        self._ens = {}  # blend "ensemble": absolute step -> (sum of weighted actions (D,), sum of weights, predictions)
         plan: dict[int, tuple[np.ndarray, int]] = {}  # absolute step -> (action (D,), request step of its chunk)
         chunk_len = int((getattr(self.policy, "metadata", None) or {}).get("chunk_size", 8))
         last: np.ndarray | None = None
@@ -363,6 +379,8 @@ class ControlLoop:
 
         if cfg.first_chunk_timeout_s > 0:  # the clock starts with a chunk in hand
             plan, chunk_len = self._first_chunk(log, cfg.first_chunk_timeout_s)
+            if self._blend == "ensemble":  # the first prediction of each of its steps
+                self._ens = {k: (a.astype(np.float64), 1.0, 1) for k, (a, _) in plan.items()}
 
         t_next = time.perf_counter()
         prev_tick = None
@@ -459,11 +477,11 @@ class ControlLoop:
             time.sleep(self.config.inject_delay_ms / 1e3)
         return out
 
-    def _takes_prefix(self) -> bool:
+    def _takes_prefix(self, warn: bool = True) -> bool:
         """Whether the policy (server) takes prefix_actions; an old server without it gets today's requests."""
         meta = getattr(self.policy, "metadata", None) or {}
         ok = bool(meta.get("prefix_actions"))
-        if not ok and not self._warned_prefix:
+        if not ok and warn and not self._warned_prefix:
             self._warned_prefix = True
             log_.warning("blend 'inpaint': the policy does not take prefix_actions (older server?); switching chunks "
                          "without it")
@@ -523,12 +541,23 @@ class ControlLoop:
         return {}, int((getattr(self.policy, "metadata", None) or {}).get("chunk_size", 8))
 
     def _merge(self, plan: dict, actions: np.ndarray, t: int, src: int) -> None:
-        """Put aligned actions (steps t, t+1, ...) into the plan: replace, or cross-fade where they overlap."""
+        """Put aligned actions (steps t, t+1, ...) into the plan: replace, cross-fade where they overlap, or (ensemble)
+        average every prediction of each step."""
+        if self._blend == "ensemble":
+            for k in [k for k in self._ens if k < t]:
+                del self._ens[k]
+            for i, a in enumerate(actions):
+                sw, w, n = self._ens.get(t + i, (0.0, 0.0, 0))
+                wi = math.exp(-self.config.ensemble_coeff * n)  # n earlier predictions: this one weighs less
+                sw, w = sw + wi * a.astype(np.float64), w + wi
+                self._ens[t + i] = (sw, w, n + 1)
+                plan[t + i] = ((sw / w).astype(np.float32), src)
+            return
         new = {}
         m = sum((t + i) in plan for i in range(len(actions)))  # overlapping steps
         for i, a in enumerate(actions):
             old = plan.get(t + i)
-            if old is None or self.config.blend != "linear":  # none, inpaint: the new chunk replaces (inpaint: it
+            if old is None or self._blend != "linear":  # none, inpaint: the new chunk replaces (inpaint: it
                 # starts with the planned actions it was given, so the steps it shares with the plan are unchanged)
                 new[t + i] = (a, src)
             else:

@@ -157,6 +157,10 @@ def add_run(sub) -> None:
     s.add_argument("--mode", choices=["async", "sync"], default="async",
                    help="async: fixed rate, chunks requested ahead (arms); sync: step by step (simulators)")
     s.add_argument("--rate", type=float, default=20.0, help="control rate (Hz), async mode")
+    s.add_argument("--blend", choices=["auto", "none", "linear", "ensemble", "inpaint"], default="auto",
+                   help="async mode: how a late chunk takes over (README, 'When a chunk arrives late'): auto = "
+                        "inpaint (real-time chunking) when the policy server takes a prefix, else none")
+    s.add_argument("--ensemble-coeff", type=float, default=0.01, help="--blend ensemble: weights exp(-COEFF * i)")
     s.add_argument("--steps", type=int, default=200, help="actions per episode")
     s.add_argument("--episodes", type=int, default=1)
     s.add_argument("--seed", type=int, help="first episode's seed (simulators)")
@@ -227,7 +231,8 @@ def _cmd_run(args) -> int:
                   f"periods at --rate {args.rate:g} ({2e3 / args.rate:.0f} ms): it will hold the arm between commands; "
                   f"raise its --watchdog-ms or the rate", file=sys.stderr, flush=True)
         cfg = LoopConfig(mode=args.mode, rate_hz=args.rate, first_chunk_timeout_s=args.first_chunk_timeout,
-                         hold=hold_for(r_space),
+                         hold=hold_for(r_space), blend=getattr(args, "blend", "auto"),
+                         ensemble_coeff=getattr(args, "ensemble_coeff", 0.01),
                          starvation_hold_s=args.starvation_hold, policy_lost_s=args.policy_lost,
                          replan_every=args.replan_every or (int(meta.get("n_action_steps", meta["chunk_size"]))
                                                             if args.mode == "sync" else None))

@@ -33,8 +33,9 @@ def evaluate_server(
     loop: LoopConfig | None = None,
     max_steps: int | None = None,
     failure_videos: int = 0,
-    blend: str = "none",
+    blend: str = "auto",
     inject_delay_ms: float = 0.0,
+    ensemble_coeff: float = 0.01,
 ) -> dict:
     """Evaluate the policy behind `address` on `task`; returns sim.evaluate.summarize's dict (+ loop stats).
 
@@ -52,7 +53,7 @@ def evaluate_server(
         meta = client.hello()
         replan = int(replan_every or meta.get("n_action_steps") or meta["chunk_size"])
         cfg = loop or LoopConfig(mode=mode, rate_hz=rate_hz, replan_every=replan, blend=blend,
-                                 inject_delay_ms=inject_delay_ms,
+                                 inject_delay_ms=inject_delay_ms, ensemble_coeff=ensemble_coeff,
                                  request_timeout_ms=min(timeout_ms, 2000.0) + inject_delay_ms)
         env = VLAEnv(task, image_size=image_size, cameras=tuple(meta["cameras"]))
         robot = _GLEnvRobot(env)
@@ -95,7 +96,8 @@ def evaluate_server(
                  "client": dict(client.stats)}
         if cfg.mode == "async":
             extra.update(rate_hz=cfg.rate_hz, blend=cfg.blend, inject_delay_ms=cfg.inject_delay_ms,
-                         loop=aggregate_stats(stats))
+                         blend_used=stats[-1].blend if stats else None, loop=aggregate_stats(stats),
+                         **({"ensemble_coeff": cfg.ensemble_coeff} if cfg.blend == "ensemble" else {}))
         return summarize(results, task, time.time() - t0, out_dir, extra=extra)
     finally:
         client.close()

@@ -118,7 +118,8 @@ def test_slow_server_chunks_are_aligned_by_request_step(policy, env):
     slow = SlowPolicy(policy, [0.0, 0.25])  # every chunk after the first arrives several control steps late
     srv = PolicyServer(slow, bind="tcp://127.0.0.1:0").start()
     client = PolicyClient(srv.address, timeout_ms=3000, retries=0)
-    loop = ControlLoop(client, EnvRobot(env), LoopConfig(rate_hz=10, request_below=7, request_timeout_ms=3000))
+    loop = ControlLoop(client, EnvRobot(env), LoopConfig(rate_hz=10, request_below=7, request_timeout_ms=3000,
+                                                         blend="none"))
     obs_at = {}
 
     def on_step(t, obs, a):
@@ -139,7 +140,7 @@ def test_slow_server_chunks_are_aligned_by_request_step(policy, env):
 def test_reply_after_its_deadline_is_discarded(policy, env):
     """A local policy cannot time out: the loop itself must refuse a chunk whose last action is already past."""
     slow = SlowPolicy(policy, [0.0, 0.0, 1.5, 0.0])  # the third chunk takes 1.5 s > 8 steps at 10 Hz
-    loop = ControlLoop(slow, EnvRobot(env), LoopConfig(rate_hz=10, request_below=4))
+    loop = ControlLoop(slow, EnvRobot(env), LoopConfig(rate_hz=10, request_below=4, blend="none"))
     obs_at = {}
     try:
         log = loop.run_episode(seed=13, max_steps=45, keep_actions=True,
@@ -223,6 +224,23 @@ def test_linear_blend_cross_fades_overlap(policy, env):
     assert w[0] == pytest.approx(0.75) and w[1] == pytest.approx(0.5) and w[2] == pytest.approx(0.25) and w[3] == 0
     with pytest.raises(ValueError, match="on_starvation"):
         LoopConfig(on_starvation="repeat")
+
+
+def test_ensemble_blend_averages_every_prediction_of_a_step_oldest_weighted_most(policy, env):
+    """ACT temporal ensembling in the async loop: a step's action is the mean of all chunks that predicted it,
+    weights exp(-coeff * i), i = 0 the oldest; steps only the old chunk predicted keep their action."""
+    loop = ControlLoop(policy, EnvRobot(env), LoopConfig(blend="ensemble", ensemble_coeff=0.5))
+    plan: dict = {}
+    loop._merge(plan, np.full((4, 7), 1.0, np.float32), 0, 0)  # steps 0..3
+    loop._merge(plan, np.full((4, 7), 3.0, np.float32), 2, 1)  # steps 2..5
+    loop._merge(plan, np.full((4, 7), 5.0, np.float32), 3, 2)  # steps 3..6
+    w1, w2 = np.exp(-0.5), np.exp(-1.0)
+    assert plan[0][0][0] == 1.0 and plan[5][0][0] == pytest.approx((3 + 5 * w1) / (1 + w1))
+    assert plan[2][0][0] == pytest.approx((1 + 3 * w1) / (1 + w1))
+    assert plan[3][0][0] == pytest.approx((1 + 3 * w1 + 5 * w2) / (1 + w1 + w2)) and plan[6][0][0] == 5.0
+    assert plan[3][1] == 2  # the source is the newest chunk
+    with pytest.raises(ValueError, match="blend: expected one of"):
+        LoopConfig(blend="mix")
 
 
 def test_request_cover_counts_the_observation_time(policy, env):

@@ -169,7 +169,10 @@ def test_async_loop_estimates_the_delay_and_executes_the_prefix_it_sent(student)
     assert est[200.0] >= est[0.0] + 3, est  # 200 ms = 4 periods more
 
 
-def test_loop_without_prefix_support_switches_as_before(student):
+def test_loop_without_prefix_support_switches_as_before(student, caplog):
+    """An old server (no prefix_actions): blend inpaint warns once and switches; the default (auto) switches without a
+    warning. A server that takes a prefix gets inpainting by default."""
+
     class Old:
         """A server from before the field: no 'prefix_actions' in its metadata."""
 
@@ -189,6 +192,18 @@ def test_loop_without_prefix_support_switches_as_before(student):
         loop = ControlLoop(Old(), EnvRobot(env), LoopConfig(rate_hz=20, blend="inpaint"))
         log = loop.run_episode(seed=2, max_steps=20)
         loop.close()
+        assert "does not take prefix_actions" in caplog.text
+        caplog.clear()
+        loop = ControlLoop(Old(), EnvRobot(env), LoopConfig(rate_hz=20))  # blend auto
+        auto_old = loop.run_episode(seed=2, max_steps=20)
+        loop.close()
+        assert "prefix_actions" not in caplog.text
+        student.set_decode(decoder="pipelined")
+        loop = ControlLoop(student, EnvRobot(env), LoopConfig(rate_hz=20))
+        auto_new = loop.run_episode(seed=2, max_steps=20)
+        loop.close()
     finally:
         env.close()
-    assert log.length == 20 and not log.stats.rtc_prefixes
+    assert log.length == 20 and not log.stats.rtc_prefixes and log.stats.blend == "none"
+    assert auto_old.stats.blend == "none" and not auto_old.stats.rtc_prefixes
+    assert auto_new.stats.blend == "inpaint" and auto_new.stats.rtc_prefixes

@@ -84,8 +84,8 @@ def add_eval(sub) -> None:
     s.add_argument("--steps-k", type=int, dest="k", help="forward passes of the parallel decoder")
     s.add_argument("--start-blocks", type=int, help="pipelined decoder: blocks in flight at the first pass (default 1)")
     s.add_argument("--ensemble", type=float, default=None, metavar="COEFF",
-                   help="temporal ensembling of overlapping chunks (ACT), weights exp(-COEFF * i), i = 0 the oldest; "
-                        "local policy only")
+                   help="temporal ensembling of overlapping chunks (ACT), weights exp(-COEFF * i), i = 0 the "
+                        "oldest (with --server: the coefficient of --blend ensemble)")
     s.add_argument("--image-size", type=int, default=128)
     s.add_argument("--workers", type=int, default=1, help="parallel episode processes")
     s.add_argument("--videos", type=int, default=2, help="episodes per task to record as MP4 (the first ones)")
@@ -97,9 +97,11 @@ def add_eval(sub) -> None:
     s.add_argument("--seed-base", type=int, default=None)
     s.add_argument("--mode", choices=["sync", "async"], default="sync", help="control loop mode (with --server)")
     s.add_argument("--rate", type=float, default=20.0, help="control rate in Hz (async mode)")
-    s.add_argument("--blend", choices=["none", "linear", "inpaint"], default="none",
-                   help="async mode: how a new chunk takes over: none (switch), linear (cross-fade), inpaint (real-time "
-                        "chunking: the actions that run while it is decoded are sent and kept)")
+    s.add_argument("--blend", choices=["auto", "none", "linear", "ensemble", "inpaint"], default="auto",
+                   help="async mode: how a new chunk takes over: none (switch), linear (cross-fade), ensemble (ACT "
+                        "temporal ensembling, coefficient --ensemble, default 0.01), inpaint (real-time chunking: the "
+                        "actions that run while it is decoded are sent and kept), auto (inpaint when the server's "
+                        "model takes a prefix, else none)")
     s.add_argument("--inject-delay-ms", type=float, default=0.0,
                    help="async mode: add this latency to every chunk (study delays of several control steps)")
     s.set_defaults(func=_cmd_eval)
@@ -126,12 +128,12 @@ def _cmd_eval(args) -> int:
 
     for t in tasks:
         get_task(t)
-    if (args.blend != "none" or args.inject_delay_ms) and not (args.server and args.mode == "async"):
+    if (args.blend != "auto" or args.inject_delay_ms) and not (args.server and args.mode == "async"):
         raise SystemExit("--blend and --inject-delay-ms: for the async control loop (--server ... --mode async); a "
                          "local policy is evaluated synchronously")
-    if args.server and args.ensemble is not None:
-        raise SystemExit("--ensemble: supported with --policy only (the server's control loop blends with "
-                         "LoopConfig.blend)")
+    if args.server and args.ensemble is not None and args.blend != "ensemble":
+        raise SystemExit("--ensemble with --server: the coefficient of --blend ensemble (the async loop's temporal "
+                         "ensembling); pass --blend ensemble")
     import os
 
     out = args.out or os.path.join("eval", os.path.basename(os.path.normpath(args.policy)) if args.policy else "server")
@@ -150,6 +152,7 @@ def _cmd_eval(args) -> int:
                                 image_size=args.image_size, videos=args.videos, out_dir=out, mode=args.mode,
                                 failure_videos=args.failure_videos,
                                 rate_hz=args.rate, blend=args.blend, inject_delay_ms=args.inject_delay_ms,
+                                ensemble_coeff=args.ensemble if args.ensemble is not None else 0.01,
                                 seed_base=args.seed_base if args.seed_base is not None else EVAL_SEED_BASE)
         summaries.append(s)
     print(format_table(summaries))
