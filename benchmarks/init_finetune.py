@@ -16,23 +16,14 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results_io import write_json  # noqa: E402
+from vla_runs import ROOT, VLA, run, train_record  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VLA = os.path.join(ROOT, ".venv", "bin", "vla")
 WORK = "runs/init_finetune"
 BASE = "vla/pretrained/lift_tiny"
-
-
-def run(cmd: list[str], log: list[str]) -> None:
-    s = " ".join(shlex.quote("vla" if c == VLA else c) for c in cmd)
-    print("+", s, flush=True)
-    log.append(s)
-    subprocess.run(cmd, cwd=ROOT, check=True)
 
 
 def main() -> None:
@@ -47,28 +38,24 @@ def main() -> None:
                  f"--out {args.hdf5})")
     log: list[str] = []
     lerobot = f"{WORK}/pickcolor_lerobot"
-    if not os.path.exists(os.path.join(ROOT, lerobot, "meta", "info.json")):
-        run([VLA, "data", "export", args.hdf5, "--to", "lerobot", "--out", lerobot, "--overwrite"], log)
-    else:
-        log.append(f"vla data export {args.hdf5} --to lerobot --out {lerobot}")
+    done = os.path.exists(os.path.join(ROOT, lerobot, "meta", "info.json"))
+    run([VLA, "data", "export", args.hdf5, "--to", "lerobot", "--out", lerobot, "--overwrite"], log,
+        done="exported already" if done else None)
     out = {}
     for name, extra in (("scratch", []), ("init", ["--init", BASE])):
         run_dir = f"{WORK}/{name}_{args.steps}"
-        if not os.path.exists(os.path.join(ROOT, run_dir, "policy", "model.safetensors")):
-            run([VLA, "train", "--config", "pickcolor_tiny", "--data", lerobot, "--steps", str(args.steps),
-                 "--out", run_dir, "--no-progress", "--set", "save_every=0", *extra], log)
-        else:
-            log.append(f"vla train --config pickcolor_tiny --data {lerobot} --steps {args.steps} --out {run_dir} "
-                       + " ".join(extra))
+        done = os.path.exists(os.path.join(ROOT, run_dir, "policy", "model.safetensors"))
+        run([VLA, "train", "--config", "pickcolor_tiny", "--data", lerobot, "--steps", str(args.steps),
+             "--out", run_dir, "--no-progress", "--set", "save_every=0", *extra], log,
+            done=f"{run_dir}/policy exists" if done else None)
         eval_dir = f"{run_dir}/eval"
         run([VLA, "eval", "--policy", f"{run_dir}/policy", "--task", "PickColor", "--episodes", str(args.episodes),
              "--workers", "2", "--out", eval_dir], log)
         with open(os.path.join(ROOT, eval_dir, "summary_PickColor.json")) as f:
             s = json.load(f)
-        with open(os.path.join(ROOT, run_dir, "train_summary.json")) as f:
-            t = json.load(f)
+        t = train_record(run_dir)
         out[name] = {"success": s["success_rate"], "mean_length": s["mean_length"], "episodes": s["episodes"],
-                     "train_minutes": round(t["train_seconds"] / 60, 1), "steps": t["steps"]}
+                     "train_minutes": t["train_minutes"], "steps": t["steps"]}
         print(name, out[name], flush=True)
     res = {}
     if os.path.exists(args.out):

@@ -15,15 +15,15 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results_io import write_json  # noqa: E402
+from vla_runs import ROOT, VLA, cmd_str, run, train_record  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VLA = os.path.join(ROOT, ".venv", "bin", "vla")
 TASKS = ["Lift", "PickColor", "Stack", "StackColor", "PickPlaceCan"]
 CONFIG = "multitask_tiny_release"
 RUN = "runs/multitask_tiny_release"
@@ -44,16 +44,6 @@ DATA = [
 STAGES = ["collect", "train", "ship", "eval", "distill", "student_eval"]
 
 
-def _cmd_str(cmd: list[str]) -> str:
-    return " ".join(shlex.quote(c if c != VLA else "vla") for c in cmd)
-
-
-def run(cmd: list[str], log: list[str]) -> None:
-    print("+", _cmd_str(cmd), flush=True)
-    log.append(_cmd_str(cmd))
-    subprocess.run(cmd, cwd=ROOT, check=True)
-
-
 def collect(log: list[str]) -> None:
     """Missing demo files, two collections at a time (one per core); each written as <file>.part, renamed when done."""
     running: list[tuple[subprocess.Popen, str]] = []
@@ -67,14 +57,14 @@ def collect(log: list[str]) -> None:
         cmd = [VLA, "collect", "--task", task, "--episodes", str(n), "--noise", "0.1", "--out", path]
         if seed is not None:
             cmd += ["--seed", str(seed)]
-        log.append(_cmd_str(cmd))
+        log.append(cmd_str(cmd))
         if os.path.exists(os.path.join(ROOT, path)):
             continue
         part = os.path.join(ROOT, path + ".part")
         if os.path.exists(part):
             os.remove(part)  # an interrupted file: start it again with the same seeds
         cmd[cmd.index(path)] = path + ".part"
-        print("+", _cmd_str(cmd), flush=True)
+        print("+", cmd_str(cmd), flush=True)
         if len(running) == 2:
             finish(*running.pop(0))
         running.append((subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL), path))
@@ -83,24 +73,19 @@ def collect(log: list[str]) -> None:
 
 
 def train(log: list[str]) -> None:
-    if os.path.exists(os.path.join(ROOT, RUN, "policy", "model.safetensors")):
-        print(f"{RUN}/policy exists: training skipped", flush=True)
-        log.append(f"vla train --config {CONFIG}")
-        return
     cmd = [VLA, "train", "--config", CONFIG, "--no-progress"]
-    if os.path.exists(os.path.join(ROOT, RUN, "checkpoints", "LATEST")):
-        cmd.append("--resume")
-    run(cmd, log)
+    done = os.path.exists(os.path.join(ROOT, RUN, "policy", "model.safetensors"))
+    if not done and os.path.exists(os.path.join(ROOT, RUN, "checkpoints", "LATEST")):
+        cmd.append("--resume")  # an interrupted run
+    run(cmd, log, done=f"{RUN}/policy exists" if done else None)
 
 
 def ship(log: list[str], src: str, dst: str, reproduce: str) -> None:
     """src -> dst in fp16, with the command that reproduces it in config.json's "reproduce" field."""
     tmp = dst + ".tmp"
-    if os.path.exists(os.path.join(ROOT, tmp)):
-        subprocess.run(["rm", "-rf", os.path.join(ROOT, tmp)], check=True)
+    shutil.rmtree(os.path.join(ROOT, tmp), ignore_errors=True)
     run([VLA, "export", "--policy", src, "--out", tmp, "--dtype", "float16", "--note", f"reproduce={reproduce}"], log)
-    if os.path.exists(os.path.join(ROOT, dst)):
-        subprocess.run(["rm", "-rf", os.path.join(ROOT, dst)], check=True)
+    shutil.rmtree(os.path.join(ROOT, dst), ignore_errors=True)
     os.replace(os.path.join(ROOT, tmp), os.path.join(ROOT, dst))
     log[-1] = log[-1].replace(tmp, dst)
 
@@ -122,11 +107,8 @@ def evaluate(log: list[str], policy: str, name: str, episodes: int, extra: list[
     out = f"{EVAL_ROOT}/{name}"
     cmd = [VLA, "eval", "--policy", policy, "--task", ",".join(TASKS), "--episodes", str(episodes), "--workers", "2",
            "--replan-every", "4", "--videos", "1", "--failure-videos", "1", "--out", out, *extra]
-    if fresh or not _evaluated(out, policy, episodes):
-        run(cmd, log)
-    else:
-        print(f"{out}: evaluated already ({episodes} episodes per task; --fresh-eval to run again)", flush=True)
-        log.append(_cmd_str(cmd))
+    done = not fresh and _evaluated(out, policy, episodes)
+    run(cmd, log, done=f"evaluated already, {episodes} episodes per task; --fresh-eval to run again" if done else None)
     per, length, seconds, chunk_ms = {}, {}, {}, {}
     for task in TASKS:
         with open(os.path.join(ROOT, out, f"summary_{task}.json")) as f:
@@ -139,14 +121,6 @@ def evaluate(log: list[str], policy: str, name: str, episodes: int, extra: list[
             "average": round(sum(per.values()) / len(per), 4), "mean_length": length, "eval_seconds": seconds,
             "chunk_ms_p50_during_eval": chunk_ms,  # two evaluation workers sharing the 2 cores: not a latency figure
             "per_episode": [f"{out}/episodes_{t}.jsonl" for t in TASKS]}
-
-
-def _train_summary(run_dir: str) -> dict:
-    with open(os.path.join(ROOT, run_dir, "train_summary.json")) as f:
-        s = json.load(f)
-    return {"steps": s["steps"], "train_minutes": round(s["train_seconds"] / 60, 1),
-            "train_samples_per_s": round(s["samples_per_s"], 1), "parameters": s["parameters"],
-            "threads": s.get("threads")}
 
 
 def main() -> None:
@@ -175,7 +149,7 @@ def main() -> None:
     if "train" in stages:
         cmds["train"] = []
         train(cmds["train"])
-        res["teacher_training"] = _train_summary(RUN)
+        res["teacher_training"] = train_record(RUN)
     if "ship" in stages:
         cmds["ship"] = []
         ship(cmds["ship"], f"{RUN}/policy", SHIPPED, "python benchmarks/multitask.py --stages collect,train,ship")
@@ -185,13 +159,13 @@ def main() -> None:
         write_json(os.path.join(ROOT, OUT), res)
     if "distill" in stages:
         cmds["distill"] = []
-        if not os.path.exists(os.path.join(ROOT, STUDENT_RUN, "policy", "model.safetensors")):
-            cmd = [VLA, "distill", "--teacher", SHIPPED, "--out", STUDENT_RUN, "--steps", str(args.distill_steps),
-                   "--no-progress"]
-            if os.path.exists(os.path.join(ROOT, STUDENT_RUN, "checkpoints", "LATEST")):
-                cmd.append("--resume")
-            run(cmd, cmds["distill"])
-        res["student_training"] = _train_summary(STUDENT_RUN)
+        cmd = [VLA, "distill", "--teacher", SHIPPED, "--out", STUDENT_RUN, "--steps", str(args.distill_steps),
+               "--no-progress"]
+        done = os.path.exists(os.path.join(ROOT, STUDENT_RUN, "policy", "model.safetensors"))
+        if not done and os.path.exists(os.path.join(ROOT, STUDENT_RUN, "checkpoints", "LATEST")):
+            cmd.append("--resume")  # an interrupted run
+        run(cmd, cmds["distill"], done=f"{STUDENT_RUN}/policy exists" if done else None)
+        res["student_training"] = train_record(STUDENT_RUN)
         ship(cmds["distill"], f"{STUDENT_RUN}/policy", STUDENT,
              f"python benchmarks/multitask.py --stages collect,train,ship,distill --distill-steps {args.distill_steps}")
     if "student_eval" in stages:

@@ -268,8 +268,6 @@ class ControlLoop:
         self._episode = 0
         self._recent_ms: collections.deque = collections.deque(maxlen=20)  # request latencies, across episodes
         self._warned_prefix = False  # blend "inpaint" with a policy that takes no prefix: warned once
-        self._blend = "none" if self.config.blend == "auto" else self.config.blend  # the running episode's (auto
-        # resolved when it starts)
         self._ens: dict = {}  # blend "ensemble": step -> (weighted sum (D,), weight sum, predictions)
 
     # ----- helpers -----
@@ -370,8 +368,8 @@ class ControlLoop:
             self._requester = _Requester(self._timed_infer)
         req = self._requester
         inpaint = cfg.blend in ("inpaint", "auto") and self._takes_prefix(warn=cfg.blend == "inpaint")
-        self._blend = st.blend = "inpaint" if inpaint else ("none" if cfg.blend in ("auto", "inpaint") else cfg.blend)
-        self._ens = {}  # blend "ensemble": absolute step -> (sum of weighted actions (D,), sum of weights, predictions)
+        st.blend = "inpaint" if inpaint else ("none" if cfg.blend in ("auto", "inpaint") else cfg.blend)
+        self._ens = {}
         plan: dict[int, tuple[np.ndarray, int]] = {}  # absolute step -> (action (D,), request step of its chunk)
         chunk_len = int((getattr(self.policy, "metadata", None) or {}).get("chunk_size", 8))
         last: np.ndarray | None = None
@@ -379,7 +377,7 @@ class ControlLoop:
 
         if cfg.first_chunk_timeout_s > 0:  # the clock starts with a chunk in hand
             plan, chunk_len = self._first_chunk(log, cfg.first_chunk_timeout_s)
-            if self._blend == "ensemble":  # the first prediction of each of its steps
+            if cfg.blend == "ensemble":  # the first prediction of each of its steps
                 self._ens = {k: (a.astype(np.float64), 1.0, 1) for k, (a, _) in plan.items()}
 
         t_next = time.perf_counter()
@@ -543,7 +541,7 @@ class ControlLoop:
     def _merge(self, plan: dict, actions: np.ndarray, t: int, src: int) -> None:
         """Put aligned actions (steps t, t+1, ...) into the plan: replace, cross-fade where they overlap, or (ensemble)
         average every prediction of each step."""
-        if self._blend == "ensemble":
+        if self.config.blend == "ensemble":
             for k in [k for k in self._ens if k < t]:
                 del self._ens[k]
             for i, a in enumerate(actions):
@@ -557,7 +555,7 @@ class ControlLoop:
         m = sum((t + i) in plan for i in range(len(actions)))  # overlapping steps
         for i, a in enumerate(actions):
             old = plan.get(t + i)
-            if old is None or self._blend != "linear":  # none, inpaint: the new chunk replaces (inpaint: it
+            if old is None or self.config.blend != "linear":  # none, inpaint: the new chunk replaces (inpaint: it
                 # starts with the planned actions it was given, so the steps it shares with the plan are unchanged)
                 new[t + i] = (a, src)
             else:

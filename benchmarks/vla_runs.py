@@ -1,0 +1,35 @@
+"""Running `vla` subcommands from benchmark scripts: every command is logged as a user would type it (`vla ...`) so a
+result file lists the commands behind it; one a script finds already done is logged without running again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VLA = os.path.join(ROOT, ".venv", "bin", "vla")
+
+
+def cmd_str(cmd: list[str]) -> str:
+    return " ".join(shlex.quote("vla" if c == VLA else c) for c in cmd)
+
+
+def run(cmd: list[str], log: list[str], done: str | None = None) -> None:
+    """Log `cmd`; run it in the repository root (an error if it fails) unless `done` says why it need not run."""
+    log.append(cmd_str(cmd))
+    if done:
+        print(f"= {log[-1]}  ({done})", flush=True)
+        return
+    print("+", log[-1], flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def train_record(run_dir: str) -> dict:
+    """What <run_dir>/train_summary.json (written by `vla train` / `vla distill`) says about the run."""
+    with open(os.path.join(ROOT, run_dir, "train_summary.json")) as f:
+        s = json.load(f)
+    return {"steps": s["steps"], "train_minutes": round(s["train_seconds"] / 60, 1),
+            "train_samples_per_s": round(s["samples_per_s"], 1), "parameters": s["parameters"],
+            "threads": s.get("threads")}
