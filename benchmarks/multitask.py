@@ -15,14 +15,13 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, cmd_str, run, train_record  # noqa: E402
+from vla_runs import ROOT, VLA, cmd_str, run, ship, train_record  # noqa: E402
 
 TASKS = ["Lift", "PickColor", "Stack", "StackColor", "PickPlaceCan"]
 CONFIG = "multitask_tiny_release"
@@ -78,16 +77,6 @@ def train(log: list[str]) -> None:
     if not done and os.path.exists(os.path.join(ROOT, RUN, "checkpoints", "LATEST")):
         cmd.append("--resume")  # an interrupted run
     run(cmd, log, done=f"{RUN}/policy exists" if done else None)
-
-
-def ship(log: list[str], src: str, dst: str, reproduce: str) -> None:
-    """src -> dst in fp16, with the command that reproduces it in config.json's "reproduce" field."""
-    tmp = dst + ".tmp"
-    shutil.rmtree(os.path.join(ROOT, tmp), ignore_errors=True)
-    run([VLA, "export", "--policy", src, "--out", tmp, "--dtype", "float16", "--note", f"reproduce={reproduce}"], log)
-    shutil.rmtree(os.path.join(ROOT, dst), ignore_errors=True)
-    os.replace(os.path.join(ROOT, tmp), os.path.join(ROOT, dst))
-    log[-1] = log[-1].replace(tmp, dst)
 
 
 def _evaluated(out: str, policy: str, episodes: int) -> bool:

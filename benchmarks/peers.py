@@ -1,31 +1,35 @@
 """Peers: LeRobot's ACT and Diffusion Policy against our policy, trained on the same demos, evaluated by our harness
 through our ZeroMQ protocol (GitHub issue "peers").
 
-Runs in the PROJECT venv; the LeRobot side runs in the peer venv (`bash benchmarks/peers/setup.sh` makes it):
+Runs in the PROJECT venv; the LeRobot side runs in the peer venv (`make peers` / `bash benchmarks/peers/setup.sh`):
 
-    .venv/bin/python benchmarks/peers.py --tasks Lift --minutes 60 --episodes 50 --threads 2
+    .venv/bin/python benchmarks/peers.py          # Lift, Stack, PickPlaceCan, PickColor; 50 episodes each
 
-Per task (default Lift):
- 1. export the demos (data/<task>.hdf5, --data) to a LeRobot v3.0 folder (runs/peers/exports/<task>_lerobot, kept and
-    reused; --lerobot-dataset TASK=DIR takes an existing export);
- 2. train ACT-small and Diffusion-small with LeRobot's own trainer for --minutes each
+Per task (default Lift, Stack, PickPlaceCan, PickColor):
+ 1. export the demos our recipe for the task was trained on (DEFAULT_DATA, --data TASK=PATH[,PATH]; missing ones are
+    collected first by `benchmarks/multitask.py --stages collect`, with the recipes' seeds) to a LeRobot v3.0
+    folder (runs/peers/exports/<task>_lerobot, kept and reused; --lerobot-dataset TASK=DIR takes an existing export);
+ 2. train ACT-small (every task) and Diffusion-small (Lift only by default, --peers) with LeRobot's own trainer
     (benchmarks/peers/train_lerobot.py in the peer venv; runs/peers/<task>_<peer>; a finished run is reused unless
-    --retrain);
- 3. serve each checkpoint with benchmarks/peers/serve_lerobot.py (peer venv) and our policy (--ours, default
-    vla/pretrained/lift_tiny for Lift) with `vla serve`, all with --threads torch threads, each in its own process;
+    --retrain) for the wall-clock our recipe spent on the task (budget_minutes: the five-task release's 62.8 min
+    split by its sampling weights, lift_tiny's 11.3 min; --minutes TASK=MIN overrides);
+ 3. serve each checkpoint with benchmarks/peers/serve_lerobot.py (peer venv) and ours (--ours; DEFAULT_OURS:
+    lift_tiny for Lift, multitask_tiny for the rest) with `vla serve`, --threads torch threads, each in its own process;
  4. evaluate each server with our harness (`vla eval --server ... --mode sync`: the same episode seeds for all);
  5. measure chunk latency over the same observations (--latency-obs frames of the task's demos), interleaved: every
-    observation goes to every policy in turn (the order rotates), so background load hits all alike. chunk_ms is the
+    observation goes to every policy in turn (the order rotates), so background load hits all alike; once per
+    --latency-threads value (servers restarted) and per --latency-load (busy processes beside them). chunk_ms is the
     server's `infer_ms` (the policy's infer_batch: pre-processing + model + post-processing; no transport);
-    rtt_ms (client round trip) is recorded too.
+    rtt_ms (client round trip) is recorded too; action_ms = chunk_ms / actions executed per chunk.
 Writes --out (default benchmarks/results/peers.json; rewritten after every step, so a failure later keeps what was
 measured) and a PNG next to it (success and chunk latency per policy per task):
     {"rows": [{"policy", "task", "success", "episodes", "chunk_ms_p50", "chunk_ms_p99", "threads", "params",
-               "train_minutes", "train_samples_per_s", ...}],
+               "train_minutes", "train_samples_per_s", "latency": [{"threads", "load", "chunk_ms_p50", ...}], ...}],
      "ours_over_best_peer_success_min", "ours_over_act_latency", "command", ...}
 ours_over_best_peer_success_min: min over tasks without language of ours' success minus the best peer's (the issue's
 definition; a difference, despite the name);
-ours_over_act_latency: max over tasks of ours' chunk_ms_p50 / ACT-small's (< 1: ours is faster).
+ours_over_act_latency: max over tasks of ours' chunk_ms_p50 / ACT-small's at --threads, no load (< 1: ours is faster);
+per_task[task].latency_vs_act: the same ratios (p50, p99, per action) for every thread count and load.
 """
 
 from __future__ import annotations
@@ -50,12 +54,38 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results_io import write_json  # noqa: E402
 
 PEERS = {"act": "ACT-small", "diffusion": "Diffusion-small"}
-DEFAULT_OURS = {"Lift": os.path.join(ROOT, "vla", "pretrained", "lift_tiny")}
+DEFAULT_TASKS = ["Lift", "Stack", "PickPlaceCan", "PickColor"]
+_PRE = os.path.join(ROOT, "vla", "pretrained")
+# our best recipe per task: the Lift policy, and the five-task release (benchmarks/multitask.py) for the rest
+DEFAULT_OURS = {"Lift": os.path.join(_PRE, "lift_tiny"), "Stack": os.path.join(_PRE, "multitask_tiny"),
+                "PickPlaceCan": os.path.join(_PRE, "multitask_tiny"), "PickColor": os.path.join(_PRE, "multitask_tiny")}
+# the demos those recipes were trained on (benchmarks/multitask.py collects the *_release files)
+DEFAULT_DATA = {"Lift": "data/lift.hdf5", "Stack": "data/stack_release.hdf5",
+                "PickPlaceCan": "data/pickplacecan_release_a.hdf5,data/pickplacecan_release_b.hdf5",
+                "PickColor": "data/pickcolor.hdf5"}
+# lift_tiny's recipe time (dvla.json tasks.Lift.train_minutes; the shipped config predates train_summary); other
+# checkpoints carry their own (see budget_minutes)
+DEFAULT_MINUTES = {"Lift": 11.3}
 ADDR_RE = re.compile(r" on (tcp://[0-9.]+:\d+)")
 
 
 def log(msg: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def per_task_raw(values: list[str] | None, tasks: list[str], what: str) -> dict:
+    """['Lift=x', ...] or ['x'] (every task) -> {task: 'x'}; a task not in `tasks` is an error naming --what."""
+    out = {}
+    for v in values or []:
+        if "=" in v:
+            t, x = v.split("=", 1)
+            out[t] = x
+        else:
+            out.update({t: v for t in tasks})
+    unknown = set(out) - set(tasks)
+    if unknown:
+        raise SystemExit(f"--{what}: tasks {sorted(unknown)} are not in --tasks {tasks}")
+    return out
 
 
 def per_task(values: list[str] | None, tasks: list[str], default: dict | str | None, what: str) -> dict:
@@ -162,6 +192,24 @@ class Server:
                 self.proc.wait(10)
 
 
+class busy_load:
+    """`n` background processes that each spin one core (a pure-Python loop) while the block runs: the "background
+    load" of the latency figures."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        time.sleep(0.5 if self.n else 0)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
 def pct(x: list[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(x), q)) if x else None
 
@@ -198,15 +246,45 @@ def measure_latency(servers: dict, observations: list[dict], warmup: int = 3) ->
             for n, v in rec.items()}
 
 
+def _config(path: str) -> dict:
+    f = os.path.join(path, "config.json")
+    return json.load(open(f)) if os.path.isfile(f) else {}
+
+
 def ours_train_record(path: str) -> dict:
-    """train_summary.json that `vla train` writes next to policy/ (absent for the shipped checkpoints)."""
+    """The recipe's training record: config.json's train_summary (`vla export` keeps it) or the train_summary.json
+    that `vla train` writes next to policy/."""
+    s = _config(path).get("train_summary")
     for p in (os.path.join(path, "train_summary.json"), os.path.join(os.path.dirname(os.path.normpath(path)),
                                                                       "train_summary.json")):
-        if os.path.isfile(p):
+        if s is None and os.path.isfile(p):
             s = json.load(open(p))
-            return {"train_minutes": round(s["train_seconds"] / 60.0, 2) if s.get("train_seconds") else None,
-                    "train_samples_per_s": s.get("samples_per_s"), "train_steps": s.get("steps")}
-    return {}
+    if not s:
+        return {}
+    return {"train_minutes": round(s["train_seconds"] / 60.0, 2) if s.get("train_seconds") else None,
+            "train_samples_per_s": s.get("samples_per_s"), "train_steps": s.get("steps"),
+            "train_tasks": s.get("tasks")}
+
+
+def budget_minutes(task: str, ours_path: str | None, given: dict) -> tuple[float, str]:
+    """Wall-clock training budget of a peer on `task`: --minutes TASK=MIN, else the share of our recipe's training
+    time that went to this task (a multi-task recipe's sampling weights; equal shares under uniform or frame
+    sampling), else DEFAULT_MINUTES. -> (minutes, where it came from)."""
+    if task in given:
+        return float(given[task]), "--minutes"
+    rec = ours_train_record(ours_path) if ours_path else {}
+    if rec.get("train_minutes"):
+        tasks = rec.get("train_tasks") or [task]
+        data = (_config(ours_path).get("train") or {}).get("data") or {}
+        w = data.get("task_weights") if data.get("task_sampling") == "weighted" else None
+        share = float(w[task]) / sum(float(w[t]) for t in tasks) if w and task in w else 1.0 / len(tasks)
+        how = (f"{share:.3f} of {rec['train_minutes']} min ({os.path.basename(os.path.normpath(ours_path))}, "
+               f"{len(tasks)} task(s){', sampling weights' if w else ''})")
+        return round(rec["train_minutes"] * share, 2), how
+    if task in DEFAULT_MINUTES:
+        return DEFAULT_MINUTES[task], "DEFAULT_MINUTES (our recipe's recorded time)"
+    raise SystemExit(f"--minutes: no training budget for {task}: our checkpoint {ours_path} records no training time; "
+                     f"give --minutes {task}=MIN")
 
 
 def headline(rows: list[dict]) -> dict:
@@ -226,6 +304,13 @@ def headline(rows: list[dict]) -> dict:
         if ours and act and ours.get("chunk_ms_p50") and act.get("chunk_ms_p50"):
             d["ours_over_act_latency"] = ours["chunk_ms_p50"] / act["chunk_ms_p50"]
             lat.append(d["ours_over_act_latency"])
+        if ours and act:  # per (threads, load): ours / ACT-small, p50 and p99, per chunk and per executed action
+            theirs = {(x["threads"], x["load"]): x for x in act.get("latency", [])}
+            d["latency_vs_act"] = [
+                {"threads": x["threads"], "load": x["load"],
+                 **{f"{k}_ratio": x[k] / t[k] for k in ("chunk_ms_p50", "chunk_ms_p99", "action_ms_p50")
+                    if x.get(k) and t.get(k)}}
+                for x in ours.get("latency", []) if (t := theirs.get((x["threads"], x["load"])))]
         per[task] = d
     return {"ours_over_best_peer_success_min": min(ratios) if ratios else None,
             "ours_over_act_latency": max(lat) if lat else None, "per_task": per}
@@ -294,8 +379,13 @@ def main(argv=None) -> int:
                     help="training runs: <runs>/<task>_<peer>; logs in <runs>/logs, evaluations in <runs>/eval")
     ap.add_argument("--ours", action="append", help="our checkpoint per task: TASK=PATH or PATH "
                                                     "(default Lift=vla/pretrained/lift_tiny)")
-    ap.add_argument("--peers", default="act,diffusion", help="comma list of act, diffusion")
-    ap.add_argument("--minutes", type=float, default=60.0, help="training budget per peer and task (wall clock)")
+    ap.add_argument("--peers", default="act,diffusion@Lift",
+                    help="comma list of act, diffusion; PEER@TASK+TASK limits a peer to those tasks (default: "
+                         "Diffusion-small on Lift only: at equal budget it reached 0%% there, and each of its "
+                         "evaluations costs minutes)")
+    ap.add_argument("--minutes", action="append",
+                    help="training budget per peer and task (wall clock): TASK=MIN or MIN (every task); default: the "
+                         "share of our recipe's training time spent on the task (see budget_minutes)")
     ap.add_argument("--train-steps", type=int, help="train exactly this many steps (smoke tests; --minutes caps it)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--num-workers", type=int, default=1)
@@ -308,7 +398,11 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--seed-base", type=int, help="first evaluation seed (default: the harness's EVAL_SEED_BASE)")
     ap.add_argument("--image-size", type=int, default=128, help="rendered camera size (the servers resize)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of every policy server")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of every policy server in the evaluation")
+    ap.add_argument("--latency-threads", default="1,2", help="comma list: torch threads of the servers for the "
+                                                             "interleaved latency (servers restarted per value)")
+    ap.add_argument("--latency-load", default="0,1",
+                    help="comma list: background busy-loop processes (one core each) during the latency runs")
     ap.add_argument("--act-n-action-steps", type=int,
                     help="actions executed per ACT chunk (default: the checkpoint's n_action_steps, LeRobot's 100)")
     ap.add_argument("--latency-obs", type=int, default=100, help="observations for the interleaved latency")
@@ -316,16 +410,29 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "peers.json"))
     args = ap.parse_args(argv)
 
-    tasks = [t for item in (args.tasks or ["Lift"]) for t in item.split(",") if t]
-    peers = [p for p in args.peers.split(",") if p]
+    tasks = [t for item in (args.tasks or [",".join(DEFAULT_TASKS)]) for t in item.split(",") if t]
+    peer_tasks = {}  # peer -> tasks it runs on
+    for item in (p for p in args.peers.split(",") if p):
+        name, _, only = item.partition("@")
+        peer_tasks[name] = [t for t in only.split("+") if t] if only else list(tasks)
+    peers = list(peer_tasks)
     bad = [p for p in peers if p not in PEERS]
     if bad:
         raise SystemExit(f"--peers: unknown {bad}; expected some of {list(PEERS)}")
+    try:
+        lat_threads = [int(x) for x in args.latency_threads.split(",") if x]
+        lat_loads = [int(x) for x in args.latency_load.split(",") if x]
+    except ValueError as e:
+        raise SystemExit(f"--latency-threads/--latency-load: expected comma lists of integers ({e})")
     if not os.path.isfile(args.peer_python):
         raise SystemExit(f"{args.peer_python}: no peer venv (bash benchmarks/peers/setup.sh)")
-    data = per_task(args.data, tasks, os.path.join(ROOT, "data", "{task}.hdf5"), "data")
+    given = per_task_raw(args.data, tasks, "data")  # paths given: relative to the current directory
+    data = {t: [os.path.abspath(f) if t in given else os.path.join(ROOT, f)
+                for f in (given.get(t) or DEFAULT_DATA.get(t, f"data/{t.lower()}.hdf5")).split(",")] for t in tasks}
     lr_data = per_task(args.lerobot_dataset, tasks, None, "lerobot-dataset")
     ours = per_task(args.ours, tasks, DEFAULT_OURS, "ours")
+    given_minutes = per_task_raw(args.minutes, tasks, "minutes")
+    budgets = {t: budget_minutes(t, ours.get(t), given_minutes) for t in tasks}
     out = os.path.abspath(args.out)
     png = os.path.splitext(out)[0] + ".png"
     runs = os.path.abspath(args.runs)
@@ -338,7 +445,10 @@ def main(argv=None) -> int:
     result = {"rows": [], "ours_over_best_peer_success_min": None, "ours_over_act_latency": None,
               "command": "python benchmarks/peers.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
                                                                                            else argv)),
-              "settings": {"tasks": tasks, "peers": [PEERS[p] for p in peers], "minutes": args.minutes,
+              "settings": {"tasks": tasks, "peers": {PEERS[p]: ts for p, ts in peer_tasks.items()},
+                           "minutes": {t: m for t, (m, _) in budgets.items()},
+                           "minutes_from": {t: how for t, (_, how) in budgets.items()},
+                           "latency_threads": lat_threads, "latency_load": lat_loads,
                            "train_steps": args.train_steps, "batch_size": args.batch_size, "episodes": args.episodes,
                            "threads": args.threads, "image_size": args.image_size, "eval_mode": "sync",
                            "latency_obs": args.latency_obs, "act_n_action_steps": args.act_n_action_steps,
@@ -360,15 +470,23 @@ def main(argv=None) -> int:
         save()
 
     t_start = time.time()
+    missing = [f for t in tasks if t not in given and t not in lr_data for f in data[t] if not os.path.isfile(f)]
+    if missing:  # a fresh clone: the demos come from the collection stage of the recipes' own script
+        log(f"demo files missing: {[os.path.relpath(f, ROOT) for f in missing]}; collecting them")
+        rc = run_streamed([sys.executable, os.path.join(here, "multitask.py"), "--stages", "collect"], "collect",
+                          os.path.join(logs, "collect.log"), env=env)
+        if rc != 0:
+            raise SystemExit(f"benchmarks/multitask.py --stages collect exited {rc} (see {logs}/collect.log)")
     for task in tasks:
         tl = task.lower()
         # 1. export
         ds = lr_data.get(task) or os.path.abspath(os.path.join(args.exports, f"{tl}_lerobot"))
         try:
             if not os.path.isfile(os.path.join(ds, "meta", "info.json")):
-                if not os.path.isfile(data.get(task, "")):
-                    raise FileNotFoundError(f"demo file {data.get(task)} not found (--data {task}=PATH)")
-                rc = run_streamed(vla_cmd + ["data", "export", data[task], "--out", ds]
+                missing = [f for f in data[task] if not os.path.isfile(f)]
+                if missing:
+                    raise FileNotFoundError(f"demo files {missing} not found (--data {task}=PATH[,PATH...])")
+                rc = run_streamed(vla_cmd + ["data", "export", *data[task], "--out", ds]
                                   + (["--image-size", str(args.export_size)] if args.export_size else []), f"export {task}",
                                   os.path.join(logs, f"export_{tl}.log"), env=env)
                 if rc != 0:
@@ -381,18 +499,23 @@ def main(argv=None) -> int:
 
         # 2. train the peers
         trained = {}
-        for p in peers:
+        minutes = budgets[task][0]
+        for p in (p for p in peers if task in peer_tasks[p]):
             run_dir = os.path.join(runs, f"{tl}_{p}")
             summary_path = os.path.join(run_dir, "train_summary.json")
             try:
                 prev = json.load(open(summary_path)) if os.path.isfile(summary_path) else None
-                if prev and prev.get("ok") and not args.retrain:
+                same_budget = prev and abs(float(prev.get("budget_minutes") or 0) - minutes) <= 0.01 * minutes
+                if prev and prev.get("ok") and not same_budget and not args.train_steps:
+                    log(f"{task}/{PEERS[p]}: the run in {run_dir} had {prev.get('budget_minutes')} min, the budget is "
+                        f"{minutes:g} min: training again")
+                if prev and prev.get("ok") and not args.retrain and (same_budget or args.train_steps):
                     log(f"{task}/{PEERS[p]}: reusing the finished run {run_dir} (--retrain to train again)")
                 elif args.skip_train:
                     raise FileNotFoundError(f"no finished run in {run_dir} (--skip-train)")
                 else:
                     cmd = [args.peer_python, os.path.join(here, "peers", "train_lerobot.py"), "--policy", p,
-                           "--dataset", ds, "--out", run_dir, "--minutes", str(args.minutes),
+                           "--dataset", ds, "--out", run_dir, "--minutes", str(minutes),
                            "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers),
                            "--seed", str(args.seed)]
                     if os.path.isdir(os.path.join(run_dir, "train")):
@@ -404,9 +527,9 @@ def main(argv=None) -> int:
                     extra = shlex.split(args.act_args if p == "act" else args.diffusion_args)
                     if extra:
                         cmd += ["--"] + extra
-                    log(f"{task}/{PEERS[p]}: training for {args.minutes:g} min")
+                    log(f"{task}/{PEERS[p]}: training for {minutes:g} min ({budgets[task][1]})")
                     rc = run_streamed(cmd, f"train {p}", os.path.join(logs, f"train_{tl}_{p}.log"), env=env,
-                                      timeout_s=args.minutes * 60 * 2 + 900)
+                                      timeout_s=minutes * 60 * 2 + 900)
                     if rc != 0 or not os.path.isfile(summary_path):
                         raise RuntimeError(f"train_lerobot.py exited {rc}")
                 trained[p] = json.load(open(summary_path))
@@ -415,31 +538,36 @@ def main(argv=None) -> int:
                 error(f"{task}/{PEERS[p]}: train", e)
 
         # 3. serve
-        servers: dict[str, Server] = {}
         rows: dict[str, dict] = {}
-        try:
-            for p, s in trained.items():
-                cmd = [args.peer_python, os.path.join(here, "peers", "serve_lerobot.py"), "--policy", s["run_dir"],
-                       "--bind", "tcp://127.0.0.1:0", "--threads", str(args.threads)]
-                if p == "act" and args.act_n_action_steps:
-                    cmd += ["--n-action-steps", str(args.act_n_action_steps)]
-                servers[PEERS[p]] = Server(PEERS[p], cmd, os.path.join(logs, f"serve_{tl}_{p}.log"), env=env)
-                rows[PEERS[p]] = {"policy": PEERS[p], "task": task, "kind": "peer", "peer": p,
-                                  "params": s.get("params"), "train_minutes": s.get("train_minutes"),
-                                  "train_samples_per_s": s.get("samples_per_s"), "train_steps": s.get("steps_done"),
-                                  "train_batch_size": s.get("batch_size"), "train_threads": s.get("threads"),
-                                  "checkpoint": s.get("checkpoint"), "checkpoint_mb": s.get("checkpoint_mb")}
-            if task in ours:
-                name = "ours"
-                cmd = vla_cmd + ["serve", "--policy", ours[task], "--bind", "tcp://127.0.0.1:0",
-                                 "--threads", str(args.threads)]
-                servers[name] = Server(name, cmd, os.path.join(logs, f"serve_{tl}_ours.log"), env=env)
-                rows[name] = {"policy": name, "task": task, "kind": "ours", "checkpoint": os.path.abspath(ours[task]),
-                              "checkpoint_name": os.path.basename(os.path.normpath(ours[task])),
-                              "train_minutes": None, "train_samples_per_s": None, **ours_train_record(ours[task])}
-            else:
-                log(f"{task}: no --ours checkpoint; peers only")
-            addrs = {}
+        cmds: dict[str, list[str]] = {}  # name -> server command without --threads
+        for p, s in trained.items():
+            cmds[PEERS[p]] = [args.peer_python, os.path.join(here, "peers", "serve_lerobot.py"), "--policy",
+                              s["run_dir"], "--bind", "tcp://127.0.0.1:0"]
+            if p == "act" and args.act_n_action_steps:
+                cmds[PEERS[p]] += ["--n-action-steps", str(args.act_n_action_steps)]
+            rows[PEERS[p]] = {"policy": PEERS[p], "task": task, "kind": "peer", "peer": p,
+                              "params": s.get("params"), "train_minutes": s.get("train_minutes"),
+                              "train_samples_per_s": s.get("samples_per_s"), "train_steps": s.get("steps_done"),
+                              "train_batch_size": s.get("batch_size"), "train_threads": s.get("threads"),
+                              "checkpoint": s.get("checkpoint"), "checkpoint_mb": s.get("checkpoint_mb")}
+        if task in ours:
+            cmds["ours"] = vla_cmd + ["serve", "--policy", ours[task], "--bind", "tcp://127.0.0.1:0"]
+            rows["ours"] = {"policy": "ours", "task": task, "kind": "ours", "checkpoint": os.path.abspath(ours[task]),
+                            "checkpoint_name": os.path.basename(os.path.normpath(ours[task])),
+                            "train_samples_per_s": None, **ours_train_record(ours[task])}
+            rows["ours"].update(recipe_train_minutes=rows["ours"].get("train_minutes"), train_minutes=minutes,
+                                train_minutes_from=budgets[task][1])
+        else:
+            log(f"{task}: no --ours checkpoint; peers only")
+
+        def start(threads: int) -> tuple[dict, dict]:
+            """Every policy's server with `threads` torch threads -> ({name: Server}, {name: address}); a server that
+            does not come up is an error and left out."""
+            servers, addrs = {}, {}
+            for n, cmd in cmds.items():
+                servers[n] = Server(n, cmd + ["--threads", str(threads)],
+                                    os.path.join(logs, f"serve_{tl}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', n)}_t{threads}.log"),
+                                    env=env)
             for n, srv in list(servers.items()):
                 try:
                     addrs[n] = srv.wait()
@@ -449,17 +577,24 @@ def main(argv=None) -> int:
                         meta = c.hello()
                     rows[n].update(params=rows[n].get("params") or (meta.get("policy") or {}).get("parameters"),
                                    chunk_size=meta.get("chunk_size"), n_action_steps=meta.get("n_action_steps"),
-                                   nfe=(meta.get("policy") or {}).get("nfe"), threads=args.threads)
-                    log(f"{n} on {addrs[n]} (chunk {meta.get('chunk_size')}, n_action_steps {meta.get('n_action_steps')})")
+                                   nfe=(meta.get("policy") or {}).get("nfe"))
+                    log(f"{n} on {addrs[n]} ({threads} thread(s); chunk {meta.get('chunk_size')}, "
+                        f"n_action_steps {meta.get('n_action_steps')})")
                 except Exception as e:  # noqa: BLE001
                     error(f"{task}/{n}: serve", e)
                     servers.pop(n).stop()
-                    rows.pop(n, None)
+                    addrs.pop(n, None)
+            return servers, addrs
 
-            # 4. closed-loop evaluation, one policy at a time
+        def publish() -> None:
+            result["rows"] = [r for r in result["rows"] if r["task"] != task] + [r for r in rows.values()]
+            save()
+
+        # 4. closed-loop evaluation, one policy at a time
+        servers, addrs = start(args.threads)
+        try:
             for n, addr in addrs.items():
-                if n not in servers:
-                    continue
+                rows[n]["threads"] = args.threads
                 edir = os.path.join(runs, "eval", f"{tl}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', n)}")
                 try:
                     cmd = vla_cmd + ["eval", "--server", addr, "--task", task, "--episodes", str(args.episodes),
@@ -482,31 +617,52 @@ def main(argv=None) -> int:
                     log(f"{task}/{n}: success {s['success_rate']:.0%} over {s['episodes']} episodes")
                 except Exception as e:  # noqa: BLE001
                     error(f"{task}/{n}: eval", e)
-                result["rows"] = [r for r in result["rows"] if r["task"] != task] + list(rows.values())
-                save()
-
-            # 5. latency over the same observations, interleaved
-            live = {n: a for n, a in addrs.items() if n in servers and servers[n].proc.poll() is None}
-            if live and args.latency_obs > 0:
-                try:
-                    from latency import sample_observations
-
-                    src = data.get(task) if os.path.isfile(data.get(task, "")) else ds
-                    try:
-                        obs = sample_observations(src, n=args.latency_obs, seed=0, task=task)
-                    except ValueError:  # the file names its task otherwise (a LeRobot export: the instruction)
-                        obs = sample_observations(src, n=args.latency_obs, seed=0)
-                    log(f"{task}: chunk latency of {list(live)} over {len(obs)} observations of {src}, interleaved")
-                    lat = measure_latency(live, obs)
-                    for n, d in lat.items():
-                        rows[n].update(d, latency_source=src)
-                except Exception as e:  # noqa: BLE001
-                    error(f"{task}: latency", e)
-            result["rows"] = [r for r in result["rows"] if r["task"] != task] + list(rows.values())
-            save()
+                publish()
         finally:
             for srv in servers.values():
                 srv.stop()
+
+        # 5. latency over the same observations, interleaved, per thread count and background load
+        if args.latency_obs <= 0 or not cmds:
+            continue
+        try:
+            from latency import sample_observations
+
+            src = data[task][0] if os.path.isfile(data[task][0]) else ds
+            try:
+                obs = sample_observations(src, n=args.latency_obs, seed=0, task=task)
+            except ValueError:  # the file names its task otherwise (a LeRobot export: the instruction)
+                obs = sample_observations(src, n=args.latency_obs, seed=0)
+        except Exception as e:  # noqa: BLE001
+            error(f"{task}: latency observations", e)
+            continue
+        for threads in lat_threads:
+            servers, addrs = start(threads)
+            try:
+                for load in lat_loads:
+                    live = {n: a for n, a in addrs.items() if servers[n].proc.poll() is None}
+                    if not live:
+                        break
+                    log(f"{task}: chunk latency of {list(live)}, {threads} thread(s), {load} busy process(es), over "
+                        f"{len(obs)} observations of {src}, interleaved")
+                    with busy_load(load):
+                        lat = measure_latency(live, obs)
+                    for n, d in lat.items():
+                        steps = rows[n].get("n_action_steps") or rows[n].get("chunk_size")
+                        d.update(threads=threads, load=load,
+                                 action_ms_p50=d["chunk_ms_p50"] / steps if steps and d["chunk_ms_p50"] else None)
+                        rows[n].setdefault("latency", [])
+                        rows[n]["latency"] = [x for x in rows[n]["latency"]
+                                              if (x["threads"], x["load"]) != (threads, load)] + [d]
+                        if threads == args.threads and load == 0:  # the row's headline figures
+                            rows[n].update({k: v for k, v in d.items() if k not in ("threads", "load")},
+                                           latency_source=src)
+            except Exception as e:  # noqa: BLE001
+                error(f"{task}: latency ({threads} threads)", e)
+            finally:
+                for srv in servers.values():
+                    srv.stop()
+            publish()
     result["seconds"] = round(time.time() - t_start, 1)
     save()
     cols = ("policy", "task", "success", "episodes", "chunk_ms_p50", "chunk_ms_p99", "params", "train_minutes",

@@ -1,12 +1,13 @@
 """Real-time chunking under inference delay (issue 26): success and smoothness of the async control loop when each
 chunk arrives d control steps late, for each way of taking the new chunk over.
 
-    python benchmarks/rtc.py --policy Lift=vla/pretrained/lift_tiny_fast \
-        --prefix-policy Lift=vla/pretrained/lift_tiny_fast_prefix --episodes 50 --delays 2 4 6
+    python benchmarks/rtc.py --policy Lift=vla/pretrained/lift_h16_fast \
+        --prefix-policy Lift=vla/pretrained/lift_h16_fast_prefix --episodes 50 --delays 2 4 6
         # writes benchmarks/results/rtc.json and rtc.png; cells already there (same task, strategy, delay, episodes,
         # policy) are kept: an interrupted run resumes (--fresh starts over)
 
-Each policy runs behind `vla serve` (its own process, so the simulator and the model each get a core) on loopback;
+Each cell's policy runs behind its own `vla serve` process on loopback (--workers cells at a time, each with its own
+server and simulator process);
 the async loop runs it in MuJoCo at 20 Hz with `--inject-delay-ms` = d x 50 ms added to every chunk, on top of the
 model's own latency (reported: `latency_ms_p50`, and the loop's own delay estimate `rtc_delay_steps_mean`). With
 chunks of H steps and one request in flight, a round trip of d steps yields H - d new actions, so a total delay
@@ -39,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from results_io import write_json  # noqa: E402
 
+STRATEGIES = ["sync", "naive", "linear", "ensemble", "rtc", "rtc_train"]
 BLEND = {"naive": "none", "linear": "linear", "ensemble": "ensemble", "rtc": "inpaint", "rtc_train": "inpaint"}
 
 
@@ -75,36 +77,67 @@ def _pairs(items: list[str], flag: str) -> dict:
     return out
 
 
-class Servers:
-    """One `vla serve` process per policy directory, started on first use, stopped at the end."""
+class Server:
+    """`vla serve` for one policy directory in its own process, for the length of a `with` block."""
 
-    def __init__(self, threads: int):
-        self.threads, self.procs, self.meta = threads, {}, {}
+    def __init__(self, policy: str, threads: int):
+        self.policy, self.threads = policy, threads
 
-    def address(self, policy: str) -> str:
+    def __enter__(self):
         import socket
         import subprocess
 
         from robot_bridge.client import PolicyClient
 
-        if policy not in self.procs:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            addr = f"tcp://127.0.0.1:{port}"
-            proc = subprocess.Popen([sys.executable, "-m", "vla.cli", "serve", "--policy", policy, "--bind", addr,
-                                     "--threads", str(self.threads)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
-            probe = PolicyClient(addr, timeout_ms=60_000, retries=0)
-            self.meta[policy] = probe.hello()  # waits for the server to come up
-            probe.close()
-            self.procs[policy] = (proc, addr)
-        return self.procs[policy][1]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "vla.cli", "serve", "--policy", self.policy, "--bind",
+                                      self.address, "--threads", str(self.threads)], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with PolicyClient(self.address, timeout_ms=60_000, retries=0) as probe:
+                self.meta = probe.hello()  # waits for the server to come up
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
 
-    def close(self) -> None:
-        for proc, _ in self.procs.values():
-            proc.terminate()
-            proc.wait(30)
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+
+
+def run_cell(task: str, d: int, strat: str, pol: str, episodes: int, rate: float, threads: int, work: str,
+             replan: int | None = None) -> dict:
+    """One cell: serve `pol`, run `episodes` episodes of `task` in the loop with `strat` at `d` injected steps
+    (sync: a chunk every `replan` steps, default the server's n_action_steps)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from sim.remote_eval import evaluate_server
+
+    out = os.path.join(work, task, f"{strat}_d{d}")
+    mode = "sync" if strat == "sync" else "async"
+    t0 = time.time()
+    with Server(pol, threads) as srv:
+        s = evaluate_server(srv.address, task, episodes=episodes, videos=0, out_dir=out, mode=mode, rate_hz=rate,
+                            replan_every=replan if mode == "sync" else None,
+                            keep_actions=True, progress=False, blend=BLEND.get(strat, "none"),
+                            inject_delay_ms=d * 1e3 / rate if mode == "async" else 0.0)
+        chunk = srv.meta["chunk_size"]
+    cell = {"task": task, "strategy": strat, "delay_steps": d, "policy": pol, "episodes": s["episodes"],
+            "success": s["success_rate"], "mean_len": s["mean_length"], "chunk_size": chunk,
+            **({"replan_every": s.get("replan_every"), "replan_arg": replan} if mode == "sync" else {}),
+            "seconds": round(time.time() - t0, 1), **smoothness(out, task)}
+    if mode == "async":
+        loop = s.get("loop", {})
+        cell.update({"blend_used": s.get("blend_used"),
+                     **{k: loop.get(k) for k in ("latency_ms_p50", "starvation_events", "stale_dropped", "overruns",
+                                                 "rtc_delay_steps_mean", "tick_hz")}})
+    return cell
 
 
 def main() -> None:
@@ -116,66 +149,72 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--delays", type=int, nargs="+", default=[2, 4, 6], help="injected delay in control steps")
     ap.add_argument("--threads", type=int, default=1, help="the policy servers' torch threads")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="cells run at once, each with its own server and simulator process (the loop is paced by "
+                         "the 20 Hz clock, so two share the two cores)")
     ap.add_argument("--strategies", nargs="+", default=["naive", "ensemble", "rtc", "rtc_train"],
                     choices=sorted(BLEND))
+    ap.add_argument("--sync-replan", action="append", default=[], metavar="TASK=N",
+                    help="actions executed per chunk in a task's sync cell (default: the server's n_action_steps)")
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--fresh", action="store_true", help="ignore the cells already in --out")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/rtc.json"))
     args = ap.parse_args()
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    from sim.remote_eval import evaluate_server
 
     policies = _pairs(args.policy, "--policy") or {"Lift": "vla/pretrained/lift_tiny_fast"}
     prefix_policies = _pairs(args.prefix_policy, "--prefix-policy")
-    prev = {}
+    sync_replan = {t: int(n) for t, n in _pairs(args.sync_replan, "--sync-replan").items()}
+    prev, old = {}, {}
     if os.path.exists(args.out) and not args.fresh:
         with open(args.out) as f:
             old = json.load(f)
-        prev = {(c.get("task"), c["strategy"], c["delay_steps"], c.get("episodes"), c.get("policy")): c
-                for c in old.get("cells", [])}
-    res: dict = {"command": "python benchmarks/rtc.py " + " ".join(sys.argv[1:]), "rate_hz": args.rate,
-                 "episodes": args.episodes, "delays": args.delays, "cells": []}
+        prev = {(c.get("task"), c["strategy"], c["delay_steps"], c.get("episodes"), c.get("policy"),
+                 c.get("replan_arg")): c for c in old.get("cells", [])}
+    command = "python benchmarks/rtc.py " + " ".join(sys.argv[1:])
+    # several invocations may fill one file (a task per run): each one's command is kept, and so are the cells of tasks
+    # this one does not run
+    res: dict = {"command": command, "commands": [c for c in old.get("commands", []) if c != command] + [command],
+                 "rate_hz": args.rate, "delays": args.delays, "workers": args.workers,
+                 "cells": [c for c in old.get("cells", []) if c.get("task") not in policies]}
     work = os.path.join(ROOT, "eval", "rtc")
-    servers = Servers(args.threads)
+    todo = []
+    for task, policy in policies.items():
+        cells = [(0, "sync", policy)]
+        for d in args.delays:
+            for strat in args.strategies:
+                if strat == "rtc_train":
+                    if task in prefix_policies:
+                        cells.append((d, strat, prefix_policies[task]))
+                else:
+                    cells.append((d, strat, policy))
+        for d, strat, pol in cells:
+            key = (task, strat, d, args.episodes, pol, sync_replan.get(task) if strat == "sync" else None)
+            if key in prev:
+                res["cells"].append(prev[key])
+            else:
+                todo.append((task, d, strat, pol))
     t_all = time.time()
-    try:
-        for task, policy in policies.items():
-            cells = [(0, "sync", policy)]
-            for d in args.delays:
-                for strat in args.strategies:
-                    if strat == "rtc_train":
-                        if task in prefix_policies:
-                            cells.append((d, strat, prefix_policies[task]))
-                    else:
-                        cells.append((d, strat, policy))
-            for d, strat, pol in cells:
-                key = (task, strat, d, args.episodes, pol)
-                if key in prev:
-                    res["cells"].append(prev[key])
-                    continue
-                addr = servers.address(pol)
-                meta = servers.meta[pol]
-                out = os.path.join(work, task, f"{strat}_d{d}")
-                print(f"[rtc] {task}: {strat}, delay {d} steps", flush=True)
-                mode = "sync" if strat == "sync" else "async"
-                s = evaluate_server(addr, task, episodes=args.episodes, videos=0, out_dir=out, mode=mode,
-                                    rate_hz=args.rate, keep_actions=True, progress=False,
-                                    blend=BLEND.get(strat, "none"),
-                                    inject_delay_ms=d * 1e3 / args.rate if mode == "async" else 0.0)
-                cell = {"task": task, "strategy": strat, "delay_steps": d, "policy": pol, "episodes": s["episodes"],
-                        "success": s["success_rate"], "mean_len": s["mean_length"], "chunk_size": meta["chunk_size"],
-                        **smoothness(out, task)}
-                if mode == "async":
-                    loop = s.get("loop", {})
-                    cell.update({"blend_used": s.get("blend_used"),
-                                 **{k: loop.get(k) for k in ("latency_ms_p50", "starvation_events", "stale_dropped",
-                                                             "overruns", "rtc_delay_steps_mean", "tick_hz")}})
-                res["cells"].append(cell)
-                print(json.dumps(cell), flush=True)
-                write_json(args.out, {**res, "cells": res["cells"] + [c for k, c in prev.items()
-                                                                      if c not in res["cells"]]})  # kept if cut
-    finally:
-        servers.close()
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=mp.get_context("spawn")) as pool:
+        futs = {pool.submit(run_cell, task, d, strat, pol, args.episodes, args.rate, args.threads, work,
+                            sync_replan.get(task) if strat == "sync" else None):
+                (task, strat, d) for task, d, strat, pol in todo}
+        print(f"[rtc] {len(todo)} cells to run ({len(res['cells'])} kept), {args.workers} at a time", flush=True)
+        for fut in as_completed(futs):
+            task, strat, d = futs[fut]
+            try:
+                cell = fut.result()
+            except Exception as e:  # noqa: BLE001 - one failed cell keeps the others
+                print(f"[rtc] {task} {strat} d={d} FAILED: {type(e).__name__}: {e}", flush=True)
+                continue
+            res["cells"].append(cell)
+            print(f"[rtc] {time.time() - t_all:.0f} s " + json.dumps(cell), flush=True)
+            write_json(args.out, res)  # after every cell: an interrupted run resumes from here
+    tasks = list(dict.fromkeys([c["task"] for c in old.get("cells", [])] + list(policies)))
+    res["cells"].sort(key=lambda c: (tasks.index(c["task"]),
+                                     c["delay_steps"], STRATEGIES.index(c["strategy"])))
     res["seconds"] = round(time.time() - t_all, 1)
     write_json(args.out, res)
     plot(res, args.out.replace(".json", ".png"))
@@ -202,8 +241,9 @@ def plot(res: dict, path: str) -> None:
                 row[0].axhline(c["success"], color="gray", ls="--", label="sync (pause)")
                 if c["jump_ratio"]:
                     row[1].axhline(c["jump_ratio"], color="gray", ls="--", label="sync (pause)")
+        eps = sorted({c["episodes"] for c in cells})
         row[0].set(xlabel="injected delay (control steps at 20 Hz)", ylabel="success", ylim=(0, 1.05),
-                   title=f"{task}, {res['episodes']} episodes per point")
+                   title=f"{task}, {'/'.join(map(str, eps))} episodes per point")
         row[1].set(xlabel="injected delay (control steps)", ylabel="jump at switches / within chunks",
                    title="smoothness (1 = seamless)")
         row[0].legend(fontsize=8)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,3 +34,14 @@ def train_record(run_dir: str) -> dict:
     return {"steps": s["steps"], "train_minutes": round(s["train_seconds"] / 60, 1),
             "train_samples_per_s": round(s["samples_per_s"], 1), "parameters": s["parameters"],
             "threads": s.get("threads")}
+
+
+def ship(log: list[str], src: str, dst: str, reproduce: str) -> None:
+    """src -> dst in fp16 (written to dst.tmp, then renamed), with the command that reproduces it in config.json's
+    "reproduce" field."""
+    tmp = dst + ".tmp"
+    shutil.rmtree(os.path.join(ROOT, tmp), ignore_errors=True)
+    run([VLA, "export", "--policy", src, "--out", tmp, "--dtype", "float16", "--note", f"reproduce={reproduce}"], log)
+    shutil.rmtree(os.path.join(ROOT, dst), ignore_errors=True)
+    os.replace(os.path.join(ROOT, tmp), os.path.join(ROOT, dst))
+    log[-1] = log[-1].replace(tmp, dst)

@@ -281,3 +281,53 @@ def test_two_arm_absolute_joint_dataset_with_three_cameras_trains_and_records_it
         FeatureMap(cameras={}, state=("s",), arms=({"name": "a", "dims": [0, 7]}, {"name": "b", "dims": [7]}))
     with pytest.raises(ValueError, match=r"must tile the action from 0"):
         FeatureMap(cameras={}, state=("s",), arms=({"name": "a", "dims": [0, 7]}, {"name": "b", "dims": [8, 14]}))
+
+
+@pytest.mark.slow
+def test_a_policy_trained_by_lerobot_serves_behind_our_protocol(tmp_path):
+    """Issue 25's adapter: LeRobot's ACT, trained by LeRobot's own trainer (3 steps) on our export, served by
+    benchmarks/peers/serve_lerobot.py in the peer venv, answers our torch-free client with a chunk of the dataset's
+    action size; a malformed request gets an error naming the field and the server keeps serving."""
+    if not os.path.exists(os.path.join(PEERS_VENV, ".installed")):
+        pytest.skip(f"no complete peer venv at {PEERS_VENV} (`make peers`)")
+    import re
+    import signal
+
+    from robot_bridge.client import PolicyClient
+    from robot_bridge.protocol import ServerError
+
+    root = str(tmp_path / "data")
+    export_lerobot(_demos(n=3), root, fps=10, video=False)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
+    r = subprocess.run([PEERS_PY, os.path.join(REPO, "benchmarks/peers/train_lerobot.py"), "--policy", "act",
+                        "--dataset", root, "--out", str(tmp_path / "act"), "--minutes", "5", "--steps", "3",
+                        "--batch-size", "2", "--num-workers", "0"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.load(open(tmp_path / "act" / "train_summary.json"))
+    assert summary["ok"] and summary["steps_done"] == 3
+    proc = subprocess.Popen([PEERS_PY, os.path.join(REPO, "benchmarks/peers/serve_lerobot.py"), "--policy",
+                             str(tmp_path / "act"), "--bind", "tcp://127.0.0.1:0", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        addr, seen = None, []
+        for line in proc.stdout:
+            seen.append(line)
+            m = re.search(r"\[serve_lerobot\] .* on (tcp://[0-9.]+:\d+)", line)
+            if m:
+                addr = m.group(1)
+                break
+        assert addr, "".join(seen)[-3000:]
+        with PolicyClient(addr, timeout_ms=60_000, retries=0) as c:
+            meta = c.hello()
+            assert meta["action_dim"] == 6 and meta["state_dim"] == 8
+            assert sorted(meta["cameras"]) == ["front", "wrist"]
+            obs = {"images": {"front": np.zeros((48, 64, 3), np.uint8), "wrist": np.zeros((64, 64, 3), np.uint8)},
+                   "state": np.zeros(8, np.float32), "instruction": "stack the thing 0"}
+            a = c.infer(obs)["actions"]
+            assert a.shape == (meta["chunk_size"], 6) and np.isfinite(a).all()
+            with pytest.raises(ServerError, match="state"):
+                c.infer({**obs, "state": np.zeros(5, np.float32)})  # the wrong size
+            assert c.infer(obs)["actions"].shape == a.shape  # still serving
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)

@@ -180,7 +180,8 @@ def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(
 
     teacher = tmp_path / "teacher"
     train(_cfg(dataset, teacher, steps=2, data=DataConfig(paths=(dataset,), augment_shift=0, augment_color=0.25,
-                                                          task_sampling="weighted", task_weights={"Lift": 2.0, "PickColor": 1.0})),
+                                                          task_sampling="weighted", task_weights={"Lift": 2.0, "PickColor": 1.0}),
+               n_action_steps=4),
           progress=False)
     out = tmp_path / "student"
     rc = main(["distill", "--teacher", str(teacher / "policy"), "--out", str(out), "--steps", "2", "--no-progress",
@@ -194,6 +195,7 @@ def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(
     assert cfg["train"]["data"]["augment_color"] == 0.25
     assert (cfg["train"]["data"]["task_sampling"], cfg["train"]["data"]["task_weights"]) == ("weighted", {"Lift": 2.0, "PickColor": 1.0})
     assert cfg["train"]["steps"] == 2
+    assert cfg["n_action_steps"] == 4  # served as the teacher was (its actions executed per chunk)
     Policy.from_pretrained(str(out / "policy")).predict_action_chunk(
         {"images": {c: np.zeros((32, 32, 3), np.uint8) for c in ("agentview", "wrist")},
          "state": np.zeros(9, np.float32), "instruction": "lift the cube"})

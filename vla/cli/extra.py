@@ -45,6 +45,9 @@ def _cmd_distill(args) -> int:
     for key in carried:
         if key in teacher_data and f"data.{key}" not in user_keys:
             extra["data"][key] = teacher_data[key]
+    # and it serves as the teacher was measured: the same actions executed per chunk
+    if config.get("n_action_steps") is not None and "n_action_steps" not in user_keys:
+        extra["n_action_steps"] = config["n_action_steps"]
     if args.lora_rank:
         extra["lora_rank"] = args.lora_rank
     args.init = None
