@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, cmd_str, run, ship, train_record  # noqa: E402
+from vla_runs import ROOT, VLA, cmd_str, run, ship, train_record, train_run  # noqa: E402
 
 TASKS = ["Lift", "PickColor", "Stack", "StackColor", "PickPlaceCan"]
 CONFIG = "multitask_tiny_release"
@@ -72,11 +72,7 @@ def collect(log: list[str]) -> None:
 
 
 def train(log: list[str]) -> None:
-    cmd = [VLA, "train", "--config", CONFIG, "--no-progress"]
-    done = os.path.exists(os.path.join(ROOT, RUN, "policy", "model.safetensors"))
-    if not done and os.path.exists(os.path.join(ROOT, RUN, "checkpoints", "LATEST")):
-        cmd.append("--resume")  # an interrupted run
-    run(cmd, log, done=f"{RUN}/policy exists" if done else None)
+    train_run([VLA, "train", "--config", CONFIG, "--no-progress"], RUN, log)
 
 
 def _evaluated(out: str, policy: str, episodes: int) -> bool:
@@ -148,12 +144,8 @@ def main() -> None:
         write_json(os.path.join(ROOT, OUT), res)
     if "distill" in stages:
         cmds["distill"] = []
-        cmd = [VLA, "distill", "--teacher", SHIPPED, "--out", STUDENT_RUN, "--steps", str(args.distill_steps),
-               "--no-progress"]
-        done = os.path.exists(os.path.join(ROOT, STUDENT_RUN, "policy", "model.safetensors"))
-        if not done and os.path.exists(os.path.join(ROOT, STUDENT_RUN, "checkpoints", "LATEST")):
-            cmd.append("--resume")  # an interrupted run
-        run(cmd, cmds["distill"], done=f"{STUDENT_RUN}/policy exists" if done else None)
+        train_run([VLA, "distill", "--teacher", SHIPPED, "--out", STUDENT_RUN, "--steps", str(args.distill_steps),
+                   "--no-progress"], STUDENT_RUN, cmds["distill"])
         res["student_training"] = train_record(STUDENT_RUN)
         ship(cmds["distill"], f"{STUDENT_RUN}/policy", STUDENT,
              f"python benchmarks/multitask.py --stages collect,train,ship,distill --distill-steps {args.distill_steps}")

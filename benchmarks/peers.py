@@ -91,21 +91,12 @@ def per_task_raw(values: list[str] | None, tasks: list[str], what: str) -> dict:
 def per_task(values: list[str] | None, tasks: list[str], default: dict | str | None, what: str) -> dict:
     """['Lift=path', ...] or ['path'] (every task) -> {task: absolute path}; str defaults may hold {task} (lower case)
     and are relative to the repository root, given paths to the current directory."""
-    out = {}
-    for v in values or []:
-        if "=" in v:
-            t, p = v.split("=", 1)
-            out[t] = os.path.abspath(p)
-        else:
-            out.update({t: os.path.abspath(v) for t in tasks})
+    out = {t: os.path.abspath(p) for t, p in per_task_raw(values, tasks, what).items()}
     for t in tasks:
         if t not in out and default is not None:
             d = default.get(t) if isinstance(default, dict) else default.format(task=t.lower())
             if d:
                 out[t] = d
-    unknown = set(out) - set(tasks)
-    if unknown:
-        raise SystemExit(f"--{what}: tasks {sorted(unknown)} are not in --tasks {tasks}")
     return out
 
 
@@ -505,11 +496,13 @@ def main(argv=None) -> int:
             summary_path = os.path.join(run_dir, "train_summary.json")
             try:
                 prev = json.load(open(summary_path)) if os.path.isfile(summary_path) else None
-                same_budget = prev and abs(float(prev.get("budget_minutes") or 0) - minutes) <= 0.01 * minutes
-                if prev and prev.get("ok") and not same_budget and not args.train_steps:
+                finished = bool(prev and prev.get("ok"))
+                same_budget = finished and abs(float(prev.get("budget_minutes") or 0) - minutes) <= 0.01 * minutes
+                reusable = finished and (same_budget or bool(args.train_steps))
+                if finished and not reusable:
                     log(f"{task}/{PEERS[p]}: the run in {run_dir} had {prev.get('budget_minutes')} min, the budget is "
                         f"{minutes:g} min: training again")
-                if prev and prev.get("ok") and not args.retrain and (same_budget or args.train_steps):
+                if reusable and not args.retrain:
                     log(f"{task}/{PEERS[p]}: reusing the finished run {run_dir} (--retrain to train again)")
                 elif args.skip_train:
                     raise FileNotFoundError(f"no finished run in {run_dir} (--skip-train)")
@@ -651,8 +644,7 @@ def main(argv=None) -> int:
                         steps = rows[n].get("n_action_steps") or rows[n].get("chunk_size")
                         d.update(threads=threads, load=load,
                                  action_ms_p50=d["chunk_ms_p50"] / steps if steps and d["chunk_ms_p50"] else None)
-                        rows[n].setdefault("latency", [])
-                        rows[n]["latency"] = [x for x in rows[n]["latency"]
+                        rows[n]["latency"] = [x for x in rows[n].get("latency", [])
                                               if (x["threads"], x["load"]) != (threads, load)] + [d]
                         if threads == args.threads and load == 0:  # the row's headline figures
                             rows[n].update({k: v for k, v in d.items() if k not in ("threads", "load")},

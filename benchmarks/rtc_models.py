@@ -22,16 +22,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, run, ship, train_record  # noqa: E402
+from vla_runs import ROOT, VLA, ship, train_record, train_run  # noqa: E402
 
 CONFIG = "configs/train/lift_tiny_h16.yaml"
 TEACHER = "runs/lift_tiny_h16"
 STUDENTS = {"student": ("runs/lift_h16_fast", "vla/pretrained/lift_h16_fast", []),
             "prefix": ("runs/lift_h16_fast_prefix", "vla/pretrained/lift_h16_fast_prefix", ["--set", "prefix_prob=0.5"])}
-
-
-def _done(run_dir: str) -> bool:
-    return os.path.exists(os.path.join(ROOT, run_dir, "policy", "model.safetensors"))
 
 
 def main(argv=None) -> int:
@@ -40,16 +36,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "rtc_models.json"))
     args = ap.parse_args(argv)
     cmds: dict[str, list[str]] = {"teacher": []}
-    cmd = [VLA, "train", "--config", CONFIG, "--no-progress"]
-    if not _done(TEACHER) and os.path.exists(os.path.join(ROOT, TEACHER, "checkpoints", "LATEST")):
-        cmd.append("--resume")
-    run(cmd, cmds["teacher"], done=f"{TEACHER}/policy exists" if _done(TEACHER) else None)
+    train_run([VLA, "train", "--config", CONFIG, "--no-progress"], TEACHER, cmds["teacher"])
     record = {"teacher": train_record(TEACHER)}
     for name, (run_dir, shipped, extra) in STUDENTS.items():
         cmds[name] = []
-        cmd = [VLA, "distill", "--teacher", f"{TEACHER}/policy", "--out", run_dir, "--steps", str(args.distill_steps),
-               "--no-progress", *extra]
-        run(cmd, cmds[name], done=f"{run_dir}/policy exists" if _done(run_dir) else None)
+        train_run([VLA, "distill", "--teacher", f"{TEACHER}/policy", "--out", run_dir, "--steps",
+                   str(args.distill_steps), "--no-progress", *extra], run_dir, cmds[name])
         ship(cmds[name], f"{run_dir}/policy", shipped,
              f"python benchmarks/rtc_models.py --distill-steps {args.distill_steps}")
         record[name] = {**train_record(run_dir), "shipped": shipped}

@@ -27,6 +27,20 @@ def run(cmd: list[str], log: list[str], done: str | None = None) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+def policy_done(run_dir: str) -> bool:
+    """`vla train` / `vla distill` finished in run_dir: its policy/ weights are written."""
+    return os.path.exists(os.path.join(ROOT, run_dir, "policy", "model.safetensors"))
+
+
+def train_run(cmd: list[str], run_dir: str, log: list[str]) -> None:
+    """A `vla train` / `vla distill` command writing run_dir: skipped when its policy exists, resumed (--resume) when
+    an interrupted run left checkpoints."""
+    done = policy_done(run_dir)
+    if not done and os.path.exists(os.path.join(ROOT, run_dir, "checkpoints", "LATEST")):
+        cmd = [*cmd, "--resume"]  # an interrupted run
+    run(cmd, log, done=f"{run_dir}/policy exists" if done else None)
+
+
 def train_record(run_dir: str) -> dict:
     """What <run_dir>/train_summary.json (written by `vla train` / `vla distill`) says about the run."""
     with open(os.path.join(ROOT, run_dir, "train_summary.json")) as f:
