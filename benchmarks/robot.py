@@ -1,6 +1,8 @@
 """Robot server figures against franky-sim: command-to-apply latency, watchdog reaction, sustained command rate.
 
     python benchmarks/robot.py [--latency-commands 400] [--rates 50,200,500] [--watchdog-trials 10]
+    python benchmarks/robot.py --part adapter-faults [--fault-trials 5]   # only the adapter-fault figures below,
+                                                                         # merged into the existing robot.json
 
 Starts franky-sim (robot_bridge.robots.franky_sim) and `vla robot-server --robot franka` as separate processes,
 drives them with a RobotClient, and writes benchmarks/results/robot.json:
@@ -10,7 +12,24 @@ drives them with a RobotClient, and writes benchmarks/results/robot.json:
                               one control period); the client-side view (last send -> hold) is reported too
   franky_sim_rate_hz          the highest fire-and-forget command rate the server applied >= 95 % of
 and the fault figures of benchmarks/robot_faults.py (orientation_overrun_rad, pose_fault_reaction_ms,
-policy_loss_to_hold_ms, honest_throughput_ratio_under_overflow_attack; see there).
+policy_loss_to_hold_ms, honest_throughput_ratio_under_overflow_attack; see there), and its adapter-fault figures:
+  adapter_exception_to_stop_ms  a RuntimeError raised in the adapter on each path (apply, get_state, watchdog hold,
+                                reset, e-stop) -> the server's strongest stop issued; max over paths (target <= one
+                                state period)
+  nan_measurement_to_fault_ms   NaN injected into the measured position -> the pose monitor's fault (target <= one
+                                state period)
+  estop_during_homing_ms        e-stop sent 0.1 s into a homing move (default dynamics 0.3) -> the stop issued
+                                (target <= watchdog + one period); estop_during_homing_braked_ms: -> the reply
+                                (franka's stop returns once the arm braked to rest)
+  joint_mode_ee_step_mm_max     joint_delta commands, all joints at the full joint step: the largest end-effector
+                                step of a command, from its reference to its target (forward kinematics; as the
+                                end-effector modes' max_translation counts it; target <= their 10 mm); _measured: the
+                                arm's measured move between two commands (it includes catching up on the target's
+                                lead), next to eef_mode_ee_step_mm_max_measured, the same protocol in eef_delta;
+                                without the bound (no kinematics) in details
+  control_thread_deaths         control threads found dead after any of these faults (target 0)
+With --part adapter-faults only those run; the other fields of robot.json stay as their run wrote them, and the
+command is recorded as command_adapter_faults.
 """
 
 from __future__ import annotations
@@ -127,8 +146,12 @@ def main() -> int:
     p.add_argument("--period-ms", type=float, default=50.0, help="the control period the goal refers to (20 Hz)")
     p.add_argument("--fault-trials", type=int, default=5, help="pose-fault and policy-loss trials")
     p.add_argument("--attack-seconds", type=float, default=20.0, help="per condition of the overflow attack")
+    p.add_argument("--joint-commands", type=int, default=200, help="joint-mode end-effector step: commands")
+    p.add_argument("--part", choices=["all", "adapter-faults"], default="all")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "robot.json"))
     args = p.parse_args()
+    if args.part == "adapter-faults":
+        return adapter_faults_only(args)
 
     port, sport = _free_port(), _free_port()
     cmd = [sys.executable, "-m", "vla.cli", "robot-server", "--robot", "franka", "--robot-ip", "127.0.0.1",
@@ -159,6 +182,7 @@ def main() -> int:
         rot_unbounded = robot_faults.orientation_overrun(previous_defaults=True)
         pose = robot_faults.pose_fault_reaction(args.fault_trials)
         loss = robot_faults.policy_loss_to_hold(args.fault_trials, args.period_ms)
+        adapter = _adapter_faults(args)
     attack = robot_faults.overflow_attack(args.attack_seconds)
     ok = [r for r in rates if r["fraction"] >= 0.95]
     load = os.getloadavg()
@@ -175,16 +199,57 @@ def main() -> int:
         "pose_fault_stopped_ms": pose["stopped_max"],
         "policy_loss_to_hold_ms": loss["max"],
         "honest_throughput_ratio_under_overflow_attack": attack["ratio"],
+        **_adapter_fields(adapter),
         "command": "python benchmarks/robot.py " + " ".join(sys.argv[1:]),
         "details": {"latency": lat, "watchdog": wd, "rates": rates, "robot_status": status["status"],
                     "orientation": {"bounded": rot, "unbounded": rot_unbounded}, "pose_fault": pose,
-                    "policy_loss": loss, "overflow_attack": attack,
+                    "policy_loss": loss, "overflow_attack": attack, "adapter_faults": adapter,
                     "load_average_1m": load[0], "cpus": os.cpu_count(),
                     "note": "franky-sim and the robot server are separate processes on this machine; latency is "
                             "client send -> franky's move() returned in the adapter (not the arm's motion)"},
     }
     write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "details"}, indent=2))
+    return 0
+
+
+def _adapter_faults(args) -> dict:
+    """The adapter-fault measurements (robot_faults), on the running franky-sim."""
+    return {"exceptions": robot_faults.adapter_exception_to_stop(args.fault_trials),
+            "nan": robot_faults.nan_measurement_to_fault(args.fault_trials),
+            "homing": robot_faults.estop_during_homing(max(1, args.fault_trials // 2)),
+            "joint_mode": robot_faults.joint_mode_ee_step(args.joint_commands),
+            "joint_mode_unbounded": robot_faults.joint_mode_ee_step(args.joint_commands, bounded=False),
+            "eef_mode": robot_faults.joint_mode_ee_step(args.joint_commands, eef=True),
+            "state_period_ms": 1e3 / 50.0, "watchdog_ms": 100.0, "load_average_1m": os.getloadavg()[0]}
+
+
+def _adapter_fields(d: dict) -> dict:
+    return {"adapter_exception_to_stop_ms": d["exceptions"]["max"],
+            "nan_measurement_to_fault_ms": d["nan"]["max"],
+            "estop_during_homing_ms": d["homing"]["max"],
+            "estop_during_homing_braked_ms": d["homing"]["reply_max"],
+            "joint_mode_ee_step_mm_max": d["joint_mode"]["step_mm_max"],
+            "joint_mode_ee_step_mm_max_measured": d["joint_mode"]["measured_mm_max"],
+            "eef_mode_ee_step_mm_max_measured": d["eef_mode"]["measured_mm_max"],
+            "control_thread_deaths": sum(d[k]["control_thread_deaths"] for k in
+                                         ("exceptions", "nan", "homing", "joint_mode", "joint_mode_unbounded",
+                                          "eef_mode"))}
+
+
+def adapter_faults_only(args) -> int:
+    """--part adapter-faults: measure those figures and merge them into the existing results (written atomically)."""
+    with FrankySim("127.0.0.1"):
+        adapter = _adapter_faults(args)
+    result = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            result = json.load(f)
+    result.update(_adapter_fields(adapter))
+    result["command_adapter_faults"] = "python benchmarks/robot.py " + " ".join(sys.argv[1:])
+    result.setdefault("details", {})["adapter_faults"] = adapter
+    write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in _adapter_fields(adapter)}, indent=2))
     return 0
 
 

@@ -69,13 +69,64 @@ def rpy_to_quat(rpy: np.ndarray) -> np.ndarray:
     ])
 
 
-def quat_to_rpy(q: np.ndarray) -> np.ndarray:
-    """xyzw -> fixed-axis roll, pitch, yaw (radians), pitch in [-pi/2, pi/2]."""
+def quat_to_matrix(q: np.ndarray) -> np.ndarray:
+    """xyzw (4,) -> rotation matrix (3, 3)."""
     x, y, z, w = quat_normalize(q)
-    roll = np.arctan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
-    pitch = np.arcsin(np.clip(2 * (w * y - z * x), -1.0, 1.0))
-    yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-    return np.array([roll, pitch, yaw])
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def matrix_to_quat(m: np.ndarray) -> np.ndarray:
+    """Rotation matrix (3, 3) -> xyzw (4,) (Shepperd's method: stable for every rotation)."""
+    m = np.asarray(m, dtype=np.float64)
+    tr = m[0, 0] + m[1, 1] + m[2, 2]
+    if tr > 0:
+        s = 2.0 * np.sqrt(tr + 1.0)
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
+    else:
+        s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
+    return quat_normalize(np.array(q))
+
+
+def quat_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """The angle (rad, 0..pi) of the rotation between two xyzw quaternions."""
+    d = abs(float(np.dot(quat_normalize(a), quat_normalize(b))))
+    return float(2.0 * np.arccos(min(1.0, d)))
+
+
+def quat_to_rpy(q: np.ndarray) -> np.ndarray:
+    """xyzw -> fixed-axis roll, pitch, yaw (radians), pitch in [-pi/2, pi/2]. At pitch +-pi/2 (gimbal lock) only
+    yaw -+ roll is defined: roll is set to 0 and yaw carries the whole turn, so rpy_to_quat gives the rotation back."""
+    m = quat_to_matrix(q)
+    c = float(np.hypot(m[0, 0], m[1, 0]))  # cos(pitch) >= 0
+    pitch = float(np.arctan2(-m[2, 0], c))
+    if c > 1e-9:
+        return np.array([np.arctan2(m[2, 1], m[2, 2]), pitch, np.arctan2(m[1, 0], m[0, 0])])
+    # R = Rz(yaw) Ry(+-pi/2) Rx(roll): with roll = 0, m[0, 1] = -sin(yaw) and m[1, 1] = cos(yaw)
+    return np.array([0.0, pitch, np.arctan2(-m[0, 1], m[1, 1])])
+
+
+def dh_forward(q: np.ndarray, dh: tuple[tuple[float, float, float], ...], tool: np.ndarray) -> tuple[np.ndarray,
+                                                                                                      np.ndarray]:
+    """Forward kinematics by modified (Craig) Denavit-Hartenberg parameters: q (n,) rad, dh n rows of (a_{i-1},
+    d_i, alpha_{i-1}), tool (4, 4) the flange -> end effector transform. -> (position (3,) m, quat xyzw (4,))."""
+    t = np.eye(4)
+    for qi, (a, d, alpha) in zip(np.asarray(q, np.float64), dh):
+        ca, sa, ct, st = np.cos(alpha), np.sin(alpha), np.cos(qi), np.sin(qi)
+        t = t @ np.array([[ct, -st, 0.0, a], [st * ca, ct * ca, -sa, -d * sa], [st * sa, ct * sa, ca, d * ca],
+                          [0.0, 0.0, 0.0, 1.0]])
+    t = t @ tool
+    return t[:3, 3].copy(), matrix_to_quat(t[:3, :3])
 
 
 def apply_delta(pos: np.ndarray, quat: np.ndarray, dpos: np.ndarray, drot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,8 @@ Requests (client DEALER -> server ROUTER; "v": ROBOT_PROTOCOL_VERSION, "kind", "
     release                             -> release {status}
     status                              -> status {status}
 Every failure -> error {code, message}. State publications (server PUB): state {state, mode, counters, ...}.
+An observer key (CurveZMQ) may send hello, observe, status and estop; its command, reset and release are refused
+with `unauthorized`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from robot_bridge import protocol as P
 
 ROBOT_PROTOCOL_VERSION = 1
 REQUEST_KINDS = ("hello", "command", "observe", "reset", "estop", "release", "status")
-MODES = ("idle", "active", "holding", "estopped", "fault")
-DROP_REASONS = ("superseded", "stale", "future", "estopped", "fault")
+MODES = ("idle", "active", "holding", "homing", "estopped", "fault")
+DROP_REASONS = ("superseded", "stale", "future", "estopped", "fault", "homing")
+COMMANDER_KINDS = ("command", "reset", "release")  # refused to observer keys
 
 
 class RobotErrorCode(P.ErrorCode):
@@ -31,6 +34,8 @@ class RobotErrorCode(P.ErrorCode):
     ESTOPPED = "estopped"  # the request needs a released robot
     ROBOT_FAULT = "robot_fault"  # the arm or its controller raised
     UNSUPPORTED = "unsupported"  # e.g. reset with a seed on hardware
+    UNAUTHORIZED = "unauthorized"  # an observer key asked to command, reset or release
+    BUSY = "busy"  # a reset (homing) is running: wait for its reply, or e-stop
 
 
 @dataclass

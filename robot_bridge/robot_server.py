@@ -6,13 +6,25 @@ thread-safe). Camera frames for `observe` replies are read on a second thread, s
 command or the watchdog; its replies return through a queue plus a wake-up pipe, like PolicyServer's.
 
 Modes: idle (connected, no command yet; after reset/release) -> active (commands flowing) -> holding (watchdog:
-no valid command for watchdog_ms) -> active again on the next valid command. estopped and fault latch until
-`release`. A malformed message costs an error reply, never the server.
+no valid command for watchdog_ms) -> active again on the next valid command; homing (a reset's long move, polled
+every tick: e-stop, watchdog and pose monitor keep their latency). estopped and fault latch until `release`. A
+malformed message costs an error reply, never the server.
 
-Pose monitor: every state tick the measured pose is checked (Robot.pose_violation: the end effector against the
-workspace box, the joints against their limits). Leaving them stops the arm (Robot.stop) and latches a fault, logged
-and counted (`pose_faults`). After a release the arm may walk back in, never further out: the monitor faults again
-as soon as the violation grows past what it was at the release.
+Faults: any exception an adapter raises, on any path (command, e-stop, state tick, watchdog hold, reset, observe),
+stops the arm by the strongest means it has (Robot.stop, else Robot.hold), latches a fault naming the path and the
+exception, is counted (`faults`, `adapter_exceptions`) and published; the server keeps answering state and e-stop.
+An e-stop whose stop call raised is latched all the same (its reply carries `stop_failed`). The control loop runs
+under a supervisor: an exception that escapes it is counted (`control_loop_restarts`), faults the arm, and the loop
+starts again; the control thread does not die.
+
+Pose monitor: every state tick the measured state is checked (Robot.pose_violation): a non-finite or impossible
+measurement, the end effector against the workspace box per axis, every joint against its limits. Leaving them
+stops the arm (Robot.stop) and latches a fault, logged and counted (`pose_faults`). After a release (or at start-up)
+the arm may walk back in, never further out: the allowance is per axis and per joint, and shrinks as the arm comes
+back.
+
+Roles (with CurveZMQ keys): a key in `authorized_keys` commands; a key in `observer_keys` only reads (hello,
+observe, status, state publications) and may e-stop; its command, reset and release are refused (`unauthorized`).
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import zmq
 from robot_bridge import protocol as P
 from robot_bridge import robot_protocol as RP
 from robot_bridge.lifecycle import serve_until_signal
-from robot_bridge.robots.base import RobotError, RobotStopped
+from robot_bridge.robots.base import RobotStopped
 from robot_bridge.safety import UnsafeAction
 from robot_bridge.security import ServerAuth, ServerKeys, check_bind
 
@@ -49,6 +61,7 @@ class RobotServerConfig:
     max_message_bytes: int = 1 << 20
     server_secret_key: str | None = None  # CurveZMQ: the server's .key_secret
     authorized_keys: str | None = None  # CurveZMQ: client .key file or directory (the allow-list)
+    observer_keys: str | None = None  # CurveZMQ: client .key file or directory that may read state, not command
     insecure: bool = False  # allow a non-loopback bind without keys
     name: str | None = None
 
@@ -63,11 +76,11 @@ class RobotServerConfig:
             raise ValueError(f"watchdog_ms: expected 5..10000, got {self.watchdog_ms}")
         if not self.max_command_age_ms > 0 or self.max_clock_skew_ms < 0:
             raise ValueError("max_command_age_ms: expected > 0; max_clock_skew_ms: expected >= 0")
-        ServerKeys.from_args(self.server_secret_key, self.authorized_keys)  # both or neither
+        ServerKeys.from_args(self.server_secret_key, self.authorized_keys, self.observer_keys)  # both or neither
 
     @property
     def keys(self) -> ServerKeys | None:
-        return ServerKeys.from_args(self.server_secret_key, self.authorized_keys)
+        return ServerKeys.from_args(self.server_secret_key, self.authorized_keys, self.observer_keys)
 
     def resolved_state_bind(self) -> str:
         if self.state_bind:
@@ -96,7 +109,10 @@ class RobotServer:
         self.watchdog = {"ms": self.config.watchdog_ms, "events": 0, "last_reaction_ms": None,
                          "max_reaction_ms": None, "t_hold": None}
         self.pose_monitor = {"events": 0, "last": None, "last_reaction_ms": None}
-        self._pose_allowance: dict[str, float] = {}  # after a release outside the limits: kind -> excess allowed
+        self._pose_allowance: dict = {}  # after a release outside the limits: "workspace" (3,) m, "joints" (n,) rad
+        self.last_fault: dict | None = None  # {"path", "error", "t", "stop"}: the latest adapter exception
+        self._pending_reset: tuple | None = None  # (envelope, request, poll function) while homing
+        self._publishing = False
         self.last_applied: dict | None = None
         self.auth: ServerAuth | None = None
         self._last_valid: float | None = None  # time.monotonic() of the last applied command
@@ -115,6 +131,7 @@ class RobotServer:
     def start(self) -> "RobotServer":
         if self._thread is not None:
             return self
+        self.robot.stop_horizon_s = self.config.watchdog_ms / 1e3 + 1.0 / self.config.rate_hz
         self._thread = threading.Thread(target=self._run, name="robot-server", daemon=True)
         self._thread.start()
         self._ready.wait(60.0)
@@ -124,6 +141,7 @@ class RobotServer:
             raise RuntimeError(f"robot server could not start on {self.config.bind}: {err}") from err
         self._observer = threading.Thread(target=self._observe_worker, name="robot-observer", daemon=True)
         self._observer.start()
+        threading.Thread(target=self._guard, args=(self._thread,), name="robot-guard", daemon=True).start()
         log.info("robot server (%s) on %s, state on %s; watchdog %.0f ms, commands older than %.0f ms dropped%s",
                  self.robot.name, self.address, self.state_address, self.config.watchdog_ms,
                  self.config.max_command_age_ms, "; CurveZMQ" if self.auth else "")
@@ -139,6 +157,25 @@ class RobotServer:
             self._jobs.put(None)
             self._observer.join(timeout)
             self._observer = None
+
+    def _guard(self, thread: threading.Thread) -> None:
+        """Last resort, should the control thread ever end without stop() (the supervisor makes that unlikely): stop
+        the arm from here and end serve_forever, rather than leave a server that answers and stops nothing."""
+        thread.join()
+        if self._exit.is_set():
+            return
+        self.counts["control_thread_deaths"] += 1
+        log.critical("the control thread died; stopping the arm and the server")
+        try:
+            self.robot.stop()
+        except Exception:  # noqa: BLE001
+            log.exception("stopping the arm after the control thread died failed")
+        self._exit.set()
+
+    @property
+    def alive(self) -> bool:
+        """The control thread runs (False before start and after stop)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def serve_forever(self, on_start=None) -> None:
         """Block until SIGINT/SIGTERM (handlers installed before the start: no window) or stop()."""
@@ -191,39 +228,22 @@ class RobotServer:
             return
         self._router, self._pub = router, pub
         self._ready.set()
-        period = 1.0 / self.config.rate_hz
-        next_pub = time.monotonic()
+        self._next_pub = time.monotonic()
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         try:
-            while not self._exit.is_set():
-                now = time.monotonic()
-                wait = next_pub - now
-                if self.mode == "active" and self._last_valid is not None:
-                    wait = min(wait, self._last_valid + self.config.watchdog_ms / 1e3 - now)
-                events = dict(poller.poll(max(0, int(wait * 1e3 + 0.999))))
-                if events.get(self._wake_r):
+            while not self._exit.is_set():  # the supervisor: the loop never ends by an exception
+                try:
+                    self._loop(poller)
+                except Exception as e:  # noqa: BLE001 - whatever escaped: fault the arm, start the loop again
+                    self.counts["control_loop_restarts"] += 1
+                    log.exception("control loop raised; restarting it")
                     try:
-                        os.read(self._wake_r, 65536)
-                    except BlockingIOError:
-                        pass
-                self._flush()
-                if events.get(router):
-                    batch = []
-                    for _ in range(256):
-                        try:
-                            batch.append(router.recv_multipart(zmq.NOBLOCK))
-                        except zmq.Again:
-                            break
-                    self._process(batch)
-                self._check_watchdog()
-                now = time.monotonic()
-                if now >= next_pub:
-                    self._publish()
-                    next_pub += period
-                    if next_pub < now:  # fell behind (a slow robot call): re-anchor, don't burst
-                        next_pub = now + period
+                        self._fault(e, "control loop")
+                    except Exception:  # noqa: BLE001 - the fault path itself failed: keep the thread alive
+                        log.exception("faulting after a control loop error failed")
+                    time.sleep(0.001)
         finally:
             try:
                 self.robot.hold()
@@ -235,6 +255,38 @@ class RobotServer:
             if self.auth:
                 self.auth.stop()
             ctx.term()
+
+    def _loop(self, poller: zmq.Poller) -> None:
+        period = 1.0 / self.config.rate_hz
+        router = self._router
+        while not self._exit.is_set():
+            now = time.monotonic()
+            wait = self._next_pub - now
+            if self.mode == "active" and self._last_valid is not None:
+                wait = min(wait, self._last_valid + self.config.watchdog_ms / 1e3 - now)
+            events = dict(poller.poll(max(0, int(wait * 1e3 + 0.999))))
+            if events.get(self._wake_r):
+                try:
+                    os.read(self._wake_r, 65536)
+                except BlockingIOError:
+                    pass
+            self._flush()
+            if events.get(router):
+                batch = []
+                for _ in range(256):
+                    try:
+                        batch.append(router.recv_multipart(zmq.NOBLOCK, copy=False))
+                    except zmq.Again:
+                        break
+                self._process(batch)
+            self._check_watchdog()
+            self._poll_reset()
+            now = time.monotonic()
+            if now >= self._next_pub:
+                self._publish()
+                self._next_pub += period
+                if self._next_pub < now:  # fell behind (a slow robot call): re-anchor, don't burst
+                    self._next_pub = now + period
 
     def _flush(self) -> None:
         while True:
@@ -259,11 +311,23 @@ class RobotServer:
         log.debug("error %s: %s", code, message)
         self._send(envelope, RP.error(code, message, rid))
 
-    def _process(self, batch: list[list[bytes]]) -> None:
+    def _role(self, frames: list) -> str:
+        """"commander" or "observer": the CurveZMQ User-Id (the client's public key, z85) of the message."""
+        if self.auth is None or not self.auth.observers:
+            return "commander"
+        try:
+            user = frames[-1].get("User-Id")
+        except (zmq.ZMQError, AttributeError):
+            return "observer"  # no authenticated identity: read-only
+        return self.auth.role(user)
+
+    def _process(self, batch: list[list]) -> None:
         """Parse a batch in arrival order; of its commands only the newest is applied (latest wins)."""
         parsed = []
-        for frames in batch:
+        for raw in batch:
             self.counts["received"] += 1
+            role = self._role(raw)
+            frames = [f.bytes if isinstance(f, zmq.Frame) else f for f in raw]
             if len(frames) == 2:
                 envelope, payload = frames[:1], frames[1]
             elif len(frames) == 3 and frames[1] == b"":
@@ -275,7 +339,14 @@ class RobotServer:
             msg = None
             try:
                 msg = P.unpack(payload, self.config.max_message_bytes)
-                parsed.append((envelope, RP.parse_robot_request(msg, self.robot.action_spec.dim)))
+                req = RP.parse_robot_request(msg, self.robot.action_spec.dim)
+                if role != "commander" and req.kind in RP.COMMANDER_KINDS:
+                    self._error(envelope, RP.RobotErrorCode.UNAUTHORIZED,
+                                f"{req.kind}: this client's key is an observer key (it may hello, observe, status, "
+                                f"estop and read the state publications); {req.kind} needs a key in authorized_keys",
+                                req.id)
+                    continue
+                parsed.append((envelope, req))
             except P.ProtocolError as e:
                 self._error(envelope, e.code, e.message, P.request_id(msg))
             except Exception as e:  # noqa: BLE001 - never let a message kill the control thread
@@ -305,7 +376,7 @@ class RobotServer:
         self.counts["commands"] += 1
         t_recv = time.time()
         age_ms = (t_recv - req.t_sent) * 1e3
-        if self.mode in ("estopped", "fault"):
+        if self.mode in ("estopped", "fault", "homing"):
             return self._drop(envelope, req, self.mode)
         if age_ms > self.config.max_command_age_ms:
             return self._drop(envelope, req, "stale")
@@ -319,8 +390,8 @@ class RobotServer:
         except RobotStopped:
             self.mode = "estopped"
             return self._drop(envelope, req, "estopped")
-        except RobotError as e:
-            self._set_fault(e)
+        except Exception as e:  # noqa: BLE001 - any adapter exception (ur-rtde: RuntimeError) is a fault
+            self._fault(e, "apply")
             return self._drop(envelope, req, "fault")
         t_applied = time.time()
         self._last_valid = time.monotonic()
@@ -343,8 +414,8 @@ class RobotServer:
             return
         try:
             self.robot.hold()
-        except RobotError as e:
-            return self._set_fault(e)
+        except Exception as e:  # noqa: BLE001
+            return self._fault(e, "hold")
         reaction = (time.monotonic() - self._last_valid) * 1e3
         self.mode, self.hold_reason = "holding", "watchdog"
         w = self.watchdog
@@ -357,50 +428,83 @@ class RobotServer:
                     self.config.watchdog_ms)
         self._publish()  # report at once, not at the next tick
 
-    def _set_fault(self, e: BaseException) -> None:
-        self.mode, self.fault = "fault", f"{type(e).__name__}: {e}"[:500]
-        self.counts["faults"] += 1
-        log.error("robot fault: %s; holding until release", self.fault)
+    def _stop_arm(self) -> str:
+        """Stop the arm by the strongest means the adapter has: Robot.stop (e-stop), else Robot.hold. The e-stop flag
+        is latched whatever the calls did. Returns what happened ("stopped", or the failures)."""
+        try:
+            self.robot.stop()
+            return "stopped"
+        except Exception as e:  # noqa: BLE001
+            what = f"stop raised {type(e).__name__}: {e}"
+        self.robot.stopped = True
         try:
             self.robot.hold()
-        except Exception:  # noqa: BLE001 - already faulted
-            pass
-        self._publish()
+            return f"{what}; held"[:300]
+        except Exception as e:  # noqa: BLE001
+            return f"{what}; hold raised {type(e).__name__}: {e}"[:300]
+
+    def _fault(self, e: BaseException, path: str) -> None:
+        """An adapter exception on `path`: stop the arm, latch the fault (the first one's text stays until release),
+        count and publish it."""
+        t = time.time()
+        self.counts["adapter_exceptions"] += 1
+        self.counts[f"adapter_exceptions:{path}"] += 1
+        text = f"{path}: {type(e).__name__}: {e}"[:500]
+        stop = self._stop_arm()
+        self.last_fault = {"path": path, "error": text, "t": t, "t_stopped": time.time(), "stop": stop}
+        if self.mode != "fault":
+            self.counts["faults"] += 1
+            self.fault = text
+        self.mode, self.hold_reason = "fault", path
+        self._cancel_reset(RP.RobotErrorCode.ROBOT_FAULT, f"reset interrupted by a fault: {text}")
+        log.error("robot fault (%s): %s; arm: %s; latched until release", path, text, stop)
+        if not self._publishing:
+            self._publish()
+
+    def _allowance_here(self) -> dict:
+        state = self.robot.get_state()
+        if self.robot.measurement_problem(state) is not None:
+            return {}
+        ex = self.robot.pose_excess(state)
+        return {k: np.maximum(v, 0.0) for k, v in ex.items() if v is not None and np.any(v > 0)}
 
     def _allow_current_pose(self, why: str) -> None:
-        """At start-up and on release, an arm outside its limits may walk back in (or be homed), not further out."""
+        """At start-up, on release and before homing, an arm outside its limits may walk back in (or be homed), not
+        further out: per axis and per joint, what is out now is allowed, and the allowance shrinks as it comes back."""
         try:
-            v = self.robot.pose_violation(self.robot.get_state())
-        except RobotError:
-            v = None
-        self._pose_allowance = {} if v is None else {v["kind"]: v["excess"]}
-        if v is not None:
-            log.warning("%s outside the limits (%s): commands may move the arm back, not further out", why, v["detail"])
+            self._pose_allowance = self._allowance_here()
+        except Exception:  # noqa: BLE001 - the next state tick reports a failing read as a fault
+            self._pose_allowance = {}
+        if self._pose_allowance:
+            log.warning("%s outside the limits (%s): the arm may move back, not further out", why,
+                        {k: np.round(v, 4).tolist() for k, v in self._pose_allowance.items()})
 
     def _monitor_pose(self, state: np.ndarray, t_read: float) -> None:
         """The pose monitor, on every state tick (see the module docstring)."""
-        v = self.robot.pose_violation(state)
+        v = self.robot.pose_violation(state, self._pose_allowance)
         if v is None:
-            self._pose_allowance = {}
-            return
-        allowed = self._pose_allowance.get(v["kind"])
-        if allowed is not None and v["excess"] <= allowed + 1e-3:
-            self._pose_allowance[v["kind"]] = min(allowed, v["excess"])  # a ratchet: walking back in tightens it
+            if self._pose_allowance:  # a ratchet: walking back in tightens it, per axis and joint
+                ex = self.robot.pose_excess(state)
+                shrunk = {k: np.minimum(a, np.maximum(ex[k], 0.0)) for k, a in self._pose_allowance.items()
+                          if ex.get(k) is not None}
+                self._pose_allowance = {k: a for k, a in shrunk.items() if np.any(a > 0)}
             return
         t_detect = time.time()
-        try:
-            self.robot.stop()
-        except RobotError as e:
-            log.error("pose monitor: stopping the arm raised %s", e)
+        stop = self._stop_arm()
         reaction = (time.monotonic() - t_read) * 1e3
-        self.mode, self.fault, self.hold_reason = "fault", f"pose monitor: {v['detail']}"[:500], "pose_monitor"
+        text = f"pose monitor: {v['detail']}"[:500]
+        self.mode, self.fault, self.hold_reason = "fault", text, "pose_monitor"
         self.counts["faults"] += 1
         self.counts["pose_faults"] += 1
+        if v["kind"] == "measurement":
+            self.counts["measurement_faults"] += 1
+        self._cancel_reset(RP.RobotErrorCode.ROBOT_FAULT, f"reset interrupted by a fault: {text}")
         m = self.pose_monitor
         m["events"] += 1
-        m["last"] = {"kind": v["kind"], "detail": v["detail"], "t_detect": t_detect, "t": time.time()}
+        m["last"] = {"kind": v["kind"], "index": v.get("index"), "detail": v["detail"], "t_detect": t_detect,
+                     "t": time.time(), "stop": stop}
         m["last_reaction_ms"] = reaction  # state read -> the arm's stop returned (for franka: braked to rest)
-        log.error("POSE FAULT: %s; arm stopped in %.1f ms; latched until release", v["detail"], reaction)
+        log.error("POSE FAULT: %s; arm %s in %.1f ms; latched until release", v["detail"], stop, reaction)
 
     # ----- other requests -----
     def metadata(self) -> dict:
@@ -413,7 +517,11 @@ class RobotServer:
                 "secure": self.auth is not None}
 
     def status(self) -> dict:
-        return {"mode": self.mode, "hold_reason": self.hold_reason, "fault": self.fault, **self.robot.status()}
+        try:
+            extra = self.robot.status()
+        except Exception as e:  # noqa: BLE001 - the adapter's extra fields are not worth a dead reply
+            extra = {"status_error": f"{type(e).__name__}: {e}"[:200]}
+        return {"mode": self.mode, "hold_reason": self.hold_reason, "fault": self.fault, **extra}
 
     def _on_hello(self, envelope, req) -> None:
         self._send(envelope, RP.reply("hello", req.id, metadata=self.metadata()))
@@ -421,14 +529,15 @@ class RobotServer:
     def _on_status(self, envelope, req) -> None:
         self._send(envelope, RP.reply("status", req.id, status=self.status(), counters=dict(self.counts),
                                       safety=self.robot.safety.summary(), watchdog=dict(self.watchdog),
-                                      pose_monitor=dict(self.pose_monitor)))
+                                      pose_monitor=dict(self.pose_monitor), last_fault=self.last_fault))
 
     def _on_observe(self, envelope, req) -> None:
         try:
             snap = self.robot.snapshot()  # state (+ images a simulator already rendered), on this thread
-        except RobotError as e:
-            self._set_fault(e)
-            return self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, self.fault, req.id)
+        except Exception as e:  # noqa: BLE001
+            if self.mode != "fault":
+                self._fault(e, "observe")
+            return self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, self.fault or str(e), req.id)
         self.counts["observations"] += 1
         try:
             self._jobs.put_nowait((envelope, req.id, snap, self.status()))
@@ -438,34 +547,85 @@ class RobotServer:
     def _on_reset(self, envelope, req) -> None:
         if self.mode in ("estopped", "fault"):
             return self._error(envelope, RP.RobotErrorCode.ESTOPPED, f"robot is {self.mode}; release first", req.id)
+        if self._pending_reset is not None:
+            return self._error(envelope, RP.RobotErrorCode.BUSY, "a reset is already running (homing)", req.id)
+        self._allow_current_pose("homing")
         try:
-            self.robot.reset(seed=req.seed)
+            poll = self.robot.start_reset(seed=req.seed)
         except NotImplementedError as e:
             return self._error(envelope, RP.RobotErrorCode.UNSUPPORTED, str(e), req.id)
-        except RobotError as e:
-            self._set_fault(e)
+        except Exception as e:  # noqa: BLE001
+            self._fault(e, "reset")
             return self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, self.fault, req.id)
+        if poll is None:
+            return self._reset_done(envelope, req)
+        self.mode, self.hold_reason, self._last_valid = "homing", "reset", None
+        self._pending_reset = (envelope, req, poll)
+        log.info("homing (polled every tick)")
+        self._publish()
+
+    def _poll_reset(self) -> None:
+        if self._pending_reset is None:
+            return
+        envelope, req, poll = self._pending_reset
+        try:
+            done = poll()
+        except Exception as e:  # noqa: BLE001 - the reset's move failed: a fault (its reply says so)
+            self._pending_reset = None
+            self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, f"reset: {type(e).__name__}: {e}"[:300], req.id)
+            return self._fault(e, "reset")
+        if done:
+            self._pending_reset = None
+            self._reset_done(envelope, req)
+
+    def _cancel_reset(self, code: str, message: str) -> None:
+        if self._pending_reset is not None:
+            envelope, req, _ = self._pending_reset
+            self._pending_reset = None
+            self._error(envelope, code, message, req.id)
+
+    def _reset_done(self, envelope, req) -> None:
         self.mode, self.hold_reason, self._last_valid = "idle", None, None
         self.counts["resets"] += 1
         self._on_observe(envelope, req)
 
     def _on_estop(self, envelope, req) -> None:
-        t0 = time.monotonic()
+        t0, t_issued = time.monotonic(), time.time()
         try:
             self.robot.stop()
-        except RobotError as e:
-            log.error("e-stop: the robot raised %s (still latched)", e)
+            stop_failed = None
+        except Exception as e:  # noqa: BLE001 - still latched; the arm is held if it can be
+            self.robot.stopped = True
+            stop_failed = f"{type(e).__name__}: {e}"[:300]
+            self.counts["estop_stop_failed"] += 1
+            self.counts["adapter_exceptions"] += 1
+            self.counts["adapter_exceptions:estop"] += 1
+            try:
+                self.robot.hold()
+            except Exception as e2:  # noqa: BLE001
+                stop_failed += f"; hold raised {type(e2).__name__}: {e2}"[:200]
+            self.last_fault = {"path": "estop", "error": f"estop: {stop_failed}", "t": time.time(),
+                               "t_stopped": time.time(), "stop": "latched; " + stop_failed}
+            log.error("e-stop: the robot's stop raised %s (latched all the same)", stop_failed)
         self.mode, self.hold_reason = "estopped", req.reason or "estop request"
         self.counts["estops"] += 1
+        self._cancel_reset(RP.RobotErrorCode.ESTOPPED, "reset interrupted by an e-stop")
         log.warning("E-STOP (%s) in %.1f ms", self.hold_reason, (time.monotonic() - t0) * 1e3)
-        self._send(envelope, RP.reply("estop", req.id, status=self.status()))
+        self._send(envelope, RP.reply("estop", req.id, status=self.status(), stop_failed=stop_failed,
+                                      t_stop_issued=t_issued, t_stopped=time.time()))
         self._publish()
 
     def _on_release(self, envelope, req) -> None:
+        if self._pending_reset is not None:
+            return self._error(envelope, RP.RobotErrorCode.BUSY, "homing: wait for the reset's reply, or e-stop",
+                               req.id)
         try:
             self.robot.release()
-        except RobotError as e:
-            return self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, f"release failed: {e}", req.id)
+        except Exception as e:  # noqa: BLE001 - stays latched
+            self.counts["adapter_exceptions"] += 1
+            self.counts["adapter_exceptions:release"] += 1
+            return self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, f"release failed: {type(e).__name__}: {e}",
+                               req.id)
         self._allow_current_pose("released")
         self.mode, self.hold_reason, self.fault, self._last_valid = "idle", None, None, None
         self.counts["releases"] += 1
@@ -475,18 +635,36 @@ class RobotServer:
 
     # ----- state publication -----
     def _publish(self) -> None:
+        self._publishing = True
+        try:
+            self._publish_once()
+        finally:
+            self._publishing = False
+
+    def _publish_once(self) -> None:
+        t_read = time.monotonic()
         try:
             state = self.robot.get_state()
-        except RobotError as e:
-            if self.mode != "fault":
-                return self._set_fault(e)
+        except Exception as e:  # noqa: BLE001 - any adapter exception: a fault (once), the publication goes on
             state = None
+            if self.mode in ("fault", "estopped"):  # already stopped and latched: counted, not re-faulted
+                self.counts["state_read_failures"] += 1
+            else:
+                self._fault(e, "get_state")
         if state is not None and self.mode not in ("fault", "estopped"):
-            self._monitor_pose(state, time.monotonic())
+            try:
+                self._monitor_pose(state, t_read)
+            except Exception as e:  # noqa: BLE001 - a monitor that cannot check is a fault, not "no violation"
+                self._fault(e, "pose monitor")
         self._pub_seq += 1
+        if state is not None:
+            try:
+                state = np.asarray(state, np.float32)
+            except (TypeError, ValueError):
+                state = None
         msg = {"v": RP.ROBOT_PROTOCOL_VERSION, "kind": "state", "pub_seq": self._pub_seq, "t": time.time(),
                "state": state, **self.status(), "last_applied": self.last_applied, "counters": dict(self.counts),
-               "safety": self.robot.safety.summary(), "watchdog": dict(self.watchdog)}
+               "safety": self.robot.safety.summary(), "watchdog": dict(self.watchdog), "last_fault": self.last_fault}
         try:
             self._pub.send(P.pack(msg), zmq.NOBLOCK)
         except zmq.ZMQError:

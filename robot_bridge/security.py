@@ -5,8 +5,9 @@ Key files are zmq's certificate format (`vla keys generate --out keys --name rob
     keys/robot-server.key_secret   secret key: stays on the machine that owns it
 
 A server with keys (`server_secret_key`) accepts only clients whose public key is in `authorized_keys` (one
-.key file, or a directory of them); any other client fails the handshake: its messages never reach the server
-and it gets no reply. A non-loopback bind without keys is refused unless `insecure=True`.
+.key file, or a directory of them) or in `observer_keys` (read-only clients: the robot server refuses their
+commands, resets and releases); any other client fails the handshake: its messages never reach the server and it
+gets no reply. A non-loopback bind without keys is refused unless `insecure=True`.
 """
 
 from __future__ import annotations
@@ -137,15 +138,19 @@ def load_authorized(path: str) -> set[bytes]:
 class ServerKeys:
     secret_key: str  # path of the server's .key_secret
     authorized_keys: str  # path of a client .key file or a directory of them
+    observer_keys: str | None = None  # read-only clients: a .key file or a directory of them
 
     @classmethod
-    def from_args(cls, secret_key: str | None, authorized_keys: str | None) -> "ServerKeys | None":
+    def from_args(cls, secret_key: str | None, authorized_keys: str | None,
+                  observer_keys: str | None = None) -> "ServerKeys | None":
         if secret_key is None and authorized_keys is None:
+            if observer_keys is not None:
+                raise ValueError("server keys: --observer-keys needs --server-key and --authorized-keys")
             return None
         if secret_key is None or authorized_keys is None:
             raise ValueError("server keys: give both --server-key (the server's .key_secret) and --authorized-keys "
                              "(client .key file or directory)")
-        return cls(secret_key, authorized_keys)
+        return cls(secret_key, authorized_keys, observer_keys)
 
 
 class _AllowList:
@@ -168,7 +173,10 @@ class ServerAuth:
         from zmq.auth.thread import ThreadAuthenticator
 
         self.public, self.secret = load_secret(keys.secret_key)
-        self.allow = _AllowList(load_authorized(keys.authorized_keys))
+        self.commanders = load_authorized(keys.authorized_keys)
+        # a key in both lists commands
+        self.observers = (load_authorized(keys.observer_keys) - self.commanders) if keys.observer_keys else set()
+        self.allow = _AllowList(self.commanders | self.observers)
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
         self.auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self.allow)
@@ -183,6 +191,12 @@ class ServerAuth:
     @property
     def denied(self) -> int:
         return self.allow.denied
+
+    def role(self, user_id: str | bytes | None) -> str:
+        """"commander" or "observer" for a message's ZAP User-Id (the client's z85 public key); an identity in
+        neither list (none should pass the handshake) is an observer."""
+        key = user_id.encode() if isinstance(user_id, str) else user_id
+        return "commander" if key in self.commanders else "observer"
 
     def stop(self) -> None:
         self.auth.stop()

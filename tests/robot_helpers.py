@@ -86,3 +86,81 @@ def sim_env_no_render(task: str = "Lift"):
     from sim.env import VLAEnv
 
     return VLAEnv(task, image_size=64, cameras=(), render_mode=None)
+
+
+class FaultyUR:
+    """A stand-in for ur-rtde's three interfaces (no UR simulator runs here) whose arm moves as commanded: servoL
+    jumps the TCP to the target, speedL moves it at the commanded velocity (integrated on the wall clock) until
+    speedStop/servoStop. `fail` maps a method name ("servoL", "speedStop", "getActualTCPPose", ...) to an exception
+    that method raises (ur-rtde raises RuntimeError); `drift` (3,) m is added to the measured position (a sensor
+    error); push() moves the arm itself (an outside force); `nan` makes the measured pose NaN. Every call is recorded
+    in `calls` as (name, args, time.monotonic())."""
+
+    def __init__(self, pose=(0.0, -0.35, 0.2, np.pi, 0.0, 0.0)):
+        self.calls: list = []
+        self.fail: dict = {}
+        self.drift = np.zeros(3)
+        self.nan = False
+        self.lock = threading.Lock()
+        self._pos = np.asarray(pose[:3], np.float64)
+        self._rot = np.asarray(pose[3:], np.float64)
+        self._vel = np.zeros(3)
+        self._t = time.monotonic()
+        fake = self
+
+        def method(name, result=True):
+            def call(*args):
+                with fake.lock:
+                    fake.calls.append((name, args, time.monotonic()))
+                    err = fake.fail.get(name)
+                if err is not None:
+                    raise err
+                return fake._do(name, args, result)
+            return call
+
+        class Interface:
+            def __init__(self, *args):
+                pass
+
+            def __getattr__(self, item):
+                return method(item)
+
+        self.RTDEControlInterface = self.RTDEReceiveInterface = self.RTDEIOInterface = Interface
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        self._pos = self._pos + self._vel * (now - self._t)
+        self._t = now
+
+    def _do(self, name, args, result):
+        with self.lock:
+            self._advance()
+            if name == "getActualTCPPose":
+                p = np.concatenate([self._pos + self.drift, self._rot])
+                return [float("nan")] * 6 if self.nan else p.tolist()
+            if name in ("isProtectiveStopped", "isEmergencyStopped"):
+                return False
+            if name == "servoL":
+                self._pos = np.asarray(args[0][:3], np.float64)
+                self._rot = np.asarray(args[0][3:], np.float64)
+            elif name == "speedL":
+                self._vel = np.asarray(args[0][:3], np.float64)
+            elif name in ("speedStop", "servoStop", "triggerProtectiveStop", "stopScript"):
+                self._vel = np.zeros(3)
+        return result
+
+    def push(self, d) -> None:
+        """Move the arm by d (3,) m, as a collision or an operator would."""
+        with self.lock:
+            self._advance()
+            self._pos = self._pos + np.asarray(d, np.float64)
+
+    def position(self) -> np.ndarray:
+        """The arm's true TCP position (3,) now (without drift)."""
+        with self.lock:
+            self._advance()
+            return self._pos.copy()
+
+    def named(self, name: str) -> list:
+        with self.lock:
+            return [c for c in self.calls if c[0] == name]

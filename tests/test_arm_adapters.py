@@ -297,3 +297,33 @@ def test_a_configured_unreachable_box_fails_at_construction_unless_the_check_is_
     with pytest.raises(ValueError, match=r"workspace for ur: .*not safely reachable"):
         URRobot(URConfig(), safety=SafetyConfig(**far), sdk=FakeUR())
     URRobot(URConfig(), safety=SafetyConfig(**far, check_reach=False), sdk=FakeUR())
+
+
+def test_quat_to_rpy_round_trips_at_gimbal_lock():
+    """xArm takes roll/pitch/yaw: at pitch exactly +-pi/2 only yaw -+ roll is defined; the conversion must still give
+    back the same rotation (it lost up to pi rad there)."""
+    from robot_bridge.geometry import quat_angle, quat_to_rpy, rpy_to_quat
+
+    for pitch in (math.pi / 2, -math.pi / 2, math.pi / 2 - 1e-9):
+        for roll, yaw in ((0.3, 0.1), (-1.0, 2.0), (2.5, -2.9), (0.0, 0.0)):
+            q = Rotation.from_euler("xyz", [roll, pitch, yaw]).as_quat()  # fixed-axis XYZ, as the xArm
+            rpy = quat_to_rpy(q)
+            assert abs(rpy[1]) <= math.pi / 2 + 1e-12
+            assert quat_angle(q, rpy_to_quat(rpy)) < 1e-6, (roll, pitch, yaw, rpy)
+    for q in Rotation.random(200, random_state=1).as_quat():
+        assert quat_angle(q, rpy_to_quat(quat_to_rpy(q))) < 1e-6  # (arccos near 1 resolves ~3e-8 rad)
+
+
+def test_ur_estop_falls_back_to_a_protective_stop_when_the_stop_call_raises():
+    """ur-rtde raises RuntimeError from speedStop: the e-stop triggers the controller's protective stop and says
+    so (the robot server latches the e-stop and reports the failure)."""
+    sdk = FakeUR()
+    ur = URRobot(URConfig(mode="speedL"), safety=_roomy(), sdk=sdk).connect()
+
+    def broken(*a):
+        raise RuntimeError("speedStop: RTDE control script is not running")
+
+    ur.ctrl.speedStop = broken
+    with pytest.raises(RobotError, match="protective stop triggered"):
+        ur.stop()
+    assert sdk.named("ctrl.triggerProtectiveStop") and ur.stopped

@@ -524,3 +524,80 @@ def test_joint_delta_commands_add_up_on_the_last_joint_target(franky_sim):
     assert abs(q1[0] - 0.2) < 0.02, (q1, holds, applied)  # a hold or coalesced commands would cut the ramp short
     np.testing.assert_allclose(q1[1:], HOME[1:], atol=0.02)
     assert safety["rejected"] == 0
+
+
+def test_estop_during_homing_stops_the_arm_at_once(franky_sim):
+    """Homing (reset with home_joints) runs asynchronously, polled every server tick: the server keeps answering
+    (mode `homing`), and an e-stop 0.3 s into the move brakes the arm where it is; the reset is answered with an
+    error saying the e-stop interrupted it. (Homing used to block the control thread: the e-stop was served only
+    once the arm was home.)"""
+    from robot_bridge import protocol as P
+    from robot_bridge import robot_protocol as RP
+
+    rig = Rig()
+    try:
+        a = np.zeros(7, np.float32)
+        a[0], a[2] = 0.2, -0.2  # 1 cm +x, 1 cm -z per command: 12 cm away from home
+        stream(rig.client, a, steps=12)
+        away = wait_at_rest(rig.client)
+        assert np.linalg.norm(away - rig.start) > 0.08
+        homer = RobotClient(rig.server.address, timeout_ms=20_000)  # its own socket: the reset's reply waits there
+        rid = homer._new_id()
+        homer._sock.send(P.pack(RP.request("reset", rid)))
+        st = rig.client.wait_state(lambda s: s["mode"] == "homing", 5.0)
+        assert st is not None, "no homing state published: the control thread is blocked"
+        assert rig.client.status()["status"]["mode"] == "homing"  # answered while the arm moves home
+        end = time.monotonic() + 10
+        while time.monotonic() < end:  # wait until the arm is on its way (franky-sim may start slowly)
+            pos = np.asarray(rig.client.latest_state(100)["state"][:3])
+            if np.linalg.norm(pos - away) > 0.01:
+                break
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        r = rig.client.estop("operator during homing")
+        reply_s = time.monotonic() - t0
+        assert r["status"]["mode"] == "estopped" and r["stop_failed"] is None
+        reset = homer._await(rid, time.monotonic() + 5)
+        homer.close()
+        assert reset is not None and reset["kind"] == "error" and reset["code"] == RP.RobotErrorCode.ESTOPPED
+        assert "e-stop" in reset["message"]
+        stopped = wait_at_rest(rig.client)
+        assert np.linalg.norm(stopped - rig.start) > 0.02, "the arm went home: the e-stop was not served in time"
+        assert reply_s < 2.0, reply_s  # hang detection only; the figure is estop_during_homing_ms (benchmark)
+        assert rig.server.counts["pose_faults"] == 0 and rig.server.alive
+        assert rig.client.release()["status"]["mode"] == "idle"
+        rig.client.reset()  # homing to the end works after the release
+        np.testing.assert_allclose(wait_at_rest(rig.client), rig.start, atol=3e-3)
+    finally:
+        rig.close()
+
+
+def test_joint_targets_follow_the_specs_gripper_index(franky_sim):
+    """A joint_absolute spec with the gripper first ([gripper, q1..q7]): the adapter sends the 7 joints, not
+    action[:7] (which would shift every target by one joint)."""
+    from robot_bridge.robots.base import ActionSpec
+
+    spec = ActionSpec(dim=8, kind="joint_absolute", gripper_index=0, names=("gripper",) + tuple(f"q{i}" for i in
+                                                                                             range(1, 8)))
+    robot = FrankaRobot(FrankaConfig(host="127.0.0.1", realtime=False, relative_dynamics_factor=1.0, auto_recover=True,
+                                     home_joints=HOME), action_spec=spec)
+    server = RobotServer(robot, bind="tcp://127.0.0.1:0", watchdog_ms=WATCHDOG_MS).start()
+    client = RobotClient(server.address, timeout_ms=20_000)
+    try:
+        assert client.hello()["action_spec"]["gripper_index"] == 0
+        client.reset()
+        wait_at_rest(client)
+        q0 = robot.arm_joints()
+        target = np.concatenate([[-1.0], q0 + np.array([0.02, 0, 0, 0, 0, 0, 0])]).astype(np.float32)
+        stream(client, target, 20)
+        state = client.latest_state(200)["state"]
+        q1 = robot.arm_joints()
+    finally:
+        client.close()
+        server.stop()
+    assert abs(q1[0] - q0[0] - 0.02) < 0.005, (q0, q1)
+    np.testing.assert_allclose(q1[1:], q0[1:], atol=0.005)
+    # the kinematics the joint modes bound the end effector with agree with the arm's measured pose
+    pos, quat = FrankaRobot.forward_kinematics(robot.arm_joints())
+    np.testing.assert_allclose(pos, state[:3], atol=1e-3)
+    assert abs(abs(float(np.dot(quat, state[3:7]))) - 1.0) < 1e-4

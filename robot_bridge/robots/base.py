@@ -97,6 +97,9 @@ class ActionSpec:
                              f"{self.rot_scale_rad}")
         if not self.low < self.high:
             raise ValueError(f"ActionSpec: low must be < high, got {self.low}, {self.high}")
+        if not (np.isfinite(self.max_step_joint_rad) and 0 < self.max_step_joint_rad <= 0.5):
+            raise ValueError(f"ActionSpec: max_step_joint_rad must be a finite number in (0, 0.5] rad, got "
+                             f"{self.max_step_joint_rad}")
 
     def to_dict(self) -> dict:
         return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()},
@@ -199,6 +202,12 @@ class Robot(ABC):
     #: the action kinds this adapter implements in _apply (eef_delta and/or joint_absolute); supported_kinds() adds
     #: the ones the base class converts to them. Another kind is refused when the adapter is built.
     action_kinds: tuple[str, ...] = ("eef_delta",)
+    #: how long (s) the arm may go on with the last command before the server's watchdog stops it (the server sets
+    #: it: watchdog + one state period); velocity-mode adapters clip their box against that travel (travel())
+    stop_horizon_s: float | None = None
+    #: measured positions further than this from the base, or fingers wider than MAX_FINGER_M, are not a measurement
+    MAX_REACH_M = 3.0
+    MAX_FINGER_M = 0.2
 
     @classmethod
     def supported_kinds(cls) -> tuple[str, ...]:
@@ -258,35 +267,98 @@ class Robot(ABC):
         """The arm's joint positions (n,) rad as of the last get_state(), for the pose monitor; None: not known."""
         return None
 
-    def pose_violation(self, state: np.ndarray) -> dict | None:
-        """The pose monitor's check of a measured state (S,): None when inside the workspace box (within
-        pose_tolerance_m) and the joints keep joint_limit_margin_rad from their limits; else {"kind": "workspace" |
-        "joint_limits", "excess": how far past (m or rad), "detail": a sentence}."""
+    #: forward kinematics q (n,) -> (eef position (3,) m, quat xyzw (4,)) in the base frame, in the frame get_state
+    #: reports; joint modes bound the end effector's step and keep it in the box with it. None: not known.
+    forward_kinematics = None
+
+    def travel(self) -> float:
+        """How many times a command's translation the arm may cover before it can be stopped: 1 for a
+        position-streaming arm (it stops at the target); more for a velocity-mode one (UR speedL)."""
+        return 1.0
+
+    def measurement_problem(self, state) -> str | None:
+        """None when a measured state (S,) and the joints are finite and in range; else a sentence saying what is
+        wrong (NaN/inf, a quaternion that is not unit length, a position or finger opening no arm reaches)."""
+        s = np.asarray(state, np.float64) if state is not None else None
+        if s is None or s.ndim != 1 or not np.all(np.isfinite(s)):
+            return f"measured state {None if s is None else s.tolist()} is not finite"
+        if len(s) >= 9 and self.observation_spec.state_names[:9] == STATE_NAMES:
+            if np.linalg.norm(s[:3]) > self.MAX_REACH_M:
+                return f"measured end effector {np.round(s[:3], 3).tolist()} is over {self.MAX_REACH_M} m from the base"
+            n = float(np.linalg.norm(s[3:7]))
+            if not 0.9 <= n <= 1.1:
+                return f"measured orientation {np.round(s[3:7], 4).tolist()} is not a unit quaternion (norm {n:.3f})"
+            if np.any(np.abs(s[7:9]) > self.MAX_FINGER_M):
+                return f"measured fingers {np.round(s[7:9], 4).tolist()} outside +-{self.MAX_FINGER_M} m"
+        q = self.arm_joints() if self.joint_limits is not None else None
+        if q is not None and not np.all(np.isfinite(np.asarray(q, np.float64))):
+            return f"measured joints {np.asarray(q).tolist()} are not finite"
+        return None
+
+    def pose_excess(self, state) -> dict:
+        """Per axis and per joint, how far a measured state (S,) is past the pose monitor's limits: {"workspace":
+        (3,) m beyond the box plus pose_tolerance_m, or None without a box; "joints": (n,) rad closer than
+        joint_limit_margin_rad to a limit (or past it), or None}; <= 0 is within."""
         cfg = self.safety.config
-        worst = None
+        ws = q = None
         if cfg.workspace_low is not None:
             pos = np.asarray(state[:3], np.float64)
             lo, hi = np.asarray(cfg.workspace_low), np.asarray(cfg.workspace_high)
-            out = float(np.max(np.maximum(lo - pos, pos - hi)))  # > 0: outside by this much along some axis
-            if out > cfg.pose_tolerance_m:
-                worst = {"kind": "workspace", "excess": out - cfg.pose_tolerance_m,
-                         "detail": f"end effector {np.round(pos, 3).tolist()} is {out:.3f} m outside the workspace box "
-                                   f"{lo.tolist()}..{hi.tolist()} (tolerance {cfg.pose_tolerance_m} m)"}
-        q = self.arm_joints() if self.joint_limits is not None else None
-        if q is not None and worst is None:
+            ws = np.maximum(lo - pos, pos - hi) - cfg.pose_tolerance_m
+        joints = self.arm_joints() if self.joint_limits is not None else None
+        if joints is not None:
             lo = np.asarray(self.joint_limits[0]) + cfg.joint_limit_margin_rad
             hi = np.asarray(self.joint_limits[1]) - cfg.joint_limit_margin_rad
-            past = np.maximum(lo - q, q - hi)
-            j = int(np.argmax(past))
-            if past[j] > 0:
-                worst = {"kind": "joint_limits", "excess": float(past[j]),
-                         "detail": f"joint {j + 1} at {q[j]:.3f} rad is within {cfg.joint_limit_margin_rad} rad of (or "
-                                   f"past) its limits [{self.joint_limits[0][j]}, {self.joint_limits[1][j]}]"}
+            q = np.maximum(lo - joints, joints - hi)
+        return {"workspace": ws, "joints": q}
+
+    def pose_violation(self, state, allowance: dict | None = None, slack: float = 1e-3) -> dict | None:
+        """The pose monitor's check of a measured state (S,): None when the measurement is sound and every axis and
+        joint is within its limits, or within what `allowance` ({"workspace": (3,), "joints": (n,)}, per axis and
+        joint, as pose_excess) permits plus `slack`; else {"kind": "measurement" | "workspace" | "joint_limits",
+        "index", "excess" (m or rad past what was allowed), "detail": a sentence}. Every axis and joint is checked,
+        whatever else is out."""
+        bad = self.measurement_problem(state)
+        if bad is not None:
+            return {"kind": "measurement", "index": None, "excess": float("inf"), "detail": bad}
+        cfg = self.safety.config
+        ex = self.pose_excess(state)
+        allowance = allowance or {}
+        worst = None
+        for kind, name in (("workspace", "workspace"), ("joints", "joint_limits")):
+            e = ex[kind]
+            if e is None:
+                continue
+            allow = allowance.get(kind)
+            allow = np.zeros_like(e) if allow is None else np.asarray(allow, np.float64)
+            over = e - np.where(allow > 0, allow + slack, 0.0)
+            i = int(np.argmax(over))
+            if over[i] > 0 and (worst is None or over[i] > worst["excess"]):
+                if kind == "workspace":
+                    pos = np.asarray(state[:3], np.float64)
+                    box = f"{list(cfg.workspace_low)}..{list(cfg.workspace_high)}"
+                    detail = (f"end effector {np.round(pos, 3).tolist()} is {e[i] + cfg.pose_tolerance_m:.3f} m "
+                              f"outside the workspace box along {'xyz'[i]} {box} (tolerance {cfg.pose_tolerance_m} m"
+                              + (f", {allow[i]:.3f} m allowed since the release)" if allow[i] > 0 else ")"))
+                else:
+                    q = self.arm_joints()
+                    detail = (f"joint {i + 1} at {q[i]:.3f} rad is within {cfg.joint_limit_margin_rad} rad of (or "
+                              f"past) its limits [{self.joint_limits[0][i]}, {self.joint_limits[1][i]}]"
+                              + (f" ({allow[i]:.3f} rad allowed since the release)" if allow[i] > 0 else ""))
+                worst = {"kind": name, "index": i, "excess": float(over[i]), "detail": detail}
         return worst
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode. Hardware: hold where it is (no motion). Simulators reset the scene."""
         self.hold()
+
+    def start_reset(self, seed: int | None = None):
+        """Begin a reset without blocking the caller's thread for long: None when it is done already, else a poll
+        function, called on the same thread until it returns True (it raises when the reset failed). The robot server
+        polls it every tick, so e-stop, watchdog and pose monitor keep their latency during a long move (homing).
+        Default: the whole reset() at once."""
+        self.reset(seed=seed)
+        return None
 
     def status(self) -> dict:
         """Extra fields for the state publication (episode flags for simulators, controller errors)."""
@@ -359,16 +431,21 @@ class Robot(ABC):
             raise RobotStopped(f"{self.name}: e-stopped; release() first")
         kind = self.action_spec.kind
         if self.exec_spec.kind == "joint_absolute":
-            ref = self.reference_joints()
+            ref = self.safety.reference(self.reference_joints(), self.exec_spec.dim - 1, "joint position")
             if kind == "joint_delta":
                 action = self._joint_delta_to_targets(self.safety.check(action), ref)
-            safe = self.safety.filter_joints(action, ref, self.joint_limits)
+            fk = self.forward_kinematics
+            safe = self.safety.filter_joints(action, ref, self.joint_limits, fk=fk)
+            self.safety.verify(safe, ref, joint_limits=self.joint_limits, fk=fk)
         else:
             pos, quat = self.reference_pose()
+            self.safety.reference(quat, 4, "end-effector orientation")
             if kind == "eef_absolute":
                 action = self._eef_absolute_to_delta(self.safety.check(action), pos, quat)
-            safe = self.safety.filter(action, pos)
-        self._apply(safe)
+            travel = self.travel()
+            safe = self.safety.filter(action, pos, travel=travel)
+            self.safety.verify(safe, pos, travel=travel)
+        self._apply(safe)  # nothing between the final check and the arm
         return safe
 
     def _joint_delta_to_targets(self, a: np.ndarray, ref_q: np.ndarray) -> np.ndarray:
@@ -384,9 +461,16 @@ class Robot(ABC):
         """eef_absolute (7,) -> eef_delta (7,) from the reference pose (pos (3,), quat xyzw (4,)): the move to the target
         in action units (the safety layer then clips it to the action range and its step limits)."""
         spec = self.exec_spec
+        angle = float(np.linalg.norm(a[3:6]))
+        if not angle <= 2 * np.pi + 1e-6:  # larger angles lose the rotation's precision (and inf its meaning)
+            self.safety.reject(f"action: eef_absolute rotation vector {np.round(a[3:6], 3).tolist()} has norm "
+                               f"{angle:.3g}; expected an angle of at most 2 pi rad")
         d_pos = (a[:3] - np.asarray(pos, np.float64)) / spec.pos_scale_m
         d_rot = quat_to_axis_angle(quat_mul(axis_angle_to_quat(a[3:6]), quat_conj(quat_normalize(quat))))
-        return np.concatenate([d_pos, d_rot / spec.rot_scale_rad, a[6:7]])
+        out = np.concatenate([d_pos, d_rot / spec.rot_scale_rad, a[6:7]])
+        if not np.all(np.isfinite(out)):
+            self.safety.reject(f"action: eef_absolute target {np.round(a, 3).tolist()} gives a non-finite step")
+        return out
 
     def reference_joints(self) -> np.ndarray:
         """joint_absolute: where the next target's step limit counts from (the last target, else the measured joints)."""

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from robot_bridge.geometry import apply_delta
+from robot_bridge.geometry import apply_delta, dh_forward
 from robot_bridge.reach import Reach
 from robot_bridge.robots.base import MissingExtraError, Robot, RobotError, anchor_pose
 from robot_bridge.safety import SafetyConfig
@@ -27,6 +28,16 @@ log = logging.getLogger("robot_bridge.robots.franka")
 
 
 _KEEP_ALIVE: list = []  # robots whose motion would not end at disconnect: never destroyed under a running motion
+
+# Panda / FR3 kinematics (Franka's modified DH parameters: a_{i-1}, d_i, alpha_{i-1}); flange -> hand TCP: 0.1034 m
+# along z, turned -pi/4 about z (franky's default end effector; checked against franky-sim's measured pose in
+# tests/test_robot_franka.py)
+PANDA_DH = ((0.0, 0.333, 0.0), (0.0, 0.0, -np.pi / 2), (0.0, 0.316, np.pi / 2), (0.0825, 0.0, np.pi / 2),
+            (-0.0825, 0.384, -np.pi / 2), (0.0, 0.0, np.pi / 2), (0.088, 0.0, np.pi / 2))
+PANDA_TOOL = np.array([[np.cos(-np.pi / 4), -np.sin(-np.pi / 4), 0.0, 0.0],
+                       [np.sin(-np.pi / 4), np.cos(-np.pi / 4), 0.0, 0.0],
+                       [0.0, 0.0, 1.0, 0.107 + 0.1034], [0.0, 0.0, 0.0, 1.0]])
+HOMING_SETTLE_S = 5.0  # reset: how long the running motion may take to brake before homing gives up
 
 
 def _import_franky():
@@ -54,6 +65,7 @@ class FrankaConfig:
     rotational_stiffness: float = 30.0  # impedance control, Nm/rad
     auto_recover: bool = False  # on a controller error: recover_from_errors() and retry once (counted, reported)
     home_joints: tuple[float, ...] | None = None  # reset() moves here (joint motion) when set; None: reset holds
+    homing_timeout_s: float = 60.0  # reset: a homing move still running after this is a fault
 
     def __post_init__(self):
         if self.control not in ("cartesian", "impedance"):
@@ -66,6 +78,8 @@ class FrankaConfig:
             raise ValueError(f"max_lead_m / max_lead_rad: expected > 0, got {self.max_lead_m}, {self.max_lead_rad}")
         if not 0 <= self.gripper_threshold < 1:
             raise ValueError(f"gripper_threshold: expected 0 <= t < 1, got {self.gripper_threshold}")
+        if not self.homing_timeout_s > 0:
+            raise ValueError(f"homing_timeout_s: expected > 0, got {self.homing_timeout_s}")
 
 
 class FrankaRobot(Robot):
@@ -96,6 +110,7 @@ class FrankaRobot(Robot):
         self.recoveries = 0
         self.lead_capped = 0  # commands whose start was pulled back towards a lagging arm
         self.last_error: str | None = None
+        self._motion = "joint" if self.exec_spec.kind == "joint_absolute" else "cartesian"  # the running motion's type
 
     # Franka's 0.855 m reach from the shoulder (joint 2, 0.333 m above the base); flange + hand put the wrist centre
     # ~0.21 m above a downward-pointing end effector. Joint limits: the tighter of Panda's and FR3's per joint.
@@ -103,6 +118,11 @@ class FrankaRobot(Robot):
     joint_limits = ((-2.7437, -1.7628, -2.8973, -3.0421, -2.8065, 0.5445, -2.8973),
                     (2.7437, 1.7628, 2.8973, -0.1518, 2.8065, 3.7525, 2.8973))
     action_kinds = ("eef_delta", "joint_absolute")
+
+    @staticmethod
+    def forward_kinematics(q) -> tuple[np.ndarray, np.ndarray]:
+        """q (7,) rad -> the hand's (position (3,) m, quat xyzw (4,)) in the base frame (PANDA_DH)."""
+        return dh_forward(np.asarray(q, np.float64)[:7], PANDA_DH, PANDA_TOOL)
 
     @classmethod
     def default_safety(cls) -> SafetyConfig:
@@ -206,8 +226,9 @@ class FrankaRobot(Robot):
     def _apply(self, action: np.ndarray) -> None:
         spec = self.exec_spec
         if spec.kind == "joint_absolute":
-            q = np.asarray(action[:7], np.float64)
+            q = np.delete(np.asarray(action, np.float64), spec.gripper_index % spec.dim)  # the 7 joints, in order
             fr = self.franky
+            self._motion = "joint"
             self._call(lambda: self.robot.move(fr.JointMotion(fr.JointState(q), return_when_finished=False),
                                                asynchronous=True))
             self._q_target = q
@@ -230,6 +251,7 @@ class FrankaRobot(Robot):
                     rotational_stiffness=self.config.rotational_stiffness)
             self._tracker.set_target(target)
         else:
+            self._motion = "cartesian"
             self.robot.move(fr.CartesianMotion(target, fr.ReferenceType.Absolute, return_when_finished=False),
                             asynchronous=True)
 
@@ -248,7 +270,7 @@ class FrankaRobot(Robot):
     def _stop_motion(self, **kw):
         """A motion that brakes to a stop, of the running motion's type (franky refuses to switch type mid-motion)."""
         fr = self.franky
-        return (fr.JointStopMotion(**kw) if self.exec_spec.kind == "joint_absolute" else fr.CartesianStopMotion(**kw))
+        return fr.JointStopMotion(**kw) if self._motion == "joint" else fr.CartesianStopMotion(**kw)
 
     def _stop(self) -> None:
         """E-stop: brake with the full dynamics limits, then end the motion (the controller holds the arm)."""
@@ -275,20 +297,69 @@ class FrankaRobot(Robot):
         self.last_error = None
 
     def reset(self, seed: int | None = None) -> None:
-        """Hold; with home_joints set, move there first (blocking, at the configured dynamics) and open the gripper."""
+        """Hold; with home_joints set, move there first (at the configured dynamics) and open the gripper. Blocks
+        until done; the robot server uses start_reset instead (it keeps serving e-stop meanwhile)."""
+        poll = self.start_reset(seed)
+        while poll is not None and not poll():
+            time.sleep(0.01)
+
+    def start_reset(self, seed: int | None = None):
+        """reset() in steps that never block for long: hold (brake the running motion), then the homing JointMotion
+        started asynchronously; the returned poll function says when the arm is home (raises on a fault or after
+        homing_timeout_s). An e-stop meanwhile brakes the joint motion (stop() knows the running motion's type)."""
         if seed is not None:
             raise NotImplementedError("franka: reset(seed) means nothing on hardware; reset without a seed")
         self.hold()
         if self.config.home_joints is None:
-            return
-        fr = self.franky
+            return None
+        fr, home = self.franky, list(self.config.home_joints)
         self._tracker = None
-        self._call(lambda: self.robot.join_motion(timeout=5.0))
-        self._call(lambda: self.robot.move(fr.JointMotion(list(self.config.home_joints))))
-        self._target = None
-        if self.gripper is not None and self._grip_cmd != -1:
-            self._grip_cmd = 0
-            self._gripper(-1.0)
+        t0 = time.monotonic()
+        phase = {"name": "settle", "retried": False}
+
+        def moving() -> bool | None:
+            """True while a motion runs, False once it ended, None when it ended in a recovered error."""
+            try:
+                return not self.robot.poll_motion()  # franky 2: True once the motion has ended (despite its doc)
+            except Exception as e:  # noqa: BLE001 - the motion's stored exception (a reflex): recover or raise
+                self._on_error(f"{type(e).__name__}: {e}")
+                return None
+
+        def start_home() -> None:
+            self._motion = "joint"
+            self._call(lambda: self.robot.move(fr.JointMotion(home), asynchronous=True))
+            phase["name"] = "home"
+
+        def poll() -> bool:
+            if self.stopped:
+                raise RobotError("franka: homing interrupted by an e-stop")
+            now, m = time.monotonic(), moving()
+            if phase["name"] == "settle":
+                if m:
+                    if now - t0 > HOMING_SETTLE_S:
+                        raise RobotError(f"franka: the arm did not come to rest within {HOMING_SETTLE_S} s before "
+                                         f"homing")
+                    return False
+                start_home()
+                return False
+            if m is None:  # a reflex during homing, recovered (auto_recover): try the move once more
+                if phase["retried"]:
+                    raise RobotError(f"franka: homing failed again after recovery: {self.last_error}")
+                phase["retried"] = True
+                start_home()
+                return False
+            if m:
+                if now - t0 > self.config.homing_timeout_s:
+                    raise RobotError(f"franka: homing took longer than {self.config.homing_timeout_s} s")
+                return False
+            self._target = self._q_target = None
+            self._motion = "joint" if self.exec_spec.kind == "joint_absolute" else "cartesian"
+            if self.gripper is not None and self._grip_cmd != -1:
+                self._grip_cmd = 0
+                self._gripper(-1.0)
+            return True
+
+        return poll
 
     # ----- errors -----
     def _check_errors(self) -> None:

@@ -4,7 +4,10 @@ against recording fakes of the SDK (tests/test_arm_adapters.py); no UR simulator
 mode="servoL": each action moves a TCP pose target (base frame, metres and rotation vector, as URScript's poses)
     that servoL tracks over `control_period_s` with `lookahead_time` and `gain`; hold = servoStop.
 mode="speedL": each action becomes a TCP velocity (delta / control_period_s, m/s and rad/s) for speedL; hold =
-    speedStop. The arm keeps moving at the last velocity until the next command: the watchdog matters here.
+    speedStop. The arm keeps moving at the last velocity until the next command or the watchdog's hold (plus the
+    braking distance), so the box is clipped against that whole travel (travel()), not one period's.
+E-stop: servoStop/speedStop at estop_deceleration; if that raises, triggerProtectiveStop (the controller's own
+stop) and the e-stop reports the failure.
 A binary gripper on a standard digital output (a pneumatic gripper; HIGH = closed) is optional.
 """
 
@@ -175,6 +178,17 @@ class URRobot(Robot):
         else:
             self.ctrl.speedStop(deceleration)
 
+    def travel(self) -> float:
+        """speedL: a velocity runs until the next command, or until the watchdog holds the arm (stop_horizon_s, set
+        by the robot server: watchdog + one state period; unset: two control periods), then brakes at
+        stop_deceleration; as a multiple of one command's translation at the step limit. servoL: 1."""
+        c = self.config
+        if c.mode != "speedL":
+            return 1.0
+        horizon = self.stop_horizon_s if self.stop_horizon_s else 2 * c.control_period_s
+        v = self.safety.config.max_step_translation_m / c.control_period_s  # the fastest a command can ask, m/s
+        return max(1.0, horizon / c.control_period_s) + v / (2 * c.stop_deceleration * c.control_period_s)
+
     def _hold(self) -> None:
         self._target = None
         if self.ctrl is not None:
@@ -182,4 +196,15 @@ class URRobot(Robot):
 
     def _stop(self) -> None:
         self._target = None
-        self._stop_motion(self.config.estop_deceleration)
+        try:
+            self._stop_motion(self.config.estop_deceleration)
+        except Exception as e:  # noqa: BLE001 - ur-rtde raises RuntimeError: the controller's own stop instead
+            what = f"{type(e).__name__}: {e}"
+            try:
+                self.ctrl.triggerProtectiveStop()
+                raise RobotError(f"ur: {self.config.mode} stop raised {what}; protective stop triggered") from e
+            except RobotError:
+                raise
+            except Exception as e2:  # noqa: BLE001
+                raise RobotError(f"ur: {self.config.mode} stop raised {what}; triggerProtectiveStop raised "
+                                 f"{type(e2).__name__}: {e2}") from e
