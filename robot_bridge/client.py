@@ -14,6 +14,7 @@ Usable as a policy for `sim.evaluate.rollout` (reset() / infer(obs)). Not thread
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -22,6 +23,40 @@ import zmq
 from robot_bridge import protocol as P
 
 RETRYABLE = (P.ErrorCode.OVERLOADED, P.ErrorCode.SHUTTING_DOWN)
+_WORD_RE = re.compile(r"[a-z0-9]+")  # vla.tokenizers.WordTokenizer's words, punctuation aside
+
+
+class PolicyServerLost(ConnectionError):
+    """The policy server did not answer the handshake, or stopped answering during a run; the message names the
+    address and what to do."""
+
+
+def no_answer(address: str, err, during: str | None = None) -> PolicyServerLost:
+    """The one message for a policy server that is not there (during=None: at the handshake) or went away."""
+    if during is None:
+        return PolicyServerLost(f"policy server at {address} did not answer ({err}); is `vla serve` running there?")
+    return PolicyServerLost(f"policy server at {address} stopped answering {during} ({err}); is `vla serve` still "
+                            f"running there? Restart it (or check the address) and rerun")
+
+
+def policy_warnings(meta: dict, instruction: str | None = None, task: str | None = None) -> list[str]:
+    """What a policy's handshake (or Policy.metadata) says it cannot do: an instruction with words outside its
+    vocabulary (read as <unk>), a task it was never trained on. Empty when it says nothing about either."""
+    def field(key):
+        v = meta.get(key)
+        return v if v is not None else (meta.get("policy") or {}).get(key)
+
+    out = []
+    vocab, tasks = field("vocabulary"), field("tasks")
+    if instruction and isinstance(vocab, list) and vocab:
+        known = set(vocab)
+        unknown = [w for w in dict.fromkeys(_WORD_RE.findall(instruction.lower())) if w not in known]
+        if unknown:
+            out.append(f"instruction {instruction!r}: the policy never saw the word(s) {', '.join(map(repr, unknown))} "
+                       f"(read as unknown); it knows {len(vocab)} words, e.g. {', '.join(vocab[:12])}")
+    if task and isinstance(tasks, list) and tasks and task not in tasks:
+        out.append(f"the policy was trained on {', '.join(tasks)} only, not {task}: expect it to fail there")
+    return out
 
 
 class PolicyClient:

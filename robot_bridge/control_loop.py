@@ -14,7 +14,8 @@ due is a starvation event: the loop applies a hold action (zero arm deltas, grip
 zeros) for at most `starvation_hold_s` (None: for as long as it lasts, what an in-process simulator needs, whose
 time moves only with actions), then stops commanding: a robot server's watchdog then holds the arm, and its state
 says so. A queue that stays empty for `policy_lost_s` is a policy outage: logged once with the last request error,
-counted, and the loop keeps retrying; the next chunk resumes commanding.
+counted, and the loop keeps retrying; the next chunk resumes commanding. One that stays empty for `give_up_s` (when
+set) ends the episode with `stats.policy_lost`, as does an outage still open at the episode's end.
 
 Sync mode (exact evaluation): request a chunk, apply `replan_every` actions, repeat; no clock, no threads:
 the same actions as `sim.evaluate.rollout` with the same policy and seeds.
@@ -114,6 +115,7 @@ class LoopConfig:
     first_chunk_timeout_s: float = 30.0  # async: wait this long for the first chunk before the clock starts (0: don't)
     starvation_hold_s: float | None = None  # async: send hold actions this long on an empty queue, then none (None: always)
     policy_lost_s: float = 1.0  # async: an empty queue this long is a policy outage (logged, counted; retried)
+    give_up_s: float | None = None  # async: an empty queue this long ends the episode (stats.policy_lost); None: retry
 
     def __post_init__(self):
         if self.mode not in ("async", "sync"):
@@ -136,6 +138,8 @@ class LoopConfig:
             raise ValueError(f"starvation_hold_s: expected >= 0 or None, got {self.starvation_hold_s}")
         if not self.policy_lost_s > 0:
             raise ValueError(f"policy_lost_s: expected > 0, got {self.policy_lost_s}")
+        if self.give_up_s is not None and not self.give_up_s > 0:
+            raise ValueError(f"give_up_s: expected > 0 or None, got {self.give_up_s}")
         for name in ("replan_every", "request_below"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -156,6 +160,8 @@ class LoopStats:
     silent_ticks: int = 0  # starved ticks past starvation_hold_s: no command sent (the robot's watchdog holds it)
     policy_outages: int = 0  # times the queue stayed empty for policy_lost_s
     t_first_silent: float | None = None  # time.time() of the first silent tick
+    gave_up: bool = False  # the queue stayed empty for give_up_s: the episode ended there
+    policy_lost: bool = False  # the episode ended without chunks: gave_up, or an outage was still open at its end
     last_error: str | None = None  # the last failed request's error
     seconds: float = 0.0
     steps: int = 0
@@ -177,7 +183,7 @@ class LoopStats:
             "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
             **{k: getattr(self, k) for k in ("chunks", "starvation_events", "stale_dropped", "late_discarded",
                                              "request_failures", "overruns", "silent_ticks", "policy_outages",
-                                             "t_first_silent", "last_error")},
+                                             "t_first_silent", "gave_up", "policy_lost", "last_error")},
             **({"rtc_delay_steps_mean": float(np.mean(self.rtc_delay_steps))} if self.rtc_delay_steps else {}),
             **({"blend": self.blend} if self.blend else {}),
         }
@@ -375,6 +381,7 @@ class ControlLoop:
         last: np.ndarray | None = None
         retry_at = 0.0
 
+        t_wait = time.perf_counter()
         if cfg.first_chunk_timeout_s > 0:  # the clock starts with a chunk in hand
             plan, chunk_len = self._first_chunk(log, cfg.first_chunk_timeout_s)
             if cfg.blend == "ensemble":  # the first prediction of each of its steps
@@ -384,8 +391,8 @@ class ControlLoop:
         prev_tick = None
         starved_since: float | None = None  # perf_counter of the first tick of the current starvation
         outage = False
-        if not plan:  # no first chunk: starved from the start
-            starved_since = t_next
+        if not plan:  # no first chunk: starved since the wait for it began
+            starved_since = t_wait
         for t in range(horizon):
             now = time.perf_counter()
             if now < t_next:
@@ -446,6 +453,11 @@ class ControlLoop:
                     log_.warning("no action chunk for %.1f s (last error: %s): %s; retrying", starved,
                                  st.last_error or "none, the request is still out", "not commanding the robot (its "
                                  "watchdog holds it)" if cfg.starvation_hold_s is not None else "sending hold actions")
+                if cfg.give_up_s is not None and starved >= cfg.give_up_s:
+                    st.gave_up = st.policy_lost = True
+                    log_.warning("no action chunk for %.1f s (last error: %s): giving up on the policy server", starved,
+                                 st.last_error or "none, the request is still out")
+                    break
                 # past starvation_hold_s, or an absolute target to hold does not exist yet: send nothing
                 quiet = cfg.starvation_hold_s is not None and starved > cfg.starvation_hold_s - 1e-9
                 action = None if quiet else self._hold(last)
@@ -467,6 +479,7 @@ class ControlLoop:
             if time.perf_counter() > t_next + period:  # more than a period behind: re-anchor, don't burst
                 st.overruns += 1
                 t_next = time.perf_counter()
+        st.policy_lost = st.policy_lost or outage  # ended during an outage: the next episode would start without one
         req.wait_idle(cfg.request_timeout_ms / 1e3 + 1.0)  # nothing of this episode leaks into the next
 
     def _timed_infer(self, job: dict) -> dict:

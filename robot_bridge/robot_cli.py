@@ -3,8 +3,40 @@ vla/cli/commands.py; installed alone (robot_bridge/pyproject.toml) as `vla-robot
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
 import os
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """--help shows each option's default, unless its help text already speaks of it or there is none to show."""
+
+    @staticmethod
+    def _shows_default(action) -> bool:
+        d, text = action.default, action.help or ""
+        return bool(action.option_strings) and not (d is None or d is False or d is argparse.SUPPRESS
+                                                     or (isinstance(d, (list, str)) and not d) or "default" in text)
+
+    def _format_action(self, action):
+        if not (action.help or "").strip() and self._shows_default(action):  # argparse prints no help line at all
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        text = (action.help or "").strip()
+        if not self._shows_default(action):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class Parser(argparse.ArgumentParser):
+    """The `vla` / `vla-robot` parsers (subcommands included): every --help lists the defaults."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kw)
 
 
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
@@ -60,6 +92,7 @@ def add_robot_server(sub) -> None:
     g = s.add_argument_group("security")
     g.add_argument("--server-key", help="CurveZMQ: this server's .key_secret (`vla keys generate`)")
     g.add_argument("--authorized-keys", help="CurveZMQ: client public .key file or directory allowed to command")
+    g.add_argument("--observer-keys", help="CurveZMQ: client .key file or directory that may only read state / e-stop")
     g.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without keys")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=_cmd_robot_server)
@@ -129,8 +162,55 @@ def build_robot(args):
     return cls(cfg, cameras=cams, safety=_safety(args, cls), action_spec=action_spec)
 
 
+def safety_line(cfg) -> str:
+    """SafetyConfig -> one readable line for the start-up banner."""
+    box = ("no workspace box" if cfg.workspace_low is None else
+           "workspace box " + "..".join("(" + ", ".join(f"{v:g}" for v in c) + ")"
+                                        for c in (cfg.workspace_low, cfg.workspace_high)) + " m")
+    return (f"{box}; per command at most {cfg.max_step_translation_m:.3g} m and {cfg.max_step_rotation_rad:.3g} rad; "
+            f"gripper {cfg.gripper_low:g}..{cfg.gripper_high:g}")
+
+
+def start_error(e: BaseException, endpoints: dict, what: str = "the server") -> str:
+    """A server's start-up failure as one line naming what failed: a port in use (which one, and the flag that moves
+    it) or the robot / policy that could not be set up."""
+    cause = e.__cause__ or e.__context__ or e
+    text = str(cause)
+    try:
+        import zmq
+
+        in_use = isinstance(cause, zmq.ZMQError) and cause.errno == zmq.EADDRINUSE
+    except ImportError:
+        in_use = False
+    if in_use or "Address already in use" in text:
+        busy = [(flag, addr) for flag, addr in endpoints.items() if addr and f"'{addr}'" in text] or \
+            [(flag, addr) for flag, addr in endpoints.items() if addr and addr in text]
+        flag, addr = busy[0] if busy else next(iter(endpoints.items()))
+        return (f"{addr} is already in use ({flag}; another server running there?); stop it or choose another port "
+                f"with {flag}")
+    if cause is e:
+        return text
+    detail = text if isinstance(cause, (ValueError, RuntimeError)) else f"{type(cause).__name__}: {text}"
+    return f"{what} failed: {detail}"
+
+
+class _QuietSteppedWatchdog:
+    """A simulator (stepped clock) stands still between commands, and a sync `vla run` waits for each chunk: the robot
+    server's watchdog hold is routine there, so its message is shown only with --verbose (as DEBUG)."""
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+
+    def filter(self, record) -> bool:
+        if record.getMessage().startswith("watchdog:"):
+            record.levelno, record.levelname = 10, "DEBUG"
+            return self.verbose
+        return True
+
+
 def _cmd_robot_server(args) -> int:
     import logging
+    import sys
 
     from robot_bridge.robot_server import RobotServer, RobotServerConfig
 
@@ -139,12 +219,24 @@ def _cmd_robot_server(args) -> int:
     cfg = RobotServerConfig(bind=args.bind, state_bind=args.state_bind, rate_hz=args.rate,
                             watchdog_ms=args.watchdog_ms, max_command_age_ms=args.max_age_ms,
                             server_secret_key=args.server_key, authorized_keys=args.authorized_keys,
-                            insecure=args.insecure)
+                            observer_keys=args.observer_keys, insecure=args.insecure)
     robot = build_robot(args)
+    if getattr(robot, "clock", "realtime") == "stepped":
+        logging.getLogger("robot_bridge.robot_server").addFilter(_QuietSteppedWatchdog(args.verbose))
     server = RobotServer(robot, cfg)
-    server.serve_forever(on_start=lambda srv: print(
-        f"[vla robot-server] {robot.name} on {srv.address} (state {srv.state_address}); watchdog "
-        f"{cfg.watchdog_ms:.0f} ms; safety {robot.safety.config.to_dict()}; Ctrl-C to stop", flush=True))
+    # a server that never started has nothing to report when it stops: the error line below says what happened
+    started: list = []
+    logging.getLogger("robot_bridge.robot_server").addFilter(
+        lambda r: bool(started) or not r.getMessage().startswith("robot server stopped"))
+    endpoints = {"--bind": cfg.bind, "--state-bind": cfg.resolved_state_bind()}
+    try:
+        server.serve_forever(on_start=lambda srv: started.append(print(
+            f"[vla robot-server] {robot.name} on {srv.address} (state {srv.state_address}); watchdog "
+            f"{cfg.watchdog_ms:.0f} ms; safety: {safety_line(robot.safety.config)}; Ctrl-C to stop", flush=True)))
+    except RuntimeError as e:  # the start failed: a port in use, or the robot did not connect
+        why = start_error(e, endpoints, f"connecting the {robot.name} robot")
+        print(f"vla robot-server: error: could not start: {why}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 
@@ -154,8 +246,11 @@ def add_run(sub) -> None:
     s.add_argument("--policy-server", required=True, help="tcp://HOST:PORT of `vla serve`")
     s.add_argument("--robot-server", required=True, help="tcp://HOST:PORT of `vla robot-server`")
     s.add_argument("--instruction", help="the task (default: the robot's own, e.g. a sim task's)")
-    s.add_argument("--mode", choices=["async", "sync"], default="async",
-                   help="async: fixed rate, chunks requested ahead (arms); sync: step by step (simulators)")
+    s.add_argument("--mode", choices=["auto", "sync", "async"], default="auto",
+                   help="sync: the arm waits for every chunk (simulators; chunks of 8); async: fixed rate, chunks "
+                        "requested ahead (README, 'When a chunk arrives late'); auto: sync for a simulator, else async "
+                        f"when the chunk is longer than {SYNC_MAX_CHUNK} steps and at least twice the measured delay, "
+                        "else sync (one line says which)")
     s.add_argument("--rate", type=float, default=20.0, help="control rate (Hz), async mode")
     s.add_argument("--blend", choices=["auto", "none", "linear", "ensemble", "inpaint"], default="auto",
                    help="async mode: how a late chunk takes over (README, 'When a chunk arrives late'): auto = "
@@ -164,50 +259,135 @@ def add_run(sub) -> None:
     s.add_argument("--steps", type=int, default=200, help="actions per episode")
     s.add_argument("--episodes", type=int, default=1)
     s.add_argument("--seed", type=int, help="first episode's seed (simulators)")
-    s.add_argument("--replan-every", type=int, help="sync mode: actions used per chunk")
-    s.add_argument("--first-chunk-timeout", type=float, default=30.0,
-                   help="async: seconds to wait for an episode's first chunk before the clock starts")
+    s.add_argument("--replan-every", type=int, help="sync mode: actions used per chunk (default: the policy's)")
+    s.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for a server: each handshake, each sync request, and (async) a policy "
+                        "server that sends no chunk, after which the run ends with exit 3")
+    s.add_argument("--first-chunk-timeout", type=float, default=10.0,
+                   help="async: seconds to wait for the first episode's first chunk (model warm-up) before the clock "
+                        "starts")
     s.add_argument("--starvation-hold", type=float, default=0.0,
                    help="async: seconds of hold actions on an empty queue before the loop stops commanding (the robot "
-                        "server's watchdog then holds the arm); default 0: stop at once")
+                        "server's watchdog then holds the arm); 0: stop at once")
     s.add_argument("--policy-lost", type=float, default=1.0,
-                   help="async: an empty queue this long is reported as a policy-server outage (retried)")
+                   help="async: an empty queue this long is reported as a policy-server outage (retried until "
+                        "--timeout)")
     s.add_argument("--client-key", help="CurveZMQ: this client's .key_secret")
     s.add_argument("--policy-server-key", help="CurveZMQ: the policy server's public .key")
     s.add_argument("--robot-server-key", help="CurveZMQ: the robot server's public .key")
-    s.add_argument("--out", help="write the episode logs (JSON) here")
+    s.add_argument("--out", help="folder for episodes.json (one log per episode) and summary.json; a path ending in "
+                                 ".json is written as that one file")
+    s.add_argument("--json", action="store_true", help="one JSON line per episode on stdout instead of a sentence")
     s.set_defaults(func=_cmd_run)
 
 
+SYNC_MAX_CHUNK = 8  # README: with chunks of 8 every async blend loses to sync once a chunk takes a step or more
+
+
+def choose_mode(meta: dict, robot, policy, rate_hz: float) -> tuple[str, str]:
+    """--mode auto: ("sync" | "async", why). A stepped clock (a simulator) runs sync; otherwise the delay of a request
+    (observation + round trip, the slowest of two after a warm-up) decides: async when the chunk is longer than
+    SYNC_MAX_CHUNK steps and at least twice the delay in control steps (README, 'When a chunk arrives late')."""
+    import math
+    import time
+
+    H = int(meta["chunk_size"])
+    if robot.meta.get("clock") == "stepped":
+        return "sync", "the robot server is a simulator (stepped clock), where sync runs as in-process evaluation does"
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        policy.infer(robot.get_observation())
+        times.append(time.perf_counter() - t0)
+    delay = max(1, math.ceil(max(times[1:]) * rate_hz))
+    why = f"chunks of {H} steps, a request takes {max(times[1:]) * 1e3:.0f} ms = {delay} step(s) at {rate_hz:g} Hz"
+    if H > SYNC_MAX_CHUNK and H >= 2 * delay:
+        return "async", why
+    return "sync", (f"{why}; async needs chunks longer than {SYNC_MAX_CHUNK} steps and at least twice the delay "
+                    f"(--mode async forces it)")
+
+
+def _delta(before: dict, after: dict) -> dict:
+    """Numeric counters that grew between two status replies (this episode's share of the server's totals)."""
+    out = {}
+    for k, v in after.items():
+        b = before.get(k, 0)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(b, (int, float)):
+            out[k] = v - b
+    return out
+
+
+def _sentence(i: int, seed, log, st: dict, robot_mode: str, safety: dict, counters: dict) -> str:
+    lat = f", chunk p50 {st['latency_ms_p50']:.0f} ms" if st.get("latency_ms_p50") is not None else ""
+    starved = f", {st['starvation_events']} starved ticks" if st.get("starvation_events") else ""
+    interv = safety.get("intervened", 0)
+    return (f"episode {i}{f' (seed {seed})' if seed is not None else ''}: "
+            f"{'success' if log.success else 'no success'} after {log.length} steps; {st['chunks']} chunk"
+            f"{'' if st['chunks'] == 1 else 's'}{lat}"
+            f"{starved}; robot {robot_mode}, {counters.get('applied', 0)} commands applied, "
+            f"{interv} changed by the safety layer")
+
+
+def _write_logs(out: str, logs: list, summary: dict) -> str:
+    """--out: a folder (episodes.json + summary.json) or, for a path ending in .json, that one file (the logs)."""
+    def dump(path, obj):
+        with open(path + ".tmp", "w") as f:  # a temporary name, then renamed: never a truncated log
+            json.dump(obj, f, indent=1, default=float)
+        os.replace(path + ".tmp", path)
+
+    if out.endswith(".json"):
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        dump(out, logs)
+        return out
+    os.makedirs(out, exist_ok=True)
+    dump(os.path.join(out, "episodes.json"), logs)
+    dump(os.path.join(out, "summary.json"), summary)
+    return out
+
+
 def _cmd_run(args) -> int:
-    """Exit codes: 0 done; 3 the policy server never answered (or an episode got no chunk at all); 4 the robot
-    server was lost; 5 the policy's action space is not the robot's. Each with a message on stderr naming the
-    server(s)."""
+    """Exit codes: 0 done; 3 the policy server did not answer, or stopped answering (the run ends within --timeout,
+    whatever the episode count); 4 the robot server was lost; 5 the policy's action space is not the robot's. Each
+    with one line on stderr naming the server and what to do."""
+    import dataclasses
     import sys
 
-    from robot_bridge.client import PolicyClient
+    from robot_bridge import protocol as P
+    from robot_bridge.client import PolicyClient, no_answer, policy_warnings
     from robot_bridge.control_loop import ControlLoop, LoopConfig
     from robot_bridge.robot_client import RemoteRobot, RobotClient, RobotServerLost
     from robot_bridge.robots.base import hold_for
+
+    timeout = float(getattr(args, "timeout", 5.0))
+    as_json = bool(getattr(args, "json", False))
+    if timeout <= 0:
+        raise ValueError(f"--timeout: expected > 0 seconds, got {timeout:g}")
 
     def fail(code: int, msg: str) -> int:
         print(f"vla run: {msg}", file=sys.stderr, flush=True)
         return code
 
+    def warn(msg: str) -> None:
+        print(f"vla run: warning: {msg}", file=sys.stderr, flush=True)
+
     pkeys = dict(client_secret_key=args.client_key, server_public_key=args.policy_server_key) \
         if args.policy_server_key else {}
     rkeys = dict(client_secret_key=args.client_key, server_public_key=args.robot_server_key) \
         if args.robot_server_key else {}
-    policy = PolicyClient(args.policy_server, timeout_ms=5000, **pkeys)
-    rclient = RobotClient(args.robot_server, timeout_ms=10_000, **rkeys)
+    policy = PolicyClient(args.policy_server, timeout_ms=timeout * 1e3 / 2, retries=1, **pkeys)
+    rclient = RobotClient(args.robot_server, timeout_ms=max(10_000, timeout * 1e3), **rkeys)
     logs, code = [], 0
     try:
         try:
             meta = policy.hello()
         except (TimeoutError, ConnectionError) as e:
-            return fail(3, f"policy server at {args.policy_server} did not answer ({e}); is `vla serve` running there?")
+            return fail(3, str(no_answer(args.policy_server, e)))
         try:
-            robot = RemoteRobot(rclient, instruction=args.instruction, sync=args.mode == "sync", max_steps=args.steps)
+            rclient.hello(timeout_ms=timeout * 1e3)
+            robot = RemoteRobot(rclient, instruction=args.instruction, max_steps=args.steps,
+                                on_override=lambda given, own: warn(
+                                    f"--instruction {given!r} replaces the robot's own {own!r} (a simulator still "
+                                    f"scores its own task); leave --instruction out to use it"))
         except TimeoutError as e:
             return fail(4, f"robot server at {args.robot_server} did not answer ({e}); is `vla robot-server` running "
                            f"there?")
@@ -225,56 +405,102 @@ def _cmd_run(args) -> int:
             return fail(5, f"action space: the policy at {args.policy_server} drives {p_arms} arm(s) "
                            f"({(meta.get('action_space') or {}).get('arms')}), the robot server at {args.robot_server} "
                            f"{r_arms}; one robot server per arm layout")
+        for w in policy_warnings(meta, instruction=args.instruction or robot.meta.get("instruction")):
+            warn(w)
+        mode = args.mode
+        if mode == "auto":
+            try:
+                mode, why = choose_mode(meta, robot, policy, args.rate)
+            except (TimeoutError, ConnectionError, P.ServerError) as e:
+                return fail(3, str(no_answer(args.policy_server, e, "while its delay was measured")))
+            except RobotServerLost as e:
+                return fail(4, f"{e}; is `vla robot-server` still running there?")
+            print(f"vla run: mode {mode}: {why}", file=sys.stderr, flush=True)
+        robot.sync = mode == "sync"
         watchdog_ms = float(robot.meta.get("watchdog_ms") or 0)
-        if args.mode == "async" and 0 < watchdog_ms < 2e3 / args.rate:
-            print(f"vla run: warning: the robot server's watchdog ({watchdog_ms:.0f} ms) is shorter than two control "
-                  f"periods at --rate {args.rate:g} ({2e3 / args.rate:.0f} ms): it will hold the arm between commands; "
-                  f"raise its --watchdog-ms or the rate", file=sys.stderr, flush=True)
-        cfg = LoopConfig(mode=args.mode, rate_hz=args.rate, first_chunk_timeout_s=args.first_chunk_timeout,
+        if mode == "async" and 0 < watchdog_ms < 2e3 / args.rate:
+            warn(f"the robot server's watchdog ({watchdog_ms:.0f} ms) is shorter than two control periods at --rate "
+                 f"{args.rate:g} ({2e3 / args.rate:.0f} ms): it will hold the arm between commands; raise its "
+                 f"--watchdog-ms or the rate")
+        cfg = LoopConfig(mode=mode, rate_hz=args.rate, first_chunk_timeout_s=args.first_chunk_timeout,
                          hold=hold_for(r_space), blend=getattr(args, "blend", "auto"),
                          ensemble_coeff=getattr(args, "ensemble_coeff", 0.01),
                          starvation_hold_s=args.starvation_hold, policy_lost_s=args.policy_lost,
+                         give_up_s=max(timeout, args.policy_lost),
                          replan_every=args.replan_every or (int(meta.get("n_action_steps", meta["chunk_size"]))
-                                                            if args.mode == "sync" else None))
+                                                            if mode == "sync" else None))
         loop = ControlLoop(policy, robot, cfg, action_dim=int(meta["action_dim"]))
+        lost = "the robot server's watchdog holds the arm meanwhile"
         try:
             for i in range(args.episodes):
                 seed = None if args.seed is None else args.seed + i
+                if i == 1 and cfg.mode == "async":  # the server is warm now: a missing first chunk is a lost server
+                    loop.config = dataclasses.replace(cfg, first_chunk_timeout_s=min(cfg.first_chunk_timeout_s,
+                                                                                     timeout))
                 try:
-                    log = loop.run_episode(seed=seed, max_steps=args.steps)
+                    before = rclient.status()
+                    try:
+                        log = loop.run_episode(seed=seed, max_steps=args.steps)
+                    except (TimeoutError, ConnectionError) as e:  # sync: a chunk request failed after its retry
+                        code = fail(3, f"episode {i}: {no_answer(args.policy_server, e, 'mid-episode')}; {lost}")
+                        break
+                    except P.ServerError as e:
+                        if e.code == P.ErrorCode.SHUTTING_DOWN:
+                            code = fail(3, f"episode {i}: {no_answer(args.policy_server, e, 'mid-episode')}; {lost}")
+                            break
+                        code = fail(3, f"episode {i}: the policy server at {args.policy_server} refused a request "
+                                       f"({e}); its log says why")
+                        break
+                    after = rclient.status()
                 except RobotServerLost as e:
                     code = fail(4, f"episode {i}: {e}; stopped (the robot server's watchdog holds the arm if it is "
-                                   f"still running)")
+                                   f"still running); is `vla robot-server` still running there?")
+                    break
+                except TimeoutError as e:
+                    code = fail(4, f"episode {i}: robot server at {args.robot_server} stopped answering ({e}); is "
+                                   f"`vla robot-server` still running there?")
                     break
                 d = log.to_dict()
-                try:
-                    d["robot"] = rclient.status()
-                except TimeoutError as e:
-                    code = fail(4, f"episode {i}: robot server at {args.robot_server} stopped answering ({e})")
-                    logs.append(d)
-                    break
+                d["robot"] = after
+                episode_safety = _delta(before.get("safety") or {}, after.get("safety") or {})
+                episode_counters = _delta(before.get("counters") or {}, after.get("counters") or {})
+                d["robot_episode"] = {"counters": episode_counters, "safety": episode_safety}
                 logs.append(d)
                 st = d["stats"]
-                print(json.dumps({"episode": i, "seed": seed, "success": log.success, "length": log.length,
-                                  "loop": st, "robot_mode": d["robot"]["status"]["mode"],
-                                  "safety": d["robot"]["safety"]}), flush=True)
+                robot_mode = after["status"]["mode"]
+                if as_json:
+                    print(json.dumps({"episode": i, "seed": seed, "success": log.success, "length": log.length,
+                                      "mode": cfg.mode, "loop": st, "robot_mode": robot_mode,
+                                      "safety": episode_safety, "counters": episode_counters}), flush=True)
+                else:
+                    print(_sentence(i, seed, log, st, robot_mode, episode_safety, episode_counters), flush=True)
                 if st["chunks"] == 0:
                     code = fail(3, f"episode {i}: no action chunk from the policy server at {args.policy_server} "
                                    f"({st['request_failures']} failed requests; last error: {st['last_error']}); the "
-                                   f"arm was not commanded")
-                elif st["policy_outages"]:
-                    print(f"vla run: episode {i}: {st['policy_outages']} policy-server outage(s) of >= "
-                          f"{args.policy_lost:g} s, {st['silent_ticks']} ticks without a command", file=sys.stderr,
-                          flush=True)
+                                   f"arm was not commanded; is `vla serve` running there and answering?")
+                    break
+                if st.get("policy_lost"):
+                    code = fail(3, f"episode {i}: {st['policy_outages']} policy-server outage(s), "
+                                   f"{st['silent_ticks']} ticks without a command; "
+                                   f"{no_answer(args.policy_server, st['last_error'] or 'no chunk', 'mid-episode')}; "
+                                   f"{lost}")
+                    break
+                if st["policy_outages"]:
+                    warn(f"episode {i}: {st['policy_outages']} policy-server outage(s) of >= {args.policy_lost:g} s, "
+                         f"{st['silent_ticks']} ticks without a command (the watchdog held the arm)")
         finally:
             loop.close()
     finally:
         policy.close()
         rclient.close()
-        if args.out and logs:  # a temporary name, then renamed: an interrupted write never truncates an earlier log
-            with open(args.out + ".tmp", "w") as f:
-                json.dump(logs, f, indent=1, default=float)
-            os.replace(args.out + ".tmp", args.out)
+        if logs:
+            n_ok = sum(bool(d["success"]) for d in logs)
+            summary = {"episodes": len(logs), "successes": n_ok, "success_rate": n_ok / len(logs), "exit_code": code,
+                       "policy_server": args.policy_server, "robot_server": args.robot_server}
+            where = _write_logs(args.out, logs, summary) if args.out else None
+            if not as_json and (len(logs) > 1 or where):
+                print(f"{len(logs)} episode(s), {n_ok} successful" + (f"; logs in {where}" if where else ""),
+                      flush=True)
     return code
 
 
@@ -301,10 +527,9 @@ def _cmd_keys_generate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`vla-robot`: the robot-side commands without the rest of the stack (pip install ./robot_bridge)."""
-    import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="vla-robot", description="vla-stack robot side: robot server, control loop "
+    p = Parser(prog="vla-robot", description="vla-stack robot side: robot server, control loop "
                                                              "client, CurveZMQ keys")
     sub = p.add_subparsers(dest="command", metavar="command")
     add_robot_server(sub)

@@ -12,6 +12,7 @@ Imports only numpy, msgpack and pyzmq. Not thread-safe: one thread per client.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -226,14 +227,19 @@ class RemoteRobot:
     apply() sends and returns; the server keeps only the newest command.
     instruction: the task for the policy; default the robot's own (a simulator's task), else required.
     lost_after_s: async: no state publication for this long raises RobotServerLost (as does a request's timeout).
+    on_override(given, own): called at each reset where `instruction` replaces a different instruction of the robot's
+    own (a simulator's drawn task, which it still scores); default: a logged warning.
     """
 
     def __init__(self, client: RobotClient | str, instruction: str | None = None, sync: bool = False,
-                 max_steps: int | None = None, lost_after_s: float = 2.0, **client_kw):
+                 max_steps: int | None = None, lost_after_s: float = 2.0, on_override=None, **client_kw):
         self.client = client if isinstance(client, RobotClient) else RobotClient(client, **client_kw)
         self.lost_after_s = float(lost_after_s)
         self.meta = self.client.metadata or self.client.hello()
         self.instruction = instruction
+        self.on_override = on_override or (lambda given, own: logging.getLogger("robot_bridge.robot_client").warning(
+            "instruction %r replaces the robot's own %r, which it still scores", given, own))
+        self.own_instruction: str | None = None  # the robot's own instruction at the last reset
         self.sync = sync
         self._max_steps = max_steps
         self.done = False
@@ -265,7 +271,11 @@ class RemoteRobot:
     def reset(self, seed: int | None = None) -> dict:
         self.steps = 0
         self.applied.clear()
-        return self._obs(self._call(self.client.reset, seed=seed))
+        reply = self._call(self.client.reset, seed=seed)
+        self.own_instruction = reply.get("instruction")
+        if self.instruction and self.own_instruction and self.instruction.strip() != self.own_instruction.strip():
+            self.on_override(self.instruction, self.own_instruction)
+        return self._obs(reply)
 
     def get_observation(self) -> dict:
         return self._obs(self._call(self.client.observe))

@@ -26,12 +26,22 @@ CAMERA_SOURCES = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
 DEFAULT_CAMERAS = ("agentview", "wrist")
 
 
+def _errors_only(record) -> bool:
+    return record.levelno >= 40  # logging.ERROR
+
+
 def _quiet_robosuite() -> None:
+    """robosuite's import warns about its private macro file, robosuite_models and mink (robots and IK we do not
+    use), then sets its logger back to INFO: a filter on the logger drops everything below ERROR whatever its level,
+    on its own handler and on any the application configured."""
     import logging
 
-    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
-    for name in ("robosuite", "robosuite.utils.log_utils"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("robosuite_logs", "robosuite", "robosuite.utils.log_utils"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.ERROR)
+        if _errors_only not in lg.filters:
+            lg.addFilter(_errors_only)
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # "No OpenGL_accelerate module loaded" (INFO)
 
 
 def validate_action(action, dim: int = ACTION_DIM) -> np.ndarray:

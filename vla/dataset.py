@@ -29,7 +29,10 @@ import h5py
 import numpy as np
 
 from vla.features import DatasetError, Demo, FeatureMap, fit_frames  # noqa: F401  (DatasetError, Demo: re-exported)
-from vla.lerobot import is_lerobot
+from vla.formats import DATASET_FORMS, detect
+from vla.formats.base import LoadOptions
+from vla.formats.base import demo_index as _demo_index
+from vla.formats.base import split_names as _split_names
 
 FORMAT = "vla-stack/1"
 IMAGE_KEYS = {"agentview": "agentview_image", "wrist": "wrist_image"}
@@ -164,23 +167,24 @@ class DemoWriter:
         self.close()
 
 
-def _demo_index(name: str) -> int:
-    try:
-        return int(name.split("_")[-1])
-    except ValueError:
-        return -1
-
-
 # --------------------------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------------------------
 def _open(path: str) -> h5py.File:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: dataset file not found")
+        raise FileNotFoundError(f"{path}: dataset file not found; expected {DATASET_FORMS}")
+    if os.path.isdir(path):
+        h5 = sorted(n for n in os.listdir(path) if n.endswith((".hdf5", ".h5")))
+        hint = (f"; it holds HDF5 file(s): pass them one by one ({', '.join(os.path.join(path, n) for n in h5[:3])}"
+                f"{', ...' if len(h5) > 3 else ''})" if h5 else "")
+        raise DatasetError(f"{path}: a folder, but not a LeRobot v3 dataset (no meta/info.json){hint}; expected "
+                           f"{DATASET_FORMS}")
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from e
+        what = "not an HDF5 file" if "signature" in str(e) else \
+            f"not a readable HDF5 file ({str(e).split(' (')[0].split(', errno')[0]})"  # h5py's internals cut off
+        raise DatasetError(f"{path}: {what}; expected {DATASET_FORMS}") from e
 
 
 def check_file(path: str) -> None:
@@ -192,19 +196,6 @@ def check_file(path: str) -> None:
             for key in REQUIRED_DEMO_KEYS:
                 if key not in f["data"][name]:
                     raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
-
-
-def _split_names(f, path: str, split: str | None) -> list[str]:
-    """Demo names of a split: robomimic's mask/<split> when the file has masks; without any mask/ (robomimic's
-    released files often have none) every 10th demo is held out for "valid"."""
-    names = sorted(f["data"].keys(), key=_demo_index)
-    if split is None:
-        return names
-    if "mask" not in f or not len(f["mask"].keys()):
-        return [n for i, n in enumerate(names) if (i % 10 == 9) == (split == "valid")]
-    if f"mask/{split}" not in f:
-        raise DatasetError(f"{path}: missing key 'mask/{split}'")
-    return [n.decode() for n in f[f"mask/{split}"][()]]
 
 
 def load_demos(
@@ -219,13 +210,13 @@ def load_demos(
     frame_cache: str | None = None,
     progress: bool = False,
 ) -> list[Demo]:
-    """Read demos from one or several files (several files mix into one multi-task list).
+    """Read demos from one or several paths (several mix into one multi-task list); each path is read by the reader
+    vla.formats.detect picks: a LeRobot v3 folder, a LIBERO native file or folder, our/robomimic HDF5 file or folder.
 
     split: None (all), "train" or "valid" (robomimic masks; without masks every 10th demo is "valid").
     cameras: the policy cameras to read (None: every camera of the feature map). features: a vla.features.FeatureMap
-    (None: detected per file, ours or robomimic's layout). image_size: frames made square (`frame_fit`: "crop" or
-    "pad") and resized on load. A path that is a LeRobot v3 folder (meta/info.json) is read by vla.lerobot, its
-    frames through the on-disk cache under `frame_cache` (memmap views, not copies).
+    (None: detected per path). image_size: frames made square (`frame_fit`: "crop" or "pad") and resized on load.
+    LeRobot and LIBERO frames go through the on-disk cache under `frame_cache` (memmap views, not copies).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [str(paths)]
@@ -233,69 +224,76 @@ def load_demos(
         raise ValueError(f"split: expected None, 'train' or 'valid', got {split!r}")
     demos: list[Demo] = []
     per_task: dict[str, int] = {}
-    for path in paths:
-        if is_lerobot(path):
-            from vla.lerobot import load_lerobot_demos
 
-            got = load_lerobot_demos(path, split, cameras, image_size, tasks, features, frame_fit, frame_cache, progress)
-            for d in got:
-                if max_demos_per_task is None or per_task.get(d.task, 0) < max_demos_per_task:
-                    demos.append(d)
-                    per_task[d.task] = per_task.get(d.task, 0) + 1
-            continue
-        with _open(path) as f:
-            if "data" not in f:
-                raise DatasetError(f"{path}: missing key 'data'")
-            fm = features or FeatureMap.detect(f, path)
-            cams = list(fm.cameras) if cameras is None else list(cameras)
-            unknown = [c for c in cams if c not in fm.cameras]
-            if unknown:
-                raise DatasetError(f"{path}: camera(s) {unknown} are not in the data's feature map (no "
-                                   f"{', '.join(f'obs/{c}_image' for c in unknown)}; it has {fm.cameras}); map them "
-                                   f"in data.features.cameras or choose model.cameras")
-            env_task = json.loads(f["data"].attrs.get("vla_env_args", "") or f["data"].attrs.get("env_args", "{}")
-                                  or "{}").get("env_name", "")
-            for name in _split_names(f, path, split):
-                if name not in f["data"]:
-                    raise DatasetError(f"{path}: mask/{split} names missing demo 'data/{name}'")
-                g = f["data"][name]
-                task = str(g.attrs.get("task", env_task))
-                if tasks is not None and task not in tasks:
-                    continue
-                if max_demos_per_task is not None and per_task.get(task, 0) >= max_demos_per_task:
-                    continue
-                for key in [fm.action] + [f"obs/{k}" for k in fm.state] + [f"obs/{fm.cameras[c]}" for c in cams]:
-                    if key not in g:
-                        raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
-                actions = g[fm.action][()].astype(np.float32)
-                T = int(actions.shape[0])
-                images = {}
-                for cam in cams:
-                    arr = g[f"obs/{fm.cameras[cam]}"][()]
-                    if arr.ndim != 4 or arr.shape[0] != T or arr.shape[3] != 3:
-                        raise DatasetError(f"{path}: data/{name}/obs/{fm.cameras[cam]}: expected uint8 (T={T}, H, W, "
-                                           f"3), got {arr.dtype} {arr.shape}")
-                    images[cam] = fit_frames(arr, image_size, frame_fit) if image_size else arr
-                parts = []
-                for k in fm.state:
-                    v = g[f"obs/{k}"][()].astype(np.float32)
-                    if v.shape[0] != T:
-                        raise DatasetError(f"{path}: data/{name}/obs/{k}: {v.shape[0]} rows, the actions have {T}")
-                    parts.append(v.reshape(T, -1))
-                obj = g["obs/object_pos"][()] if "obs/object_pos" in g else np.zeros((T, 3, 3), np.float32)
-                instruction = fm.instruction or str(g.attrs.get("instruction", "")) or task
-                demos.append(
-                    Demo(
-                        name=f"{os.path.basename(path)}:{name}",
-                        task=task,
-                        instruction=instruction,
-                        images=images,
-                        state=np.concatenate(parts, axis=1),
-                        actions=actions,
-                        object_pos=obj.astype(np.float32),
-                    )
+    def take(task: str) -> bool:
+        if max_demos_per_task is not None and per_task.get(task, 0) >= max_demos_per_task:
+            return False
+        per_task[task] = per_task.get(task, 0) + 1
+        return True
+
+    opts = LoadOptions(split=split, cameras=None if cameras is None else tuple(cameras), image_size=image_size,
+                       tasks=None if tasks is None else tuple(tasks), features=features, frame_fit=frame_fit,
+                       frame_cache=frame_cache, progress=progress)
+    for path in paths:
+        demos += detect(path).load(str(path), opts, take)
+    return demos
+
+
+def _load_hdf5_file(path: str, opts: LoadOptions, take) -> list[Demo]:
+    """One file in our or robomimic's layout (vla.formats.hdf5's reader); take(task): False skips the demo."""
+    demos: list[Demo] = []
+    with _open(path) as f:
+        if "data" not in f:
+            raise DatasetError(f"{path}: missing key 'data'")
+        fm = opts.features or FeatureMap.detect(f, path)
+        cams = list(fm.cameras) if opts.cameras is None else list(opts.cameras)
+        unknown = [c for c in cams if c not in fm.cameras]
+        if unknown:
+            raise DatasetError(f"{path}: camera(s) {unknown} are not in the data's feature map (no "
+                               f"{', '.join(f'obs/{c}_image' for c in unknown)}; it has {fm.cameras}); map them "
+                               f"in data.features.cameras or choose model.cameras")
+        env_task = json.loads(f["data"].attrs.get("vla_env_args", "") or f["data"].attrs.get("env_args", "{}")
+                              or "{}").get("env_name", "")
+        for name in _split_names(f, path, opts.split):
+            if name not in f["data"]:
+                raise DatasetError(f"{path}: mask/{opts.split} names missing demo 'data/{name}'")
+            g = f["data"][name]
+            task = str(g.attrs.get("task", env_task))
+            if opts.tasks is not None and task not in opts.tasks:
+                continue
+            if not take(task):
+                continue
+            for key in [fm.action] + [f"obs/{k}" for k in fm.state] + [f"obs/{fm.cameras[c]}" for c in cams]:
+                if key not in g:
+                    raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
+            actions = g[fm.action][()].astype(np.float32)
+            T = int(actions.shape[0])
+            images = {}
+            for cam in cams:
+                arr = g[f"obs/{fm.cameras[cam]}"][()]
+                if arr.ndim != 4 or arr.shape[0] != T or arr.shape[3] != 3:
+                    raise DatasetError(f"{path}: data/{name}/obs/{fm.cameras[cam]}: expected uint8 (T={T}, H, W, "
+                                       f"3), got {arr.dtype} {arr.shape}")
+                images[cam] = fit_frames(arr, opts.image_size, opts.frame_fit) if opts.image_size else arr
+            parts = []
+            for k in fm.state:
+                v = g[f"obs/{k}"][()].astype(np.float32)
+                if v.shape[0] != T:
+                    raise DatasetError(f"{path}: data/{name}/obs/{k}: {v.shape[0]} rows, the actions have {T}")
+                parts.append(v.reshape(T, -1))
+            obj = g["obs/object_pos"][()] if "obs/object_pos" in g else np.zeros((T, 3, 3), np.float32)
+            instruction = fm.instruction or str(g.attrs.get("instruction", "")) or task
+            demos.append(
+                Demo(
+                    name=f"{os.path.basename(path)}:{name}",
+                    task=task,
+                    instruction=instruction,
+                    images=images,
+                    state=np.concatenate(parts, axis=1),
+                    actions=actions,
+                    object_pos=obj.astype(np.float32),
                 )
-                per_task[task] = per_task.get(task, 0) + 1
+            )
     return demos
 
 
@@ -316,13 +314,7 @@ def peek_dims(paths, features=None) -> dict:
     model is sized by them before the data is loaded); the other files must agree (checked here)."""
     out = None
     for path in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths)):
-        if is_lerobot(path):
-            from vla.lerobot import LeRobotDir
-
-            ds = LeRobotDir(str(path))
-            dims = ds.dims(features or ds.feature_map())
-        else:
-            dims = _hdf5_dims(str(path), features)
+        dims = detect(path).dims(str(path), features)
         if out is None:
             out = dims
         elif (dims["state_dim"], dims["action_dim"]) != (out["state_dim"], out["action_dim"]):
@@ -336,25 +328,7 @@ def peek_dims(paths, features=None) -> dict:
 def describe(path: str, features=None) -> dict:
     """What `vla data info` prints: format, episodes, frames, fps, features (key, shape, dtype), per-dimension
     action/state quantiles (q01, q50, q99), tasks and instructions. Reads every demo's low-dim arrays, no images."""
-    if is_lerobot(path):
-        from vla.lerobot import LeRobotDir
-
-        ds = LeRobotDir(path)
-        fm = features or ds.feature_map()
-        feats = {}
-        for cam, key in fm.cameras.items():
-            ft = ds.features[key]
-            feats[f"camera.{cam}"] = {"key": key, "shape": list(ft["shape"]), "dtype": "uint8",
-                                      "stored_as": ft["dtype"], **({"codec": ft["info"].get("video.codec")}
-                                                                   if "info" in ft else {})}
-        for key in fm.state + (fm.action,):
-            ft = ds.features[key]
-            feats["action" if key == fm.action else f"state.{key}"] = {
-                "key": key, "shape": list(ft["shape"]), "dtype": ft["dtype"], "names": ft.get("names"),
-                **({"space": fm.action_space} if key == fm.action else {})}
-        fmt = f"lerobot/{ds.info['codebase_version']}"
-    else:
-        fm, feats, fmt = _describe_hdf5(path, features)
+    fm, feats, fmt = detect(path).describe(path, features)
     demos = load_demos(path, cameras=[], features=fm)
     tasks: dict[str, int] = {}
     for dm in demos:

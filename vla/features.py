@@ -68,6 +68,7 @@ class FeatureMap:
     arms: tuple | None = None  # several arms in one action: ({"name": "left", "dims": [0, 7], "gripper": 6}, ...),
     # dims a [start, end) range, gripper an index inside it (or None); the ranges tile the action without overlap
     action_units: tuple | None = None  # per-dim unit ("m", "rad", "action", "gripper", ...); None: action_units_of()
+    state_names: tuple | None = None  # per-dim meaning of the concatenated state ("eef_x", ...), when known
 
     def __post_init__(self):
         if not isinstance(self.cameras, dict) or not all(isinstance(k, str) and isinstance(v, str)
@@ -130,7 +131,7 @@ class FeatureMap:
         d = dict(d)
         if "state" in d:
             d["state"] = tuple(d["state"]) if isinstance(d["state"], (list, tuple)) else (d["state"],)
-        for k in ("action_names", "arms", "action_units"):
+        for k in ("action_names", "arms", "action_units", "state_names"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k]) if isinstance(d[k], (list, tuple)) else d[k]
         return cls(**d)
@@ -140,7 +141,8 @@ class FeatureMap:
                 "action_space": self.action_space, "instruction": self.instruction, "fps": self.fps,
                 "action_names": list(self.action_names) if self.action_names is not None else None,
                 "arms": [dict(a) for a in self.arms] if self.arms else None,
-                "action_units": list(self.action_units) if self.action_units is not None else None}
+                "action_units": list(self.action_units) if self.action_units is not None else None,
+                "state_names": list(self.state_names) if self.state_names is not None else None}
 
     @classmethod
     def detect(cls, f, path: str) -> "FeatureMap":

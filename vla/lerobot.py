@@ -55,6 +55,11 @@ def is_lerobot(path) -> bool:
     return os.path.isdir(str(path)) and os.path.isfile(os.path.join(str(path), INFO_PATH))
 
 
+# LeRobot's LIBERO layout (openpi's and LeRobot's LIBERO datasets): these two cameras, and no other, are the ones our
+# LIBERO reader and the LIBERO env worker call "agentview" and "wrist", so one policy serves either source
+LIBERO_CAMERAS = {"observation.images.image": "agentview", "observation.images.wrist_image": "wrist"}
+
+
 def camera_name(key: str) -> str:
     """'observation.images.wrist' -> 'wrist' (the policy's camera name)."""
     return key[len(IMAGE_PREFIX):] if key.startswith(IMAGE_PREFIX) else key.replace("observation.", "").replace(".", "_")
@@ -108,6 +113,14 @@ class LeRobotDir:
                                f"says {self.info['total_episodes']}")
 
     # ---- metadata
+    @property
+    def total_frames(self) -> int:
+        return int(self.info["total_frames"])
+
+    def stamp_files(self) -> list[str]:
+        """The files whose size and mtime key the frame cache: info.json and the episode metadata."""
+        return [os.path.join(self.root, INFO_PATH)] + sorted(glob.glob(os.path.join(self.root, "meta/episodes/*/*")))
+
     def _read_tasks(self) -> list[str]:
         t = _read_parquet(os.path.join(self.root, TASKS_PATH), "tasks")
         meta = json.loads((t.schema.metadata or {}).get(b"pandas", b"{}") or b"{}")
@@ -137,6 +150,8 @@ class LeRobotDir:
 
     def feature_map(self) -> FeatureMap:
         cams = {camera_name(k): k for k, ft in self.features.items() if ft.get("dtype") in ("video", "image")}
+        if set(cams.values()) == set(LIBERO_CAMERAS):
+            cams = {LIBERO_CAMERAS[k]: k for k in cams.values()}
         if "observation.state" in self.features:
             state = ("observation.state",)
         else:
@@ -150,8 +165,13 @@ class LeRobotDir:
         if isinstance(names, dict):  # LeRobot <= 2.x wrote {"motors": [...]}
             names = next(iter(names.values()), None)
         ok = isinstance(names, list) and len(names) == int(np.prod(self.features.get("action", {}).get("shape", [0])))
+        snames = self.features.get(state[0], {}).get("names") if len(state) == 1 else None
+        if isinstance(snames, dict):
+            snames = next(iter(snames.values()), None)
+        s_ok = isinstance(snames, list) and len(snames) == int(np.prod(self.features[state[0]].get("shape", [0])))
         return FeatureMap(cameras=cams, state=state, action="action", action_space=space, fps=self.fps,
                           action_names=tuple(str(n) for n in names) if ok else None,
+                          state_names=tuple(str(n) for n in snames) if s_ok else None,
                           arms=tuple(self.info["vla_arms"]) if self.info.get("vla_arms") else None,
                           action_units=tuple(self.info["vla_action_units"]) if self.info.get("vla_action_units")
                           else None)
@@ -303,18 +323,20 @@ class FrameCache:
     """Decoded, squared and resized frames of one dataset camera, as a raw uint8 memmap (total_frames, S, S, 3) in
     global frame order, under `cache_dir` (default $VLA_FRAME_CACHE or ~/.cache/vla/frames). Built once, under a
     file lock (concurrent DDP ranks: the first builds, the others wait and map it); complete when `done.json` exists.
-    The key covers the dataset's path, its info.json and episode metadata (size, mtime), the camera, size and fit."""
+    The key covers the dataset's path, its stamp files (size, mtime: LeRobot's info.json and episode metadata), the
+    camera, size and fit. `ds`: any frame source with root, total_frames, episodes (dicts with dataset_from_index and
+    length), stamp_files() and frames(key, episodes, sink) - a LeRobotDir, or vla.formats.libero_hdf5's files."""
 
     def __init__(self, ds: LeRobotDir, key: str, size: int, fit: str, cache_dir: str | None = None):
         base = cache_dir or os.environ.get("VLA_FRAME_CACHE") or os.path.expanduser("~/.cache/vla/frames")
         stamp = [os.path.realpath(ds.root), key, size, fit]
-        for p in [os.path.join(ds.root, INFO_PATH)] + sorted(glob.glob(os.path.join(ds.root, "meta/episodes/*/*"))):
+        for p in ds.stamp_files():
             st = os.stat(p)
             stamp += [p, st.st_size, st.st_mtime_ns]
         digest = hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:16]
         self.dir = os.path.join(base, f"{os.path.basename(ds.root)}-{digest}")
         self.path = os.path.join(self.dir, f"{key}.u8")
-        self.shape = (int(ds.info["total_frames"]), size, size, 3)
+        self.shape = (int(ds.total_frames), size, size, 3)
         self.ds, self.key, self.size, self.fit = ds, key, size, fit
 
     @property
@@ -556,7 +578,8 @@ def export_lerobot(demos: list, out: str, fps: float, video: bool = True, robot_
         h, w = demos[0].images[c].shape[1:3]
         ft = {"dtype": "video" if video else "image", "shape": [h, w, 3], "names": ["height", "width", "channels"]}
         features[IMAGE_PREFIX + c] = ft
-    features["observation.state"] = {"dtype": "float32", "shape": [S], "names": STATE_NAMES.get(S)}
+    features["observation.state"] = {"dtype": "float32", "shape": [S], "names": list(src.state_names)
+                                     if src and src.state_names and len(src.state_names) == S else STATE_NAMES.get(S)}
     names = list(src.action_names) if src and src.action_names else (ACTION_NAMES.get(D) if action_space == "eef_delta"
                                                                     else None)
     features["action"] = {"dtype": "float32", "shape": [D], "names": names}

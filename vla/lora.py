@@ -36,12 +36,10 @@ class LoRALinear(nn.Module):
         return lin
 
 
-def apply_lora(model: nn.Module, rank: int, alpha: float = 16.0) -> int:
-    """Wrap every targeted Linear of model.backbone; freeze everything else. Returns the number of wrapped layers."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+def wrap_linears(module: nn.Module, rank: int, alpha: float = 16.0) -> int:
+    """Wrap every targeted Linear inside `module` (their base weights frozen). Returns the number of wrapped layers."""
     n = 0
-    for name, mod in list(model.backbone.named_modules()):
+    for name, mod in list(module.named_modules()):
         for child_name, child in list(mod.named_children()):
             if child_name in TARGETS and isinstance(child, nn.Linear):
                 setattr(mod, child_name, LoRALinear(child, rank, alpha))
@@ -49,6 +47,13 @@ def apply_lora(model: nn.Module, rank: int, alpha: float = 16.0) -> int:
     if n == 0:
         raise ValueError("lora: no Linear layer named like q_proj/k_proj/... found in the backbone")
     return n
+
+
+def apply_lora(model: nn.Module, rank: int, alpha: float = 16.0) -> int:
+    """Wrap every targeted Linear of model.backbone; freeze everything else. Returns the number of wrapped layers."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return wrap_linears(model.backbone, rank, alpha)
 
 
 def merged_copy(model: nn.Module) -> nn.Module:

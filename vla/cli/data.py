@@ -13,6 +13,7 @@ def add_data(sub) -> None:
     i = dsub.add_parser("info", help="episodes, frames, fps, features with shapes and dtypes, action/state quantiles, "
                                      "tasks")
     i.add_argument("path", help="a dataset: this project's HDF5, robomimic's layout, or a LeRobot v3 folder")
+    i.add_argument("--json", action="store_true", help="everything as JSON (the feature map included), for scripts")
     i.set_defaults(func=_cmd_info)
     w = dsub.add_parser("show", help="one episode: its cameras side by side as an MP4, its state and actions as PNG plots")
     w.add_argument("path")
@@ -39,8 +40,30 @@ def add_data(sub) -> None:
 def _cmd_info(args) -> int:
     from vla.dataset import describe
 
-    print(json.dumps(describe(args.path), indent=1))
+    d = describe(args.path)
+    print(json.dumps(d, indent=1) if args.json else format_info(d))
     return 0
+
+
+def format_info(d: dict) -> str:
+    """describe()'s dict as a page to read: sizes, one line per feature, tasks, instructions, quantiles per dim."""
+    def shape(ft):
+        return "x".join(str(v) for v in ft["shape"])
+
+    lines = [f"{d['path']} ({d['format']}): {d['episodes']} episodes, {d['frames']} frames"
+             + (f", {d['fps']:g} fps" if d.get("fps") else ""), "features:"]
+    for name, ft in d["features"].items():
+        extra = ", ".join(str(x) for x in (ft.get("stored_as"), ft.get("codec"), ft.get("space")) if x)
+        lines.append(f"  {name:<20} {ft['key']:<34} {shape(ft):<10} {ft['dtype']}" + (f" ({extra})" if extra else ""))
+    lines.append("tasks: " + ", ".join(f"{t} ({n})" for t, n in d["tasks"].items()))
+    lines.append("instructions: " + "; ".join(repr(i) for i in d["instructions"]))
+    for what in ("action", "state"):
+        q = d[what]
+        lines.append(f"{what} per dim, q01 / q50 / q99:")
+        for k in range(len(q["q50"])):
+            lines.append(f"  [{k}] {q['q01'][k]:>9.4g} {q['q50'][k]:>9.4g} {q['q99'][k]:>9.4g}")
+    lines.append("(--json: all of it as JSON, the feature map included)")
+    return "\n".join(lines)
 
 
 def _cmd_export(args) -> int:

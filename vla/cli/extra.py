@@ -14,13 +14,14 @@ def add_distill(sub) -> None:
     s.add_argument("--steps", type=int)
     s.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank instead of all weights")
     s.add_argument("--set", action="append", metavar="KEY=VALUE")
-    s.add_argument("--resume", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_distill)
 
 
 def _cmd_distill(args) -> int:
-    from vla.cli.commands import train_config_from_args
+    from vla.cli.commands import check_run_dir, train_config_from_args
     from vla.policy import read_checkpoint_files
     from vla.train import train
 
@@ -54,6 +55,7 @@ def _cmd_distill(args) -> int:
     args.capvector = None
     args.orth_weight = None
     cfg = train_config_from_args(args, extra=extra)
+    check_run_dir(cfg.out_dir, args.resume, args.overwrite)
     out = train(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"[vla distill] block-causal student written to {out}")
     return 0
@@ -107,7 +109,9 @@ def _cmd_inspect(args) -> int:
 
 def add_export(sub) -> None:
     s = sub.add_parser("export", help="copy a policy checkpoint, optionally with half-precision weights")
-    s.add_argument("--policy", required=True, help="policy checkpoint directory")
+    s.add_argument("--policy", required=True,
+                   help="a checkpoint directory, a training run's folder (its policy/), or a shipped policy's "
+                        "name (lift_tiny, ...)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     s.add_argument("--note", action="append", default=[], help="KEY=VALUE written into config.json (e.g. reproduce=...)")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def add_serve(sub) -> None:
     s = sub.add_parser("serve", help="serve a policy over ZeroMQ (and optionally openpi's websocket protocol)")
-    s.add_argument("--policy", required=True, help="policy checkpoint directory")
+    s.add_argument("--policy", required=True,
+                   help="a checkpoint directory, a training run's folder (its policy/), or a shipped policy's "
+                        "name (lift_tiny, ...)")
     s.add_argument("--bind", default="tcp://127.0.0.1:5555",
                    help="ZeroMQ endpoint (default loopback only; another address needs --server-key or --insecure)")
     s.add_argument("--decoder", help="parallel | parallel-cached | block | pipelined")
@@ -13,7 +17,9 @@ def add_serve(sub) -> None:
     s.add_argument("--steps-k", type=int, dest="k", help="forward passes of the parallel decoder")
     s.add_argument("--start-blocks", type=int, help="pipelined decoder: blocks in flight at the first pass (default 1)")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: 1 on a machine with <= 2 cores, where the server's socket and "
+                        "batching threads need the other core; torch's choice elsewhere)")
     s.add_argument("--max-batch", type=int, default=8, help="largest batch formed across clients")
     s.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for requests of other recently active clients (a lone client never waits)")
     s.add_argument("--max-message-mb", type=float, default=32.0, help="largest accepted request")
@@ -39,20 +45,67 @@ def _cmd_serve(args) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import torch
 
+    from robot_bridge.robot_cli import start_error
+    from robot_bridge.security import ServerKeys, check_bind
     from robot_bridge.serving.server import PolicyServer, ServerConfig
     from vla.cli.commands import decode_overrides
-    from vla.policy import Policy
+    from vla.policy import Policy, checkpoint_name, read_checkpoint_files, resolve_checkpoint
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    policy = Policy.from_pretrained(args.policy, device=args.device, decode=decode_overrides(args) or None)
+    path = resolve_checkpoint(args.policy)
+    read_checkpoint_files(path)  # a missing or broken checkpoint is reported before anything else, and so are
+    keys = ServerKeys.from_args(args.server_key, args.authorized_keys)  # key files and an open bind without keys
+    check_bind(args.bind, keys is not None, args.insecure, "--bind")
+    if args.openpi_port is not None:
+        check_bind(f"tcp://{args.openpi_host}:0", False, args.insecure, "--openpi-host", keyless=True)
+    busy = port_in_use(args.bind)  # ... and a busy port, before the model loads
+    if busy is not None:
+        print(f"vla serve: error: could not start: {start_error(busy, {'--bind': args.bind})}", file=sys.stderr)
+        return 2
+    threads = args.threads or (1 if (os.cpu_count() or 1) <= 2 else None)
+    if threads:
+        torch.set_num_threads(threads)
+    policy = Policy.from_pretrained(path, device=args.device, decode=decode_overrides(args) or None)
     cfg = ServerConfig(bind=args.bind, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                        max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_queue=args.max_queue,
-                       suggested_rate_hz=args.rate, name=os.path.basename(os.path.normpath(args.policy)),
+                       suggested_rate_hz=args.rate, name=checkpoint_name(path),
                        timing_log=args.timing_log, openpi_port=args.openpi_port, openpi_host=args.openpi_host,
                        server_secret_key=args.server_key, authorized_keys=args.authorized_keys, insecure=args.insecure)
     server = PolicyServer(policy, config=cfg)
-    server.serve_forever(on_start=lambda srv: print(
-        f"[vla serve] {cfg.name} ({policy.decode_cfg.decoder} decoder) on {srv.address}"
-        + (f", openpi ws://{cfg.openpi_host}:{srv.openpi.port}" if srv.openpi else "") + "; Ctrl-C to stop", flush=True))
+    started: list = []  # a server that never started has nothing to report when it stops: the error line says it
+    logging.getLogger("robot_bridge.serving.server").addFilter(
+        lambda r: bool(started) or not r.getMessage().startswith("server stopped"))
+    tasks = f"; trained on {', '.join(policy.tasks)}" if policy.tasks else ""
+    try:
+        server.serve_forever(on_start=lambda srv: started.append(print(
+            f"[vla serve] {cfg.name} ({policy.decode_cfg.decoder} decoder, chunks of {policy.cfg.chunk_size}{tasks}) "
+            f"on {srv.address}" + (f", openpi ws://{cfg.openpi_host}:{srv.openpi.port}" if srv.openpi else "")
+            + "; Ctrl-C to stop", flush=True)))
+    except (RuntimeError, OSError) as e:  # the start failed (a port taken since the check above, openpi's port)
+        endpoints = {"--bind": args.bind, "--openpi-port": f"{args.openpi_host}:{args.openpi_port}"}
+        print(f"vla serve: error: could not start: {start_error(e, endpoints)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def port_in_use(bind: str):
+    """The zmq error if `bind` (tcp://HOST:PORT) cannot be bound now, else None (the socket is closed at once)."""
+    import zmq
+
+    if not bind.startswith("tcp://") or bind.endswith(":0") or bind.endswith(":*"):
+        return None
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(bind)
+        sock.unbind(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        return None
+    except zmq.ZMQError as e:
+        if e.errno != zmq.EADDRINUSE:
+            return None  # a malformed address or a host that is not ours: the server's own start reports it
+        err = RuntimeError(f"could not bind {bind}")
+        err.__cause__ = e
+        return err
+    finally:
+        sock.close(0)
+        ctx.term()

@@ -1,0 +1,296 @@
+"""LIBERO env worker: runs (task, trial) episodes of one suite against a policy server, in LIBERO's venv.
+
+    .venv-libero/bin/python -m sim.libero.worker --suite libero_object --server tcp://127.0.0.1:5555 \
+        --out eval/libero_object --shard 0/1 [--conventions openpi] [--trials 50] [--tasks 0,3]
+
+Imports only LIBERO, numpy, imageio and `robot_bridge` (torch-free): the policy lives behind the server. Each finished
+episode is one line appended (and flushed) to `<out>/episodes.<tag>.jsonl`; a (task, trial) already in any
+`episodes*.jsonl` of `<out>` is skipped, so rerunning the same command resumes. An unreachable or dead policy server
+ends the worker with exit 3 and a line saying what to do; the trial in flight is not recorded (never a silent 0).
+
+The episode follows openpi's `examples/libero/main.py` (or LeRobot's conventions, `--conventions lerobot`):
+env seeded once per task, trial i = `reset()` then `set_init_state(init_states[i])`, `wait_steps` no-op steps, then
+up to max_steps policy steps, a new chunk every `replan_every` steps, success = the env's `done`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from sim.libero import conventions as C
+
+EXIT_SERVER = 3  # the policy server did not answer / failed
+EXIT_MISMATCH = 4  # the policy's declared inputs/outputs do not fit LIBERO's
+
+
+class PolicyMismatch(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------- the policy's handshake -> LIBERO's observations
+def camera_mapping(policy_cameras, overrides: dict | None = None) -> dict:
+    """policy camera name -> LIBERO observation key, from the names (aliases in conventions.CAMERA_KEYS) or
+    `overrides` {policy name: LIBERO key}. Raises PolicyMismatch naming both sides when a camera has no match."""
+    overrides = dict(overrides or {})
+    out, unknown = {}, []
+    for cam in policy_cameras:
+        if cam in overrides:
+            key = overrides.pop(cam)
+            if key not in C.CAMERA_KEYS:
+                raise PolicyMismatch(f"camera map: {cam}={key}: LIBERO has cameras {sorted(C.CAMERA_KEYS)}")
+            out[cam] = key
+            continue
+        low = cam.lower()
+        hits = [k for k, names in C.CAMERA_KEYS.items() if low == k or low in names]
+        if len(hits) == 1:
+            out[cam] = hits[0]
+        else:
+            unknown.append(cam)
+    if overrides:
+        raise PolicyMismatch(f"camera map: the policy has no camera(s) {sorted(overrides)}; it has {list(policy_cameras)}")
+    if unknown:
+        known = {k: list(v[:3]) for k, v in C.CAMERA_KEYS.items()}
+        raise PolicyMismatch(
+            f"cameras: the policy's {unknown} match none of LIBERO's cameras {known}; "
+            f"map them with --camera-map {unknown[0]}=agentview_image (or robot0_eye_in_hand_image)")
+    return out
+
+
+def check_policy(meta: dict) -> None:
+    """The policy must take LIBERO's 8-dim state and output 7-dim eef-delta actions; no silent pad or crop."""
+    state_dim = meta.get("state_dim")
+    if state_dim != C.STATE_DIM:
+        raise PolicyMismatch(f"state: the policy takes state_dim {state_dim}; LIBERO gives {C.STATE_DIM} "
+                             f"({', '.join(C.STATE_NAMES)})")
+    action_dim = meta.get("action_dim")
+    if action_dim != C.ACTION_DIM:
+        raise PolicyMismatch(f"actions: the policy outputs action_dim {action_dim}; LIBERO takes {C.ACTION_DIM} "
+                             f"(eef delta pos 3 + rot 3 + gripper)")
+    kind = (meta.get("action_space") or {}).get("kind")
+    if kind not in (None, "eef_delta"):
+        raise PolicyMismatch(f"actions: the policy's action space is {kind!r}; LIBERO runs 'eef_delta'")
+
+
+def policy_obs(raw: dict, cams: dict, instruction: str, conv: C.Conventions) -> dict:
+    """LIBERO's raw observation -> our wire observation (images upright: rotated 180, state 8, instruction)."""
+    images = {}
+    for cam, key in cams.items():
+        im = raw[key]
+        images[cam] = np.ascontiguousarray(im[::-1, ::-1] if conv.rotate_180 else im)
+    state = np.asarray(C.libero_state(raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"]),
+                       dtype=np.float32)
+    return {"images": images, "state": state, "instruction": instruction}
+
+
+# ----------------------------------------------------------------- episodes
+def done_trials(out_dir: str) -> set:
+    done = set()
+    for path in glob.glob(os.path.join(out_dir, "episodes*.jsonl")):
+        with open(path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: that trial runs again
+                    continue
+                done.add((int(r["task_id"]), int(r["trial"])))
+    return done
+
+
+def make_env(suite_obj, task_id: int, conv: C.Conventions, image_size: int):
+    from libero.libero import get_libero_path
+    from libero.libero.envs import OffScreenRenderEnv
+
+    task = suite_obj.get_task(task_id)
+    bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+    env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=image_size, camera_widths=image_size)
+    env.seed(conv.seed)
+    _fast_render(env)
+    return env, task
+
+
+def _fast_render(env) -> None:
+    """Reflections and shadows off on the offscreen context (they double a camera step on a CPU renderer)."""
+    try:
+        import mujoco
+
+        ctx = env.env.sim._render_context_offscreen
+        if ctx is not None:
+            ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    except AttributeError:
+        pass
+
+
+def run_episode(env, client, init_state, cams, instruction, conv, max_steps, replan_every, episode_id,
+                frames: list | None = None) -> dict:
+    client.reset()
+    env.reset()
+    raw = env.set_init_state(init_state)
+    plan: list = []
+    success, t, policy_steps = False, 0, 0
+    step_ms, infer_ms = [], []
+    while t < max_steps + conv.wait_steps:
+        if t < conv.wait_steps:
+            action = C.NOOP_ACTION
+        else:
+            if not plan:
+                obs = policy_obs(raw, cams, instruction, conv)
+                t0 = time.perf_counter()
+                out = client.infer(obs, episode_id=episode_id, step=policy_steps)
+                infer_ms.append((time.perf_counter() - t0) * 1e3)
+                chunk = out["actions"]
+                if chunk.shape[1] != C.ACTION_DIM or not np.all(np.isfinite(chunk)):
+                    raise PolicyMismatch(f"reply actions: expected finite (H, {C.ACTION_DIM}), got {chunk.shape}")
+                plan = [a for a in chunk[:replan_every]]
+            action = plan.pop(0).tolist()
+            policy_steps += 1
+        t0 = time.perf_counter()
+        raw, _reward, done, _info = env.step(action)
+        step_ms.append((time.perf_counter() - t0) * 1e3)
+        if frames is not None and t >= conv.wait_steps:
+            frames.append(np.concatenate([raw[k][::-1, ::-1] for k in C.CAMERA_KEYS], axis=1))
+        t += 1
+        if done:
+            success = True
+            break
+    return {"success": success, "policy_steps": policy_steps, "env_step_ms": float(np.mean(step_ms)),
+            "infer_ms": float(np.median(infer_ms)) if infer_ms else None}
+
+
+def write_video(frames: list, path: str, fps: int = 20) -> None:
+    import imageio
+
+    tmp = path + ".tmp.mp4"
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=6, macro_block_size=1) as w:
+        for fr in frames:
+            w.append_data(fr)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sim.libero.worker", description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", required=True)
+    ap.add_argument("--server", required=True, help="policy server address, e.g. tcp://127.0.0.1:5555")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--conventions", default="openpi", choices=sorted(C.CONVENTIONS))
+    ap.add_argument("--trials", type=int, default=None, help="trials per task (default: the conventions' 50)")
+    ap.add_argument("--tasks", default="all", help="task ids, e.g. 0,3,7 (default all)")
+    ap.add_argument("--shard", default="0/1", help="K/N: this worker runs every N-th (task, trial) from K")
+    ap.add_argument("--tag", default=None, help="episodes file tag (default the shard)")
+    ap.add_argument("--image-size", type=int, default=None, help="render size (default the conventions' 256)")
+    ap.add_argument("--replan-every", type=int, default=None)
+    ap.add_argument("--max-steps", type=int, default=None, help="override the suite's step limit (tests)")
+    ap.add_argument("--camera-map", default="", help="policy camera=LIBERO key, comma separated")
+    ap.add_argument("--videos", type=int, default=1, help="MP4s kept per task and outcome (success/failure)")
+    ap.add_argument("--timeout-ms", type=float, default=20_000.0, help="per inference request (x2 tries)")
+    a = ap.parse_args(argv)
+
+    from robot_bridge.client import PolicyClient
+
+    conv = C.get_conventions(a.conventions)
+    settings = C.episode_settings(a.suite, a.conventions, a.image_size, a.replan_every, a.max_steps)
+    suite, image_size, max_steps, replan = (settings[k] for k in ("suite", "image_size", "max_steps", "replan_every"))
+    shard = C.parse_shard(a.shard)
+    trials = a.trials or conv.trials_per_task
+    overrides = dict(kv.split("=", 1) for kv in a.camera_map.split(",") if kv)
+    os.makedirs(a.out, exist_ok=True)
+    tag = a.tag or f"shard{shard[0]}-of-{shard[1]}"
+
+    client = PolicyClient(a.server, timeout_ms=a.timeout_ms, retries=1)
+    try:
+        meta = client.hello(timeout_ms=5000.0)
+        check_policy(meta)
+        cams = camera_mapping(list(meta["cameras"]), overrides)
+    except TimeoutError:
+        print(f"error: the policy server at {a.server} did not answer the handshake; is `vla serve` running there?",
+              file=sys.stderr)
+        return EXIT_SERVER
+    except PolicyMismatch as e:
+        print(f"error: policy does not fit LIBERO: {e}", file=sys.stderr)
+        return EXIT_MISMATCH
+    if replan > int(meta["chunk_size"]):
+        print(f"error: replan_every {replan} exceeds the policy's chunk_size {meta['chunk_size']}; "
+              f"pass --replan-every <= {meta['chunk_size']}", file=sys.stderr)
+        return EXIT_MISMATCH
+
+    from libero.libero import benchmark
+
+    suite_obj = benchmark.get_benchmark_dict()[suite]()
+    task_ids = list(range(suite_obj.n_tasks)) if a.tasks == "all" else [int(t) for t in a.tasks.split(",")]
+    for t in task_ids:
+        if not 0 <= t < suite_obj.n_tasks:
+            print(f"error: --tasks: task {t} outside 0..{suite_obj.n_tasks - 1} of {suite}", file=sys.stderr)
+            return 2
+    jobs = C.shard_jobs([(t, i) for t in task_ids for i in range(trials)], shard)
+    done = done_trials(a.out)
+    todo = [j for j in jobs if j not in done]
+    print(json.dumps({"worker": tag, "jobs": len(jobs), "done": len(jobs) - len(todo), "pid": os.getpid()}), flush=True)
+    videos = {}  # (task_id, success) -> count written
+    for name in os.listdir(a.out):
+        if name.endswith(".mp4") and name.startswith("task"):
+            parts = name[:-4].split("_")
+            key = (int(parts[0][4:]), parts[2] == "success")
+            videos[key] = videos.get(key, 0) + 1
+    env, env_task = None, None
+    path = os.path.join(a.out, f"episodes.{tag}.jsonl")
+    with open(path, "a") as log:
+        for task_id, trial in todo:
+            if env_task != task_id:
+                if env is not None:
+                    env.close()
+                t0 = time.perf_counter()
+                env, task = make_env(suite_obj, task_id, conv, image_size)
+                init_states = suite_obj.get_task_init_states(task_id)
+                env_task = task_id
+                make_s = time.perf_counter() - t0
+            if trial >= len(init_states):
+                print(f"error: {suite} task {task_id} has {len(init_states)} init states; trial {trial} would reuse "
+                      f"one: pass --trials <= {len(init_states)}", file=sys.stderr)
+                return 2
+            print(json.dumps({"start": [task_id, trial]}), flush=True)
+            want_video = any(videos.get((task_id, ok), 0) < a.videos for ok in (True, False))
+            frames = [] if want_video else None
+            t0 = time.perf_counter()
+            try:
+                res = run_episode(env, client, init_states[trial], cams, task.language, conv, max_steps, replan,
+                                  episode_id=f"{task_id}-{trial}", frames=frames)
+            except TimeoutError:
+                print(f"error: the policy server at {a.server} stopped answering during {suite} task {task_id} trial "
+                      f"{trial} (not recorded); restart `vla serve` and rerun the same command to resume",
+                      file=sys.stderr)
+                return EXIT_SERVER
+            except Exception as e:  # a server-side error reply (ProtocolError) or a bad chunk
+                print(f"error: {suite} task {task_id} trial {trial} (not recorded): {type(e).__name__}: {e}",
+                      file=sys.stderr)
+                return EXIT_SERVER if "Protocol" in type(e).__name__ else EXIT_MISMATCH
+            rec = {"task_id": task_id, "task": task.name, "instruction": task.language, "trial": trial,
+                   "init_state": trial, **settings, "wall_s": round(time.perf_counter() - t0, 2),
+                   "env_make_s": round(make_s, 2), **res}
+            make_s = 0.0
+            key = (task_id, res["success"])
+            if want_video and videos.get(key, 0) < a.videos:
+                write_video(frames, os.path.join(
+                    a.out, f"task{task_id}_trial{trial}_{'success' if res['success'] else 'failure'}.mp4"))
+                videos[key] = videos.get(key, 0) + 1
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(json.dumps({"task_id": task_id, "trial": trial, "success": res["success"],
+                              "policy_steps": res["policy_steps"]}), flush=True)
+    if env is not None:
+        env.close()
+    client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip robosuite's EGL context teardown, which only prints ignored exceptions at exit
