@@ -5,7 +5,8 @@
     python benchmarks/libero.py --stages eval --trials 50 --workers 2  # re-score the shipped checkpoint
 
 Stages (each a `vla` command, recorded in the JSON): collect -> train -> ship -> eval. Collection writes
-data/<suite>_expert/ (one <task>_demo.hdf5 per task and expert.json, the expert's success per task); evaluation
+data/<suite>_expert{,_b,_c}/ (tasks 0-4, 5-8 and 9 side by side: one <task>_demo.hdf5 per task
+and expert.json, the expert's success per task, from fresh placements, never the evaluation init states); evaluation
 follows openpi's conventions (`vla libero eval`), its episodes, videos and bar chart under
 benchmarks/results/libero_eval/.
 """
@@ -15,32 +16,80 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, run, ship, train_record, train_run  # noqa: E402
+from vla_runs import ROOT, VLA, cmd_str, run, ship, train_record, train_run  # noqa: E402
 
 SUITE = "libero_object"
 CONFIG = "libero_object_tiny"
 RUN = "runs/libero_object_tiny"
 SHIPPED = "vla/pretrained/libero_object_tiny"
-DATA = f"data/{SUITE}_expert"
+# expert demos in parts collected side by side (one env process each): (task ids, folder)
+DATA = [("0,1,2,3,4", f"data/{SUITE}_expert"), ("5,6,7,8", f"data/{SUITE}_expert_b"), ("9", f"data/{SUITE}_expert_c")]
+MERGED = f"data/{SUITE}_expert"  # what the recipe reads: every part's task files, linked by sim.libero.merge_demos
 EVAL = "benchmarks/results/libero_eval"
 OUT = "benchmarks/results/libero.json"
 STAGES = ["collect", "train", "ship", "eval"]
 
 
-def collect(log: list[str], demos: int, image_size: int) -> None:
-    done = os.path.exists(os.path.join(ROOT, DATA, "expert.json"))
-    run([VLA, "libero", "collect", "--suite", SUITE, "--tasks", "all", "--demos", str(demos), "--image-size",
-         str(image_size), "--out", DATA], log, done=f"{DATA}/expert.json exists" if done else None)
+def _collected(folder: str, tasks: str) -> bool:
+    """Every task of this half has its file (an interrupted collection leaves only .tmp files)."""
+    path = os.path.join(ROOT, folder, "expert.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        done = {v["index"] for v in json.load(f).get("tasks", {}).values()}
+    return {int(t) for t in tasks.split(",")} <= done
 
 
-def evaluate(log: list[str], trials: int, workers: int, conventions: str) -> dict:
-    out = f"{EVAL}/{conventions}"
-    run([VLA, "libero", "eval", SUITE, "--policy", SHIPPED, "--trials", str(trials), "--workers", str(workers),
-         "--conventions", conventions, "--out", out], log)
+def collect(log: list[str], attempts: int, image_size: int) -> None:
+    """Every part at once, each in its own LIBERO process; a part already collected is skipped."""
+    procs = []
+    for tasks, folder in DATA:
+        cmd = [VLA, "libero", "collect", "--suite", SUITE, "--tasks", tasks, "--attempts", str(attempts),
+               "--image-size", str(image_size), "--seed", "100000", "--out", folder]
+        if _collected(folder, tasks):
+            run(cmd, log, done=f"{folder}/expert.json holds tasks {tasks}")
+            continue
+        log.append(cmd_str(cmd))
+        print("+", log[-1], flush=True)
+        procs.append(subprocess.Popen(cmd, cwd=ROOT))
+    for p in procs:
+        if p.wait() != 0:
+            sys.exit(f"collection failed (exit {p.returncode})")
+
+
+def merge(log: list[str]) -> None:
+    """The parts' demos into one folder (sim.libero.merge_demos, in LIBERO's venv: it needs only the repository)."""
+    py = os.path.join(ROOT, ".venv-libero", "bin", "python")
+    cmd = [py, "-m", "sim.libero.merge_demos", "--out", MERGED, *[folder for _, folder in DATA]]
+    log.append(" ".join(["python", *cmd[1:]]))
+    print("+", log[-1], flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def expert_record() -> dict:
+    """Expert success per task (attempts, kept demos, mean steps) and the command of the run behind each task."""
+    path = os.path.join(ROOT, MERGED, "expert.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        exp = json.load(f)
+    per_task = {name: {"success": v["success_rate"], "attempts": v["attempts"], "kept_demos": v["kept_demos"],
+                       "mean_steps": v["mean_steps"], "command": v.get("command")}
+                for name, v in exp.get("tasks", {}).items()}
+    return {"per_task": per_task, "overall": exp.get("overall"), "image_size": exp.get("image_size"),
+            "seed_rule": exp.get("seed_rule")}
+
+
+def evaluate(log: list[str], trials: int, workers: int, conventions: str, image_size: int | None) -> dict:
+    out = f"{EVAL}/{conventions}" + (f"_{image_size}px" if image_size else "")
+    cmd = [VLA, "libero", "eval", SUITE, "--policy", SHIPPED, "--trials", str(trials), "--workers", str(workers),
+           "--conventions", conventions, "--out", out]
+    run(cmd + (["--image-size", str(image_size)] if image_size else []), log)
     with open(os.path.join(ROOT, out, "results.json")) as f:
         return json.load(f)
 
@@ -48,11 +97,12 @@ def evaluate(log: list[str], trials: int, workers: int, conventions: str) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stages", default=",".join(STAGES))
-    ap.add_argument("--demos", type=int, default=50, help="expert demos per task")
+    ap.add_argument("--attempts", type=int, default=20, help="expert episodes per task (successful ones are kept)")
     ap.add_argument("--image-size", type=int, default=128, help="render size of the collected demos")
     ap.add_argument("--trials", type=int, default=10, help="trials per task (the suite's first init states)")
     ap.add_argument("--workers", type=int, default=2, help="parallel LIBERO env processes")
     ap.add_argument("--conventions", default="openpi")
+    ap.add_argument("--eval-image-size", type=int, help="render size for evaluation (default the conventions' 256)")
     a = ap.parse_args()
     stages = a.stages.split(",")
     for s in stages:
@@ -60,7 +110,8 @@ def main() -> None:
             sys.exit(f"--stages: unknown stage {s!r} (expected some of {STAGES})")
     log: list[str] = []
     if "collect" in stages:
-        collect(log, a.demos, a.image_size)
+        collect(log, a.attempts, a.image_size)
+        merge(log)
     if "train" in stages:
         train_run([VLA, "train", "--config", CONFIG, "--no-progress"], RUN, log)
     if "ship" in stages:
@@ -71,17 +122,15 @@ def main() -> None:
             prev = json.load(f)
     result = dict(prev)
     if "eval" in stages:
-        summary = evaluate(log, a.trials, a.workers, a.conventions)
+        summary = evaluate(log, a.trials, a.workers, a.conventions, a.eval_image_size)
         result.update({k: summary[k] for k in ("suite", "trials_per_task", "per_task", "average", "env_step_ms",
                                                 "infer_ms", "max_steps", "replan_every", "image_size")})
         result["conventions"] = summary["conventions_table"]
         result["policy"] = {"checkpoint": SHIPPED, **summary.get("policy", {})}
-    expert_path = os.path.join(ROOT, DATA, "expert.json")
-    if os.path.exists(expert_path):
-        with open(expert_path) as f:
-            exp = json.load(f)
-        result["expert"] = {t: v["success_rate"] for t, v in exp.get("per_task", {}).items()}
-        result["expert_command"] = exp.get("command")
+    exp = expert_record()
+    if exp.get("per_task"):
+        result["expert"] = {t: v["success"] for t, v in exp["per_task"].items()}
+        result["expert_details"] = exp
     if os.path.exists(os.path.join(ROOT, RUN, "train_summary.json")):
         rec = train_record(RUN)
         result["train_minutes"] = rec["train_minutes"]

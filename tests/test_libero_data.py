@@ -334,3 +334,14 @@ def test_registry_order_and_registration(suite):
         assert detect(suite).name == "libero"
     finally:
         READERS.remove(npz)
+
+
+def test_the_instruction_is_the_one_libero_evaluation_sends_not_the_bddl_wording(tmp_path):
+    """LIBERO's BDDL (:language) line, which problem_info carries, says "pick the milk ..."; the benchmark's
+    Task.language, which evaluation sends, says "pick up the milk ...": training must read the latter."""
+    from vla.dataset import load_demos
+
+    task = "pick_up_the_milk_and_place_it_in_the_basket"
+    write_native(tmp_path / f"{task}_demo.hdf5", task, "Pick the milk and place it in the basket", demos=1)
+    (demo,) = load_demos(str(tmp_path), cameras=("agentview", "wrist"))
+    assert demo.instruction == "pick up the milk and place it in the basket"

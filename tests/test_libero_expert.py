@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -116,6 +118,30 @@ def test_expert_collects_a_successful_demo_in_libero_native_layout(tmp_path):
     assert start > 0.2 and end < 0.06, (start, end)  # the soup went from its spot into the basket
 
 
+@needs_libero
+def test_a_terminated_collection_closes_its_files_and_says_so(tmp_path):
+    """SIGTERM mid-episode: the task's file is renamed into place (with the demos finished so far) and expert.json
+    records the interruption; the process exits 130, not with a traceback from inside LIBERO."""
+    out_dir = tmp_path / "demos"
+    cmd = [os.path.join(VENV, "bin", "python"), "-m", "sim.libero.collect", "--tasks", "6", "--attempts", "3",
+           "--out", str(out_dir), "--image-size", "64", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tmp_file = out_dir / "pick_up_the_butter_and_place_it_in_the_basket_demo.hdf5.tmp"
+    deadline = time.monotonic() + 120
+    while not tmp_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert tmp_file.exists(), "the collection never opened its output file"
+    time.sleep(3)  # inside the first episode
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert not tmp_file.exists() and tmp_file.with_suffix("").exists()
+    report = json.loads((out_dir / "expert.json").read_text())
+    entry = report["tasks"]["pick_up_the_butter_and_place_it_in_the_basket"]
+    assert not report["finished"] and "signal" in report["interrupted"] and not entry["complete"]
+    assert check_native_file(str(tmp_file.with_suffix("")))["num_demos"] == entry["kept_demos"]
+
+
 def _demo(n: int, state_len: int = 5, size: int = 8) -> DemoBuffer:
     rng = np.random.default_rng(n)
     demo = DemoBuffer(model_file="<mujoco/>")
@@ -205,3 +231,42 @@ def test_task_selection_and_collection_seeds():
             parse_tasks(bad, 10)
     seeds = {episode_seed(100_000, t, k) for t in range(10) for k in range(50)}
     assert len(seeds) == 500  # every (task, attempt) gets its own placement
+
+
+def _fake_run(path, tasks: dict, **settings):
+    """A collect output directory: expert.json + one native file per task (tiny demos)."""
+    path.mkdir()
+    report = {"command": f"python -m sim.libero.collect --out {path}", "suite": "libero_object", "image_size": 8,
+              "seed": 100000, "seed_rule": "r", "mode": "attempts", "attempts_per_task": 2, "demos_wanted": None,
+              "max_steps": 280, "wait_steps": 10, "expert": {"noise": 0.05}, "keep_failed": False, "tasks": {},
+              "finished": True, **settings}
+    for name, (index, successes, complete) in tasks.items():
+        file = f"{name}_demo.hdf5"
+        with _writer(path / file) as w:
+            for _ in range(successes):
+                w.write_demo(_demo(3))
+        report["tasks"][name] = {"index": index, "file": file, "attempts": 2, "successes": successes,
+                                 "success_rate": successes / 2 if complete else None, "kept_demos": successes,
+                                 "mean_steps": 3.0, "wall_s": 1.0}
+    (path / "expert.json").write_text(json.dumps(report))
+    return path
+
+
+def test_merge_of_split_collection_runs(tmp_path):
+    from sim.libero.merge_demos import main as merge
+
+    a = _fake_run(tmp_path / "a", {"t0": (0, 2, True), "t1": (1, 1, True)})
+    b = _fake_run(tmp_path / "b", {"t2": (2, 2, True), "t3": (3, 0, False)})  # t3 was interrupted: left out
+    c = _fake_run(tmp_path / "c", {"t1": (1, 2, True)})  # a duplicate: the first source wins
+    assert merge([str(a), str(b), str(c), "--out", str(a)]) == 0
+    rep = json.loads((a / "expert.json").read_text())
+    assert list(rep["tasks"]) == ["t0", "t1", "t2"]
+    assert rep["tasks"]["t1"]["source"] == str(a) and rep["duplicates"][0]["source"] == str(c)
+    assert rep["overall"] == {"attempts": 6, "successes": 5, "success_rate": 5 / 6, "min_task_success_rate": 0.5}
+    assert "merge_demos" in rep["command"] and len(rep["merged_from"]) == 3
+    assert os.path.samefile(a / "t2_demo.hdf5", b / "t2_demo.hdf5") and not (a / "t3_demo.hdf5").exists()
+    assert check_native_file(str(a / "t2_demo.hdf5"))["num_demos"] == 2
+
+    d = _fake_run(tmp_path / "d", {"t4": (4, 2, True)}, image_size=16)
+    with pytest.raises(ValueError, match="image_size"):
+        merge([str(b), str(d), "--out", str(tmp_path / "e")])

@@ -191,7 +191,7 @@ def test_vla_serve_cli_serves_and_stops_on_sigint(policy, tmp_path):
         with PolicyClient(addr, timeout_ms=2000, retries=30) as c:  # retries cover the server's start-up
             meta = c.hello()
             out = c.infer(obs, timeout_ms=20_000)
-        assert meta["model"] == "policy" and meta["chunk_size"] == 8
+        assert meta["model"] == tmp_path.name and meta["chunk_size"] == 8
         assert np.array_equal(out["actions"], policy.infer(obs)["actions"])
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(20)

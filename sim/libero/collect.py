@@ -95,9 +95,10 @@ def env_args_for(env, env_kwargs: dict) -> tuple[str, dict, dict]:
 
 
 def run_episode(env, expert: LiberoPickPlaceExpert, seed: int, max_steps: int, wait_steps: int,
-                record: bool = True) -> tuple[bool, int, DemoBuffer | None]:
+                record: bool = True, check_stop=None) -> tuple[bool, int, DemoBuffer | None]:
     """One episode from a fresh placement: reset with `seed`, `wait_steps` no-ops, then up to `max_steps` expert
-    steps, stopping at the first success. Returns (success, steps, the recorded demo or None)."""
+    steps, stopping at the first success. Returns (success, steps, the recorded demo or None). `check_stop()` runs
+    before every step and may raise to abandon the episode."""
     env.seed(seed)
     obs = env.reset()
     for _ in range(wait_steps):
@@ -108,6 +109,8 @@ def run_episode(env, expert: LiberoPickPlaceExpert, seed: int, max_steps: int, w
         demo.model_file = env.sim.model.get_xml()
     success = False
     for t in range(max_steps):
+        if check_stop is not None:
+            check_stop()
         state = env.sim.get_state().flatten()
         action = expert.act(env, obs)
         next_obs, _, _, _ = env.step(action.tolist())
@@ -125,8 +128,25 @@ class _Terminated(Exception):
     pass
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated(f"signal {signum}")
+class StopFlag:
+    """SIGTERM/SIGINT set a flag that the episode loop checks between steps, so a signal never lands inside LIBERO's
+    env construction or an HDF5 write; the run then stops at the next step and closes its files."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise _Terminated(f"signal {self.signum}")
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -197,21 +217,24 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": {},
         "finished": False,
     }
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    stop = StopFlag()
+    stop.install()
     t_start = time.time()
     interrupted = None
     bar = tqdm(total=len(task_ids) * (args.attempts or args.demos), disable=args.no_progress, unit="ep",
                dynamic_ncols=True)
     try:
         for ti in task_ids:
+            stop.check()
             task = suite.get_task(ti)
             bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
             env, env_kwargs = make_env(bddl, args.image_size)
             entry = {"index": ti, "language": task.language, "file": task_file_name(task.name),
                      "attempts": 0, "successes": 0, "success_rate": None, "mean_steps": None,
-                     "kept_demos": 0, "failed_seeds": [], "wall_s": 0.0}
+                     "kept_demos": 0, "failed_seeds": [], "wall_s": 0.0, "complete": False}
             report["tasks"][task.name] = entry
             t_task = time.time()
+            steps_ok: list[int] = []
             try:
                 target, container = task_objects(env)
                 entry.update(target=target, container=container)
@@ -223,14 +246,14 @@ def main(argv: list[str] | None = None) -> int:
                                                 "actions": "expert's noise-free labels; the env executed them "
                                                            "plus Gaussian noise (see expert.noise)",
                                                 "expert": asdict(config), "command": command}})
-                steps_ok = []
                 with writer:
                     expert = LiberoPickPlaceExpert(target, container, config)
                     for k in range(budget):
                         if args.demos is not None and entry["successes"] >= args.demos:
                             break
                         seed = episode_seed(args.seed, ti, k)
-                        ok, steps, demo = run_episode(env, expert, seed, max_steps, args.wait_steps)
+                        ok, steps, demo = run_episode(env, expert, seed, max_steps, args.wait_steps,
+                                                      check_stop=stop.check)
                         entry["attempts"] += 1
                         if ok:
                             entry["successes"] += 1
@@ -243,17 +266,30 @@ def main(argv: list[str] | None = None) -> int:
                         if ok or args.attempts is not None:
                             bar.update(1)
                         bar.set_postfix_str(f"task {ti} {entry['successes']}/{entry['attempts']} ok")
-                entry["success_rate"] = entry["successes"] / max(1, entry["attempts"])
-                entry["mean_steps"] = float(np.mean(steps_ok)) if steps_ok else None
+                entry["complete"] = True
             finally:
+                entry["success_rate"] = entry["successes"] / entry["attempts"] if entry["attempts"] else None
+                entry["mean_steps"] = float(np.mean(steps_ok)) if steps_ok else None
                 entry["wall_s"] = round(time.time() - t_task, 1)
                 report["wall_s"] = round(time.time() - t_start, 1)
                 write_json(json_path, report)
                 env.close()
     except (KeyboardInterrupt, _Terminated) as exc:
         interrupted = repr(exc)
+    except BaseException as exc:  # an error: still record what was finished, then fail
+        interrupted = repr(exc)
+        raise
     finally:
         bar.close()
+        _finish(report, json_path, interrupted, t_start)
+    for name, e in report["tasks"].items():
+        print(f"{e['index']:2d} {name}: {e['successes']}/{e['attempts']} success, kept {e['kept_demos']}, "
+              f"mean steps {e['mean_steps']}")
+    print(f"wrote {args.out} ({report['wall_s']} s){' INTERRUPTED' if interrupted else ''}")
+    return 0 if interrupted is None else 130
+
+
+def _finish(report: dict, json_path: str, interrupted: str | None, t_start: float) -> None:
     attempts = sum(e["attempts"] for e in report["tasks"].values())
     successes = sum(e["successes"] for e in report["tasks"].values())
     report.update(finished=interrupted is None, interrupted=interrupted, wall_s=round(time.time() - t_start, 1),
@@ -262,11 +298,6 @@ def main(argv: list[str] | None = None) -> int:
                            "min_task_success_rate": min((e["success_rate"] for e in report["tasks"].values()
                                                          if e["success_rate"] is not None), default=None)})
     write_json(json_path, report)
-    for name, e in report["tasks"].items():
-        print(f"{e['index']:2d} {name}: {e['successes']}/{e['attempts']} success, kept {e['kept_demos']}, "
-              f"mean steps {e['mean_steps']}")
-    print(f"wrote {args.out} ({report['wall_s']} s){' INTERRUPTED' if interrupted else ''}")
-    return 0 if interrupted is None else 130
 
 
 if __name__ == "__main__":

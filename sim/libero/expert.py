@@ -7,10 +7,10 @@ for LIBERO's OSC_POSE controller (delta position x0.05 m, delta axis-angle x0.5 
 
 Phases: above the target -> down to the grasp point -> close -> lift -> above the basket's contain region (steering
 the carried object, not the hand) -> lower -> open until the fingers part -> back off upwards. The grasp (point along
-the object's long side, closing-axis yaw) is planned while above it so that the palm, 21 cm long along the closing
-axis, clears the neighbouring objects. A dropped object, a missed grasp or a descent stuck on a neighbour sends it
-back to phase 0 (a stuck plan is not tried again). `noise` adds Gaussian noise to the executed arm dimensions; `clean_action`
-is the noise-free label for the same state (DART-style), which is what the demos store.
+the object's long side, closing-axis yaw) is planned while above it so that the palm, long along the closing axis,
+clears the neighbouring objects. A dropped object, a missed grasp or a descent stuck on a neighbour sends it back to
+phase 0 (a stuck plan is not tried again). `noise` adds Gaussian noise to the executed arm dimensions;
+`clean_action` is the noise-free label for the same state (DART-style), which is what the demos store.
 
 Runs inside the LIBERO venv (numpy + the env object only; no torch, no robosuite import).
 """
@@ -236,8 +236,7 @@ class LiberoPickPlaceExpert:
         self.phase_steps = 0
         self.reached_steps = 0
         self.retries = 0
-        self.start_rot: np.ndarray | None = None
-        self.goal_rot: np.ndarray | None = None
+        self.goal_rot: np.ndarray | None = None  # 3x3; turned onto the grasp yaw while above/descending, then held
         self.grasp: np.ndarray | None = None  # (3,) hand position at the grasp
         self.obj_below_hand = 0.0  # m from the grasp point down to the object's bottom
         self.release_width = 0.0
@@ -296,8 +295,7 @@ class LiberoPickPlaceExpert:
         cur_rot = quat_xyzw_to_mat(obs["robot0_eef_quat"])
         q = obs["robot0_gripper_qpos"]
         width = float(q[0] - q[1])
-        if self.start_rot is None:
-            self.start_rot = cur_rot
+        if self.goal_rot is None:
             self.goal_rot = cur_rot
         close_axis = cur_rot @ np.array([0.0, 1.0, 0.0])  # fingers close along the hand's y axis
         close_yaw = math.atan2(close_axis[1], close_axis[0])

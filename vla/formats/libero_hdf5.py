@@ -13,7 +13,8 @@
 Read as: cameras "agentview" and "wrist" (the names sim.libero.conventions.CAMERA_KEYS gives first), each frame
 rotated 180 degrees ([::-1, ::-1]) so it is upright, as the LIBERO env worker sends frames at evaluation; state (8) =
 ee_pos + ee_ori + gripper_states, the layout both peers feed LIBERO policies (conventions.libero_state); actions
-eef_delta (7); the instruction is each file's problem_info language_instruction; the control rate is env_args'
+eef_delta (7); the instruction is the one LIBERO's benchmark gives the task (from the .bddl file name, as evaluation
+sends it; problem_info's language_instruction only without a bddl_file_name); the control rate is env_args'
 control_freq (20 Hz). Without mask/, every 10th demo of a file is "valid". With an image size, frames go through the
 shared on-disk FrameCache (vla.lerobot), as LeRobot's do.
 """
@@ -73,10 +74,22 @@ def file_meta(f, path: str) -> dict:
     stem = os.path.basename(path).rsplit(".", 1)[0]
     task = os.path.splitext(os.path.basename(bddl))[0] if bddl else (stem[:-len("_demo")] if stem.endswith("_demo")
                                                                       else stem)
-    instruction = str(js("problem_info").get("language_instruction", "") or "").strip()
+    instruction = language_of_task(task) if bddl else ""
+    instruction = instruction or str(js("problem_info").get("language_instruction", "") or "").strip()
     kw = js("env_args").get("env_kwargs") or {}
     fps = float(kw["control_freq"]) if kw.get("control_freq") else CONTROL_HZ
     return {"task": task, "instruction": instruction or task.replace("_", " "), "fps": fps}
+
+
+def language_of_task(task: str) -> str:
+    """The instruction LIBERO's benchmark gives a task (`Task.language`, what evaluation sends), made from the .bddl
+    file name as LIBERO makes it: "pick_up_the_milk_and_place_it_in_the_basket" -> "pick up the milk and place it in
+    the basket"; LIBERO-90/10 names drop their scene prefix ("KITCHEN_SCENE3_turn_on_the_stove" -> "turn on the
+    stove"). The BDDL's own (:language ...) line, which problem_info carries, can differ ("pick the milk ..."), and a
+    policy trained on it would read another sentence at evaluation."""
+    if task[:1].isupper() and "SCENE" in task:
+        return " ".join(task[task.find("SCENE") + (8 if "SCENE10" in task else 7):].split("_"))
+    return " ".join(task.split("_"))
 
 
 class LiberoHDF5(Reader):
