@@ -174,6 +174,12 @@ def write_video(frames: list, path: str, fps: int = 20) -> None:
     os.replace(tmp, path)
 
 
+def _videos(out: str, task_id: int, success: bool) -> int:
+    """MP4s already in `out` for this task and outcome, by any worker (the quota is per folder, not per worker)."""
+    tail = "_success.mp4" if success else "_failure.mp4"
+    return sum(1 for n in os.listdir(out) if n.startswith(f"task{task_id}_trial") and n.endswith(tail))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sim.libero.worker", description=__doc__.split("\n")[0])
     ap.add_argument("--suite", required=True)
@@ -232,12 +238,6 @@ def main(argv=None) -> int:
     done = done_trials(a.out)
     todo = [j for j in jobs if j not in done]
     print(json.dumps({"worker": tag, "jobs": len(jobs), "done": len(jobs) - len(todo), "pid": os.getpid()}), flush=True)
-    videos = {}  # (task_id, success) -> count written
-    for name in os.listdir(a.out):
-        if name.endswith(".mp4") and name.startswith("task"):
-            parts = name[:-4].split("_")
-            key = (int(parts[0][4:]), parts[2] == "success")
-            videos[key] = videos.get(key, 0) + 1
     env, env_task = None, None
     path = os.path.join(a.out, f"episodes.{tag}.jsonl")
     with open(path, "a") as log:
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
                       f"one: pass --trials <= {len(init_states)}", file=sys.stderr)
                 return 2
             print(json.dumps({"start": [task_id, trial]}), flush=True)
-            want_video = any(videos.get((task_id, ok), 0) < a.videos for ok in (True, False))
+            want_video = any(_videos(a.out, task_id, ok) < a.videos for ok in (True, False))
             frames = [] if want_video else None
             t0 = time.perf_counter()
             try:
@@ -274,11 +274,9 @@ def main(argv=None) -> int:
                    "init_state": trial, **settings, "wall_s": round(time.perf_counter() - t0, 2),
                    "env_make_s": round(make_s, 2), **res}
             make_s = 0.0
-            key = (task_id, res["success"])
-            if want_video and videos.get(key, 0) < a.videos:
+            if want_video and _videos(a.out, task_id, res["success"]) < a.videos:
                 write_video(frames, os.path.join(
                     a.out, f"task{task_id}_trial{trial}_{'success' if res['success'] else 'failure'}.mp4"))
-                videos[key] = videos.get(key, 0) + 1
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps({"task_id": task_id, "trial": trial, "success": res["success"],
