@@ -1,4 +1,4 @@
-"""Shared pieces of the robot_bridge tests: observations, a slow policy wrapper, a free port."""
+"""Shared pieces of the robot_bridge tests: observations, a slow policy wrapper, a free port, waiting for servers."""
 
 from __future__ import annotations
 
@@ -53,3 +53,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_up(ready, procs=(), timeout_s: float = 120) -> None:
+    """Poll ready() (a TimeoutError or OSError counts as not yet) until it is true; a process in `procs` that exits
+    first fails the test with the end of its output."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"{p.args} exited: {p.stdout.read()[-2000:] if p.stdout else ''}")
+        try:
+            if ready():
+                return
+        except (TimeoutError, OSError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError("servers did not come up")

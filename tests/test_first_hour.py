@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from bridge_helpers import free_port
+from bridge_helpers import free_port, wait_up
 
 from robot_bridge.client import PolicyClient
 from robot_bridge.robot_client import RobotClient
@@ -39,21 +39,6 @@ def no_traceback(r) -> None:
 def start(*args, cwd=ROOT) -> subprocess.Popen:
     return subprocess.Popen(VLA + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=ENV, cwd=cwd)
-
-
-def wait_up(ready, procs, timeout_s: float = 120) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{p.args} exited: {p.stdout.read()[-2000:] if p.stdout else ''}")
-        try:
-            if ready():
-                return
-        except (TimeoutError, OSError):
-            pass
-        time.sleep(0.3)
-    raise AssertionError("servers did not come up")
 
 
 def stop(*procs) -> None:

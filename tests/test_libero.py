@@ -31,7 +31,8 @@ def test_step_limits_and_start_of_both_convention_sets():
     assert C.LEROBOT.steps_for("libero_spatial") == 280
     assert all(C.LEROBOT.steps_for(s) == C.OPENPI.steps_for(s) for s in C.SUITES if s != "libero_spatial")
     for conv in (C.OPENPI, C.LEROBOT):
-        assert (conv.wait_steps, conv.image_size, conv.rotate_180, conv.seed, conv.trials_per_task) == (10, 256, True, 7, 50)
+        got = (conv.wait_steps, conv.image_size, conv.rotate_180, conv.seed, conv.trials_per_task)
+        assert got == (10, 256, True, 7, 50)
     assert C.NOOP_ACTION == (0, 0, 0, 0, 0, 0, -1)
     s = C.episode_settings("libero_spatial", "lerobot", image_size=128)
     assert (s["max_steps"], s["image_size"], s["replan_every"], s["conventions"]) == (280, 128, 5, "lerobot")
@@ -60,7 +61,8 @@ def test_shards_cover_every_trial_once():
 
 
 def test_the_policy_handshake_maps_onto_libero_or_says_why_not():
-    assert camera_mapping(["agentview", "wrist"]) == {"agentview": "agentview_image", "wrist": "robot0_eye_in_hand_image"}
+    assert camera_mapping(["agentview", "wrist"]) == {"agentview": "agentview_image",
+                                                      "wrist": "robot0_eye_in_hand_image"}
     assert camera_mapping(["image", "wrist_image"])["image"] == "agentview_image"  # LeRobot's LIBERO names
     with pytest.raises(PolicyMismatch, match=r"'top'.*--camera-map"):
         camera_mapping(["top", "wrist"])

@@ -28,12 +28,9 @@ needs_libero = pytest.mark.skipif(not os.path.exists(os.path.join(VENV, "bin", "
 
 
 def _venv_env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("MUJOCO_GL", "egl")
-    env["LIBERO_CONFIG_PATH"] = os.path.join(os.path.abspath(VENV), "libero-config")
-    env["PYTHONPATH"] = ROOT
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    from sim.libero.runner import worker_env
+
+    return worker_env(VENV)
 
 
 # Runs in LIBERO's venv: layout summary + where the target sits (relative to the basket) at the demo's first and

@@ -6,31 +6,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
-from bridge_helpers import free_port
+from bridge_helpers import free_port, wait_up
 
 from robot_bridge.client import PolicyClient
 from robot_bridge.robot_client import RobotClient
 
 VLA = [sys.executable, "-m", "vla.cli"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _wait(ready, timeout_s: float, procs) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{p.args} exited: {p.stdout.read()[-2000:]}")
-        try:
-            if ready():
-                return
-        except (TimeoutError, OSError):
-            pass
-        time.sleep(0.3)
-    raise AssertionError("servers did not come up")
 
 
 def test_vla_run_drives_a_sim_robot_server_with_a_policy_server(tmp_path):
@@ -56,7 +40,7 @@ def test_vla_run_drives_a_sim_robot_server_with_a_policy_server(tmp_path):
             finally:
                 r.close()
 
-        _wait(ready, 120, procs)
+        wait_up(ready, procs, 120)
         out = tmp_path / "run.json"
         res = subprocess.run(VLA + ["run", "--policy-server", f"tcp://127.0.0.1:{pport}", "--robot-server",
                                     f"tcp://127.0.0.1:{rport}", "--mode", "sync", "--steps", "10", "--seed", "5",

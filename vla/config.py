@@ -43,18 +43,23 @@ _KIND = {"int": "an integer", "float": "a number (e.g. 3e-4)", "bool": "true or 
          "dict": "a mapping", "None": "null"}
 
 
-def _split_type(t: str) -> list[str]:
-    """'tuple[str, ...] | None' -> ['tuple[str, ...]', 'None'] (a | at bracket depth 0 separates alternatives)."""
+def _split_top(s: str, sep: str) -> list[str]:
+    """Split `s` at `sep` outside brackets: ('tuple[str, ...] | None', '|') -> ['tuple[str, ...]', 'None']."""
     out, depth, cur = [], 0, ""
-    for ch in t:
+    for ch in s:
         depth += ch == "["
         depth -= ch == "]"
-        if ch == "|" and depth == 0:
+        if ch == sep and depth == 0:
             out.append(cur.strip())
             cur = ""
         else:
             cur += ch
     return out + [cur.strip()]
+
+
+def _split_type(t: str) -> list[str]:
+    """A type's alternatives: 'tuple[str, ...] | None' -> ['tuple[str, ...]', 'None']."""
+    return _split_top(t, "|")
 
 
 _PLURAL = {"int": "integers", "float": "numbers", "bool": "true/false values", "str": "strings"}
@@ -72,16 +77,8 @@ def _kind(t: str) -> str:
 
 
 def _split_args(s: str) -> list[str]:
-    out, depth, cur = [], 0, ""
-    for ch in s:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    return out + [cur.strip()]
+    """A generic's arguments: 'str, ...' -> ['str', '...']."""
+    return _split_top(s, ",")
 
 
 class _NoFit(Exception):

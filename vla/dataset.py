@@ -30,7 +30,7 @@ import numpy as np
 
 from vla.features import DatasetError, Demo, FeatureMap, fit_frames  # noqa: F401  (DatasetError, Demo: re-exported)
 from vla.formats import DATASET_FORMS, detect
-from vla.formats.base import LoadOptions
+from vla.formats.base import LoadOptions, demo_lowdim, first_demo_dims
 from vla.formats.base import demo_index as _demo_index
 from vla.formats.base import split_names as _split_names
 
@@ -263,10 +263,7 @@ def _load_hdf5_file(path: str, opts: LoadOptions, take) -> list[Demo]:
                 continue
             if not take(task):
                 continue
-            for key in [fm.action] + [f"obs/{k}" for k in fm.state] + [f"obs/{fm.cameras[c]}" for c in cams]:
-                if key not in g:
-                    raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
-            actions = g[fm.action][()].astype(np.float32)
+            actions, state = demo_lowdim(g, fm, path, name, cams)
             T = int(actions.shape[0])
             images = {}
             for cam in cams:
@@ -275,12 +272,6 @@ def _load_hdf5_file(path: str, opts: LoadOptions, take) -> list[Demo]:
                     raise DatasetError(f"{path}: data/{name}/obs/{fm.cameras[cam]}: expected uint8 (T={T}, H, W, "
                                        f"3), got {arr.dtype} {arr.shape}")
                 images[cam] = fit_frames(arr, opts.image_size, opts.frame_fit) if opts.image_size else arr
-            parts = []
-            for k in fm.state:
-                v = g[f"obs/{k}"][()].astype(np.float32)
-                if v.shape[0] != T:
-                    raise DatasetError(f"{path}: data/{name}/obs/{k}: {v.shape[0]} rows, the actions have {T}")
-                parts.append(v.reshape(T, -1))
             obj = g["obs/object_pos"][()] if "obs/object_pos" in g else np.zeros((T, 3, 3), np.float32)
             instruction = fm.instruction or str(g.attrs.get("instruction", "")) or task
             demos.append(
@@ -289,7 +280,7 @@ def _load_hdf5_file(path: str, opts: LoadOptions, take) -> list[Demo]:
                     task=task,
                     instruction=instruction,
                     images=images,
-                    state=np.concatenate(parts, axis=1),
+                    state=state,
                     actions=actions,
                     object_pos=obj.astype(np.float32),
                 )
@@ -299,14 +290,7 @@ def _load_hdf5_file(path: str, opts: LoadOptions, take) -> list[Demo]:
 
 def _hdf5_dims(path: str, features=None) -> dict:
     with _open(path) as f:
-        fm = features or FeatureMap.detect(f, path)
-        g = f["data"][sorted(f["data"].keys(), key=_demo_index)[0]]
-        for key in [fm.action] + [f"obs/{k}" for k in fm.state]:
-            if key not in g:
-                raise DatasetError(f"{path}: missing key '{g.name.lstrip('/')}/{key}'")
-        state_dim = sum(int(np.prod(g[f"obs/{k}"].shape[1:])) for k in fm.state)
-        return {"cameras": list(fm.cameras), "state_dim": state_dim,
-                "action_dim": int(np.prod(g[fm.action].shape[1:])), "features": fm}
+        return first_demo_dims(f, features or FeatureMap.detect(f, path), path)
 
 
 def peek_dims(paths, features=None) -> dict:

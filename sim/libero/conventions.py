@@ -100,7 +100,8 @@ def episode_settings(suite: str, conventions: str = "openpi", image_size: int | 
     """What one run's episodes share (and every episode record carries): the conventions' values unless overridden."""
     conv = get_conventions(conventions)
     return {"suite": check_suite(suite), "conventions": conv.name,
-            "max_steps": int(max_steps or conv.steps_for(suite)), "replan_every": int(replan_every or conv.replan_every),
+            "max_steps": int(max_steps or conv.steps_for(suite)),
+            "replan_every": int(replan_every or conv.replan_every),
             "image_size": int(image_size or conv.image_size), "seed": conv.seed, "wait_steps": conv.wait_steps}
 
 

@@ -114,5 +114,6 @@ def format_table(summary: dict) -> str:
     for name, t in sorted(summary["per_task"].items(), key=lambda kv: kv[1]["task_id"]):
         lines.append(f"  {t['task_id']:>2}  {100 * t['success']:5.1f}%  ({t['successes']}/{t['trials']})  {name}")
     lines.append(f"  average {100 * summary['average']:.1f}% over {len(summary['per_task'])} tasks, "
-                 f"{summary['episodes']} episodes; env step {summary['env_step_ms']} ms, chunk {summary['infer_ms']} ms")
+                 f"{summary['episodes']} episodes; env step {summary['env_step_ms']} ms, "
+                 f"chunk {summary['infer_ms']} ms")
     return "\n".join(lines)

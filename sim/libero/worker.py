@@ -54,12 +54,24 @@ def camera_mapping(policy_cameras, overrides: dict | None = None) -> dict:
         else:
             unknown.append(cam)
     if overrides:
-        raise PolicyMismatch(f"camera map: the policy has no camera(s) {sorted(overrides)}; it has {list(policy_cameras)}")
+        raise PolicyMismatch(f"camera map: the policy has no camera(s) {sorted(overrides)}; "
+                             f"it has {list(policy_cameras)}")
     if unknown:
         known = {k: list(v[:3]) for k, v in C.CAMERA_KEYS.items()}
         raise PolicyMismatch(
             f"cameras: the policy's {unknown} match none of LIBERO's cameras {known}; "
             f"map them with --camera-map {unknown[0]}=agentview_image (or robot0_eye_in_hand_image)")
+    return out
+
+
+def parse_camera_map(text: str) -> dict:
+    """--camera-map "front=agentview_image,hand=robot0_eye_in_hand_image" -> {policy camera: LIBERO key}."""
+    out = {}
+    for kv in filter(None, text.split(",")):
+        if "=" not in kv:
+            raise PolicyMismatch(f"camera map: expected POLICY_CAMERA=LIBERO_KEY, got {kv!r}")
+        cam, key = kv.split("=", 1)
+        out[cam] = key
     return out
 
 
@@ -205,7 +217,6 @@ def main(argv=None) -> int:
     suite, image_size, max_steps, replan = (settings[k] for k in ("suite", "image_size", "max_steps", "replan_every"))
     shard = C.parse_shard(a.shard)
     trials = a.trials or conv.trials_per_task
-    overrides = dict(kv.split("=", 1) for kv in a.camera_map.split(",") if kv)
     os.makedirs(a.out, exist_ok=True)
     tag = a.tag or f"shard{shard[0]}-of-{shard[1]}"
 
@@ -213,7 +224,7 @@ def main(argv=None) -> int:
     try:
         meta = client.hello(timeout_ms=5000.0)
         check_policy(meta)
-        cams = camera_mapping(list(meta["cameras"]), overrides)
+        cams = camera_mapping(list(meta["cameras"]), parse_camera_map(a.camera_map))
     except TimeoutError:
         print(f"error: the policy server at {a.server} did not answer the handshake; is `vla serve` running there?",
               file=sys.stderr)

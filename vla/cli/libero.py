@@ -35,7 +35,8 @@ def add_libero(sub) -> None:
     e.add_argument("--trials", type=int, help="trials per task; trial i uses init state i (default 50)")
     e.add_argument("--tasks", default="all", help="task ids, e.g. 0,3 (default all)")
     e.add_argument("--workers", type=int, default=1, help="parallel env processes on this machine (default 1)")
-    e.add_argument("--shard", default="0/1", help="K/N: this machine runs every N-th (task, trial) from K (default 0/1)")
+    e.add_argument("--shard", default="0/1",
+                   help="K/N: this machine runs every N-th (task, trial) from K (default 0/1)")
     e.add_argument("--image-size", type=int, help="render size in px (default 256, as both peers)")
     e.add_argument("--replan-every", type=int, help="actions executed per chunk (default 5)")
     e.add_argument("--max-steps", type=int, help="override the suite's step limit (smoke runs only)")
@@ -120,7 +121,7 @@ def _cmd_eval(args) -> int:
 
     from sim.libero.conventions import episode_settings
     from sim.libero.runner import check_out_dir
-    from sim.libero.worker import PolicyMismatch, camera_mapping, check_policy
+    from sim.libero.worker import PolicyMismatch, camera_mapping, check_policy, parse_camera_map
 
     libero_venv()  # says `make libero` before anything starts
     settings = episode_settings(args.suite, args.conventions, args.image_size, args.replan_every, args.max_steps)
@@ -141,8 +142,7 @@ def _cmd_eval(args) -> int:
             return 3
         try:
             check_policy(meta)
-            camera_mapping(list(meta.get("cameras") or ()),
-                           dict(kv.split("=", 1) for kv in args.camera_map.split(",") if kv))
+            camera_mapping(list(meta.get("cameras") or ()), parse_camera_map(args.camera_map))
         except PolicyMismatch as e:
             print(f"vla libero eval: error: the policy does not fit LIBERO: {e}", file=sys.stderr)
             return 4

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import h5py
+import numpy as np
 
 from vla.features import DatasetError, Demo, FeatureMap
 
@@ -116,3 +117,31 @@ def check_cameras(path: str, fm: FeatureMap, cameras) -> list[str]:
         raise DatasetError(f"{path}: camera(s) {unknown} are not in the data's feature map ({fm.cameras}); map them "
                            f"in data.features.cameras or choose model.cameras")
     return cams
+
+
+def demo_lowdim(g, fm: FeatureMap, path: str, name: str, cams=()) -> tuple[np.ndarray, np.ndarray]:
+    """A demo group's actions (T, A) and state (T, S: fm.state's keys concatenated), after checking that those keys
+    and the cameras' image keys are there and that every state key has T rows."""
+    for key in [fm.action] + [f"obs/{k}" for k in fm.state] + [f"obs/{fm.cameras[c]}" for c in cams]:
+        if key not in g:
+            raise DatasetError(f"{path}: missing key 'data/{name}/{key}'")
+    actions = g[fm.action][()].astype(np.float32)  # (T, A)
+    T = int(actions.shape[0])
+    parts = []
+    for k in fm.state:
+        v = g[f"obs/{k}"][()].astype(np.float32)
+        if v.shape[0] != T:
+            raise DatasetError(f"{path}: data/{name}/obs/{k}: {v.shape[0]} rows, the actions have {T}")
+        parts.append(v.reshape(T, -1))
+    return actions, np.concatenate(parts, axis=1)
+
+
+def first_demo_dims(f, fm: FeatureMap, path: str) -> dict:
+    """{"cameras", "state_dim", "action_dim", "features"} read off the first demo group of an open HDF5 file."""
+    g = f["data"][sorted(f["data"].keys(), key=demo_index)[0]]
+    for key in [fm.action] + [f"obs/{k}" for k in fm.state]:
+        if key not in g:
+            raise DatasetError(f"{path}: missing key '{g.name.lstrip('/')}/{key}'")
+    state_dim = sum(int(np.prod(g[f"obs/{k}"].shape[1:])) for k in fm.state)
+    return {"cameras": list(fm.cameras), "state_dim": state_dim, "action_dim": int(np.prod(g[fm.action].shape[1:])),
+            "features": fm}

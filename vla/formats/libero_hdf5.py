@@ -27,8 +27,8 @@ import os
 import numpy as np
 
 from vla.features import DatasetError, Demo, FeatureMap
-from vla.formats.base import (LoadOptions, Reader, check_cameras, demo_index, hdf5_files, is_hdf5, open_hdf5,
-                              split_names)
+from vla.formats.base import (LoadOptions, Reader, check_cameras, demo_index, demo_lowdim, first_demo_dims,
+                              hdf5_files, is_hdf5, open_hdf5, split_names)
 
 CAMERAS = {"agentview": "agentview_rgb", "wrist": "eye_in_hand_rgb"}  # policy name -> obs key
 STATE_KEYS = ("ee_pos", "ee_ori", "gripper_states")
@@ -120,13 +120,7 @@ class LiberoHDF5(Reader):
         fm = features or self.feature_map(path)
         first = self.files(path)[0]
         with open_hdf5(first) as f:
-            g = f["data"][sorted(f["data"].keys(), key=demo_index)[0]]
-            for key in [fm.action] + [f"obs/{k}" for k in fm.state]:
-                if key not in g:
-                    raise DatasetError(f"{first}: missing key '{g.name.lstrip('/')}/{key}'")
-            state_dim = sum(int(np.prod(g[f"obs/{k}"].shape[1:])) for k in fm.state)
-            return {"cameras": list(fm.cameras), "state_dim": state_dim,
-                    "action_dim": int(np.prod(g[fm.action].shape[1:])), "features": fm}
+            return first_demo_dims(f, fm, first)
 
     def load(self, path: str, opts: LoadOptions, take) -> list[Demo]:
         fm = opts.features or self.feature_map(path)
@@ -152,17 +146,8 @@ class LiberoHDF5(Reader):
                     if not take(meta["task"]):
                         continue
                     g = f["data"][name]
-                    for key in [fm.action] + [f"obs/{k}" for k in fm.state] + [f"obs/{fm.cameras[c]}" for c in cams]:
-                        if key not in g:
-                            raise DatasetError(f"{p}: missing key 'data/{name}/{key}'")
-                    actions = g[fm.action][()].astype(np.float32)  # (T, 7)
+                    actions, state = demo_lowdim(g, fm, p, name, cams)  # (T, 7), (T, 8)
                     T = int(actions.shape[0])
-                    parts = []
-                    for k in fm.state:
-                        v = g[f"obs/{k}"][()].astype(np.float32)
-                        if v.shape[0] != T:
-                            raise DatasetError(f"{p}: data/{name}/obs/{k}: {v.shape[0]} rows, the actions have {T}")
-                        parts.append(v.reshape(T, -1))
                     images = {}
                     for c in cams:
                         if source is not None:
@@ -172,7 +157,7 @@ class LiberoHDF5(Reader):
                             images[c] = upright(_frames(g, fm.cameras[c], T, p, name))
                     demos.append(Demo(name=f"{os.path.basename(p)}:{name}", task=meta["task"],
                                       instruction=fm.instruction or meta["instruction"], images=images,
-                                      state=np.concatenate(parts, axis=1), actions=actions,
+                                      state=state, actions=actions,
                                       object_pos=np.zeros((T, 3, 3), np.float32)))
         return demos
 
