@@ -1,7 +1,7 @@
 # vla-stack: two commands on a fresh machine.
 #   make demo   collect demos (if absent), train the tiny preset, serve the shipped policy over ZeroMQ,
 #               evaluate it in MuJoCo through the control loop, write a report (demo_out/REPORT.md)
-#   make test   the test suite
+#   make test   the linter (make lint), then the test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 
 RENDER_DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
-.PHONY: setup sysdeps test test-fast demo bench peers libero clean
+.PHONY: setup sysdeps lint test test-fast demo bench peers libero clean
 
 # Debian packages for headless rendering (EGL via Mesa; OSMesa as fallback). Installed only when missing.
 sysdeps:
@@ -40,11 +40,15 @@ $(VENV)/.installed: pyproject.toml
 
 setup: sysdeps $(VENV)/.installed
 
-test: setup
+# ruff with pyproject.toml's [tool.ruff] (line length 120, pyflakes and pycodestyle errors)
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check vla sim robot_bridge benchmarks tests
+
+test: setup lint
 	$(PY) -m pytest -q -x --timeout=900 tests
 
 # the tests without the `slow` marker (training, evaluation episodes, the robot package's fresh venv): ~4 min here
-test-fast: setup
+test-fast: setup lint
 	$(PY) -m pytest -q -x --timeout=900 -m "not slow" tests
 
 # LeRobot 0.4.4 in its own venv (.venv-peers: numpy 2, the CPU torch, torchcodec): checks our LeRobot v3 export with

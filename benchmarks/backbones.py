@@ -9,7 +9,8 @@ Per class: parameters (trainable and frozen; the MiniLM encoder is frozen and ou
 (batch 8, masked-diffusion loss, AdamW; median of the timed steps after warm-up), the served chunk latency (the real
 PolicyServer and PolicyClient over loopback, `parallel` decoding, K = 8; p50 of the requests; on a GPU in-process
 Policy.infer), measured interleaved over the classes round after round, each also as a ratio to ours, and whether
-the saved checkpoint reloads with identical logits after the original directory is removed. Writes benchmarks/results/backbones.json (or --out), with the command.
+the saved checkpoint reloads with identical logits after the original directory is removed. Writes
+benchmarks/results/backbones.json (or --out), with the command.
 """
 
 from __future__ import annotations

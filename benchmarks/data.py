@@ -93,7 +93,8 @@ def train_rate(path: str, out_dir: str, steps: int, cache: str) -> dict:
     from vla.config import DataConfig, TrainConfig
     from vla.train import train
 
-    cfg = TrainConfig(model="tiny", model_overrides={"image_size": 64}, data=DataConfig(paths=(path,), frame_cache=cache),
+    cfg = TrainConfig(model="tiny", model_overrides={"image_size": 64},
+                      data=DataConfig(paths=(path,), frame_cache=cache),
                       out_dir=out_dir, steps=steps, batch_size=32, warmup_steps=5, log_every=10 ** 6, val_every=0,
                       save_every=0, seed=0, threads=2)
     t0 = time.perf_counter()
@@ -197,7 +198,8 @@ def main() -> None:
                  f"--out {args.hdf5})")
     os.environ.setdefault("MUJOCO_GL", "egl")
     work = tempfile.mkdtemp(prefix="vla_data_bench_")
-    res: dict = {"command": "python benchmarks/data.py " + " ".join(sys.argv[1:]), "hdf5": os.path.relpath(args.hdf5, ROOT)}
+    res: dict = {"command": "python benchmarks/data.py " + " ".join(sys.argv[1:]),
+                 "hdf5": os.path.relpath(args.hdf5, ROOT)}
     try:
         print("[data] export round trip", flush=True)
         rt = roundtrip(args.hdf5, work)
@@ -251,7 +253,8 @@ def main() -> None:
             res["ram"] = ram
             res["ram_ratio_2_ranks"] = round(ram["lerobot_cached_2"]["pss_sum_peak_mb"]
                                              / ram["lerobot_cached_1"]["pss_sum_peak_mb"], 3)
-            res["ram_ratio_2_ranks_hdf5"] = round(ram["hdf5_2"]["pss_sum_peak_mb"] / ram["hdf5_1"]["pss_sum_peak_mb"], 3)
+            res["ram_ratio_2_ranks_hdf5"] = round(ram["hdf5_2"]["pss_sum_peak_mb"]
+                                                  / ram["hdf5_1"]["pss_sum_peak_mb"], 3)
         prev = json.load(open(args.out)) if os.path.exists(args.out) else {}
         res["init_finetune"] = prev.get("init_finetune")  # written by benchmarks/init_finetune.py, kept here
     finally:

@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=None, help="parallel decoder passes (default: the teacher's config)")
-    ap.add_argument("--decode-steps", type=int, default=None, help="m for the decode-only-what-runs row (default: replan)")
+    ap.add_argument("--decode-steps", type=int, default=None,
+                    help="m for the decode-only-what-runs row (default: replan)")
     ap.add_argument("--start-blocks", type=int, default=None,
                     help="also a pipelined row with this many blocks in flight at the first pass")
     ap.add_argument("--latency-obs", type=int, default=100)

@@ -1,7 +1,8 @@
 """Interleaved A/B of decode-path variants in one process: each observation is decoded by every variant in turn
 (rotating the order), so drift of a shared VM hits all variants alike.
 
-    python benchmarks/decode_ab.py --policy Lift=runs/lift_distill/policy --old-fast-layers /path/to/old/vla/fast_layers.py
+    python benchmarks/decode_ab.py --policy Lift=runs/lift_distill/policy \\
+        --old-fast-layers /path/to/old/vla/fast_layers.py
 
 Variants: `old` (the same policy run through an earlier vla/fast_layers.py, loaded from a file) and `new` (this
 tree's). Writes p50 per variant, the per-observation median ratio old/new and whether the actions are identical.

@@ -24,7 +24,6 @@ from latency import measure, sample_observations  # noqa: E402
 from results_io import write_json  # noqa: E402
 
 from sim.evaluate import evaluate_policy_dir  # noqa: E402
-from sim.tasks import TASKS  # noqa: E402
 from vla.policy import Policy  # noqa: E402
 
 
@@ -62,7 +61,7 @@ def main() -> None:
         res = {**prev, "latency_command": res["command"]}
     eval_root = os.path.join(os.path.dirname(os.path.abspath(args.out)), "dvla_eval")
     first_policy = None
-    train_minutes, demos = [], []
+    train_minutes = []
     for item in args.policy:
         task, pdir = item.split("=", 1)
         first_policy = first_policy or pdir

@@ -24,17 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from results_io import write_json  # noqa: E402
 
+from robot_bridge.net import free_port  # noqa: E402
+
 VLA = [sys.executable, "-m", "vla.cli"]
 ENV = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"),
            OMP_NUM_THREADS="1")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def message(stderr: str) -> str:

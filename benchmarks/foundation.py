@@ -68,7 +68,8 @@ def main() -> None:
     ap.add_argument("--steps-only", action="store_true", help="only the env step times (keeps the rest of --out)")
     args = ap.parse_args()
     cmd = "python benchmarks/foundation.py " + " ".join(sys.argv[1:])
-    out: dict = {"command": cmd.strip(), "machine": f"{os.cpu_count()} CPU cores, MUJOCO_GL={os.environ.get('MUJOCO_GL')}"}
+    out: dict = {"command": cmd.strip(),
+                 "machine": f"{os.cpu_count()} CPU cores, MUJOCO_GL={os.environ.get('MUJOCO_GL')}"}
     print("step times (Lift) ...", flush=True)
     nc = step_times("Lift", ())
     tc = step_times("Lift", ("agentview", "wrist"))

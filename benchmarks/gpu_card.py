@@ -61,7 +61,8 @@ def write_demo_subset(src: str, dst: str, n: int) -> int:
         with DemoWriter(tmp, json.loads(data.attrs["env_args"]), overwrite=True, valid_every=5) as w:
             for name in names:
                 g, o = data[name], data[name]["obs"]
-                w.add_demo(task=str(g.attrs["task"]), instruction=str(g.attrs["instruction"]), seed=int(g.attrs["seed"]),
+                w.add_demo(task=str(g.attrs["task"]), instruction=str(g.attrs["instruction"]),
+                           seed=int(g.attrs["seed"]),
                            images={c: o[k][()] for c, k in IMAGE_KEYS.items() if k in o}, state=o["state"][()],
                            actions=g["actions"][()], object_pos=o["object_pos"][()], sim_states=g["states"][()])
     os.replace(tmp, dst)
@@ -86,7 +87,8 @@ def prepare(args) -> int:
                         "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
                         "-d", os.path.join(PREP, "wheels"), *WHEELS], check=True)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(PREP) for f in fs)
-    print(f"{PREP}: {len(obs)} observations, {n} demos, {size / 1e6:.1f} MB (carry it: the device call's carry=['.gpu'])")
+    print(f"{PREP}: {len(obs)} observations, {n} demos, {size / 1e6:.1f} MB "
+          f"(carry it: the device call's carry=['.gpu'])")
     return 0
 
 
@@ -151,7 +153,8 @@ def pass_costs(preset: str, device, widths=(7, 14, 28, 56), n: int = 30) -> dict
             if w > cfg.n_action_tokens:
                 continue
             tok = torch.full((1, w), cfg.mask_id, dtype=torch.long, device=device)
-            out[f"pass_ms_w{w}"] = _median_ms(lambda: model.action_logits(cache, tok, slots[:w], span=(0, w)), device, n)
+            out[f"pass_ms_w{w}"] = _median_ms(lambda: model.action_logits(cache, tok, slots[:w], span=(0, w)),
+                                              device, n)
         dcfg = DecodeConfig(decoder="parallel", steps=8)
         out["parallel_chunk_ms"] = _median_ms(lambda: decode(model, prefix(), dcfg), device, n)
     out["pass_w56_over_w7"] = out.get("pass_ms_w56", float("nan")) / out["pass_ms_w7"]

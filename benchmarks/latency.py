@@ -23,7 +23,8 @@ def training_data(policy_dir: str) -> str | None:
 
 def demo_observation(demo, t: int) -> dict:
     """Frame t of a vla.dataset.Demo as a policy observation."""
-    return {"images": {c: im[t] for c, im in demo.images.items()}, "state": demo.state[t], "instruction": demo.instruction}
+    return {"images": {c: im[t] for c, im in demo.images.items()}, "state": demo.state[t],
+            "instruction": demo.instruction}
 
 
 def sample_observations(dataset: str, n: int = 100, seed: int = 0, task: str | None = None) -> list[dict]:

@@ -290,7 +290,8 @@ def headline(rows: list[dict]) -> dict:
             best = max(r["success"] for r in peers)
             d["best_peer_success"] = best
             d["ours_minus_best_peer_success"] = ours["success"] - best
-            if task != "PickColor":  # the figure: over tasks without language, our success minus the best peer's
+            # the figure: over tasks without language, our success minus the best peer's
+            if task != "PickColor":
                 ratios.append(d["ours_minus_best_peer_success"])
         if ours and act and ours.get("chunk_ms_p50") and act.get("chunk_ms_p50"):
             d["ours_over_act_latency"] = ours["chunk_ms_p50"] / act["chunk_ms_p50"]
@@ -357,7 +358,8 @@ def plot(result: dict, png: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", action="append", help="task names (repeat or comma-separate; default Lift)")
     ap.add_argument("--data", action="append", help="demo file per task: TASK=PATH or PATH (default data/<task>.hdf5)")
     ap.add_argument("--lerobot-dataset", action="append",
@@ -478,7 +480,8 @@ def main(argv=None) -> int:
                 if missing:
                     raise FileNotFoundError(f"demo files {missing} not found (--data {task}=PATH[,PATH...])")
                 rc = run_streamed(vla_cmd + ["data", "export", *data[task], "--out", ds]
-                                  + (["--image-size", str(args.export_size)] if args.export_size else []), f"export {task}",
+                                  + (["--image-size", str(args.export_size)] if args.export_size else []),
+                                  f"export {task}",
                                   os.path.join(logs, f"export_{tl}.log"), env=env)
                 if rc != 0:
                     raise RuntimeError(f"vla data export exited {rc}")
@@ -559,7 +562,8 @@ def main(argv=None) -> int:
             servers, addrs = {}, {}
             for n, cmd in cmds.items():
                 servers[n] = Server(n, cmd + ["--threads", str(threads)],
-                                    os.path.join(logs, f"serve_{tl}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', n)}_t{threads}.log"),
+                                    os.path.join(logs,
+                                                 f"serve_{tl}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', n)}_t{threads}.log"),
                                     env=env)
             for n, srv in list(servers.items()):
                 try:

@@ -157,7 +157,8 @@ def main(argv=None) -> int:
             g = ", ".join(f"{k} {v['self_ms_per_chunk']:.1f}" for k, v in r["groups"].items())
             print(f"{r['policy']} {t}T {q}: wall {r['wall_ms_p50']} ms ({r['nfe']:.0f} passes, {r['per_pass_ms']} ms "
                   f"each); stages {r['stages_ms_p50']}; {r['aten_calls_per_chunk']:.0f} aten calls, ops "
-                  f"{r['aten_self_ms_per_chunk']} ms (compute {r['compute_ms_per_chunk']}, small ops {r['small_ops_ms_per_chunk']}), "
+                  f"{r['aten_self_ms_per_chunk']} ms (compute {r['compute_ms_per_chunk']}, "
+                  f"small ops {r['small_ops_ms_per_chunk']}), "
                   f"unaccounted {r['unaccounted_ms_per_chunk']} ms; {g}", flush=True)
     write_json(args.out, {"rows": rows, "command": "python benchmarks/profile_decode.py "
                           + " ".join(sys.argv[1:] if argv is None else argv),

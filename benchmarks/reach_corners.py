@@ -1,7 +1,8 @@
 """Drive franky-sim's arm to every corner of a workspace box (gripper down, from the home pose each time) and record
 whether it got there: the check behind the Franka default box in docs/ROBOTS.md.
 
-    python benchmarks/reach_corners.py --box default --box 0.25,-0.45,0.05,0.80,0.45,0.80 --box 0.30,-0.30,0.05,0.60,0.30,0.55
+    python benchmarks/reach_corners.py --box default --box 0.25,-0.45,0.05,0.80,0.45,0.80 \\
+        --box 0.30,-0.30,0.05,0.60,0.30,0.55
 
 Writes benchmarks/results/reach_corners.json: per box, per corner: reached (position error <= 5 mm with no
 controller error, within 6 s), the error, the final joints, and robot_bridge.reach's verdict for the box. A corner

@@ -49,17 +49,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from results_io import write_json  # noqa: E402
 
+from robot_bridge.net import free_port  # noqa: E402
 from robot_bridge.robot_client import RobotClient  # noqa: E402
 from robot_bridge.robots.franky_sim import FrankySim  # noqa: E402
 import robot_faults  # noqa: E402  (benchmarks/, on the path above)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wiggle(i: int) -> np.ndarray:
@@ -153,11 +146,11 @@ def main() -> int:
     if args.part == "adapter-faults":
         return adapter_faults_only(args)
 
-    port, sport = _free_port(), _free_port()
+    port, sport = free_port(), free_port()
     cmd = [sys.executable, "-m", "vla.cli", "robot-server", "--robot", "franka", "--robot-ip", "127.0.0.1",
            "--no-realtime", "--dynamics", "1.0", "--bind", f"tcp://127.0.0.1:{port}", "--state-bind",
            f"tcp://127.0.0.1:{sport}", "--watchdog-ms", str(args.watchdog_ms), "--max-step-m", "0.01"]
-    with FrankySim("127.0.0.1") as sim:
+    with FrankySim("127.0.0.1"):
         server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         client = RobotClient(f"tcp://127.0.0.1:{port}", timeout_ms=2000)
         try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,18 +30,13 @@ import numpy as np
 from robot_bridge import protocol as P
 from robot_bridge.client import PolicyClient
 from robot_bridge.control_loop import ControlLoop, LoopConfig
+from robot_bridge.net import free_port
 from robot_bridge.robot_client import RemoteRobot, RobotClient
 from robot_bridge.robot_server import RobotServer
 from robot_bridge.robots.franka import FrankaConfig, FrankaRobot
 from robot_bridge.serving.server import PolicyServer
 
 HOME = (0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stream(client: RobotClient, action, steps: int, rate_hz: float = 20.0) -> None:
@@ -238,7 +232,7 @@ def overflow_attack(seconds: float, honest: int = 4) -> dict:
 
     tmp = tempfile.mkdtemp(prefix="vla_faults_")
     Policy.untrained("tiny").save_pretrained(tmp)
-    port = _port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "vla.cli", "serve", "--policy", tmp, "--bind", address],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

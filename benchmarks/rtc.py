@@ -84,15 +84,12 @@ class Server:
         self.policy, self.threads = policy, threads
 
     def __enter__(self):
-        import socket
         import subprocess
 
         from robot_bridge.client import PolicyClient
+        from robot_bridge.net import free_port
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.address = f"tcp://127.0.0.1:{port}"
+        self.address = f"tcp://127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen([sys.executable, "-m", "vla.cli", "serve", "--policy", self.policy, "--bind",
                                       self.address, "--threads", str(self.threads)], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -27,7 +27,8 @@ from vla_runs import ROOT, VLA, ship, train_record, train_run  # noqa: E402
 CONFIG = "configs/train/lift_tiny_h16.yaml"
 TEACHER = "runs/lift_tiny_h16"
 STUDENTS = {"student": ("runs/lift_h16_fast", "vla/pretrained/lift_h16_fast", []),
-            "prefix": ("runs/lift_h16_fast_prefix", "vla/pretrained/lift_h16_fast_prefix", ["--set", "prefix_prob=0.5"])}
+            "prefix": ("runs/lift_h16_fast_prefix", "vla/pretrained/lift_h16_fast_prefix",
+                       ["--set", "prefix_prob=0.5"])}
 
 
 def main(argv=None) -> int:
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
         ship(cmds[name], f"{run_dir}/policy", shipped,
              f"python benchmarks/rtc_models.py --distill-steps {args.distill_steps}")
         record[name] = {**train_record(run_dir), "shipped": shipped}
-    write_json(args.out, {"command": "python benchmarks/rtc_models.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    write_json(args.out, {"command": "python benchmarks/rtc_models.py "
+                                     + " ".join(sys.argv[1:] if argv is None else argv),
                           "commands": cmds, "runs": record, "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
     print(f"wrote {args.out}")
     return 0

@@ -32,7 +32,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ sys.path.insert(0, ROOT)
 from robot_bridge import fuzz  # noqa: E402
 from robot_bridge import protocol as P  # noqa: E402
 from robot_bridge.client import PolicyClient  # noqa: E402
+from robot_bridge.net import free_port  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from latency import demo_observation, training_data  # noqa: E402
@@ -53,17 +53,11 @@ from results_io import write_json  # noqa: E402
 from transport_idle import HoldPolicy  # noqa: E402
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServerProc:
     """`vla serve` in a subprocess; ready once it answers hello."""
 
     def __init__(self, policy_dir: str, threads: int, extra: list[str], log_path: str):
-        self.address = f"tcp://127.0.0.1:{_port()}"
+        self.address = f"tcp://127.0.0.1:{free_port()}"
         self.log = open(log_path, "w")
         cmd = [sys.executable, "-m", "vla.cli", "serve", "--policy", policy_dir, "--bind", self.address,
                "--threads", str(threads), *extra]
@@ -306,11 +300,13 @@ def main(argv=None) -> int:
 
         env = VLAEnv(args.task, image_size=args.image_size, cameras=tuple(meta["cameras"]))
         sim_robot = EnvRobot(env)
-        details["b"] = run_loop(servers["batched"].address, sim_robot, args.rate, args.episodes, args.max_steps, EVAL_SEED_BASE)
+        details["b"] = run_loop(servers["batched"].address, sim_robot, args.rate, args.episodes, args.max_steps,
+                                EVAL_SEED_BASE)
         print(f"(b) {args.rate} Hz", json.dumps(details["b"]), flush=True)
         sweep = {}
         for r in [float(x) for x in args.rates.split(",") if x]:
-            sweep[r] = run_loop(servers["batched"].address, sim_robot, r, args.rate_episodes, args.max_steps, EVAL_SEED_BASE)
+            sweep[r] = run_loop(servers["batched"].address, sim_robot, r, args.rate_episodes, args.max_steps,
+                                EVAL_SEED_BASE)
             print(f"(b) sweep {r} Hz", json.dumps(sweep[r]), flush=True)
         env.close()
         details["rate_sweep"] = {str(k): v for k, v in sweep.items()}

@@ -95,7 +95,8 @@ def main(argv=None) -> None:
     ap.add_argument("--task", required=True)
     ap.add_argument("--seeds", default="1000000", help="comma-separated; vla eval's episode i has seed 1000000 + i")
     ap.add_argument("--every", type=int, default=6, help="print one line every N steps")
-    ap.add_argument("--replan", type=int, default=None, help="actions executed per chunk (default: the policy's n_action_steps, as vla eval)")
+    ap.add_argument("--replan", type=int, default=None,
+                    help="actions executed per chunk (default: the policy's n_action_steps, as vla eval)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the full per-step traces here")
     ap.add_argument("--classify", action="store_true", help="label each episode and count the labels")

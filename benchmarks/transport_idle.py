@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     rows = [measure(m, args.hold_ms, args.requests, args.image_size) for m in ("none", "sleep", "torch")]
     for r in rows:
         print(json.dumps(r))
-    out = {"rows": rows, "command": "python benchmarks/transport_idle.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    out = {"rows": rows,
+           "command": "python benchmarks/transport_idle.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     write_json(args.out, out)
     return 0
 

@@ -3,7 +3,8 @@ numpy, msgpack and pyzmq only; imports neither `vla` nor `sim` (installable alon
 
     protocol.py       wire format (msgpack, openpi array layout), validation, error codes
     client.py         PolicyClient (numpy, msgpack, pyzmq only: no torch on the robot)
-    control_loop.py   ControlLoop, Robot interface, EnvRobot
+    control_loop.py   ControlLoop (the one episode runner: sync and async), Robot interface, EnvRobot, EpisodeLog
+    ensemble.py       temporal ensembling of overlapping chunks (ACT)
     serving/          the policy server (a layer above: server.py ROUTER + batcher.py + openpi.py websocket); not in
                       the robot-side distribution
   robot side (docs/ROBOTS.md):
@@ -14,6 +15,7 @@ numpy, msgpack and pyzmq only; imports neither `vla` nor `sim` (installable alon
     safety.py         clip, workspace box, per-step limits    cameras.py        OpenCV and MuJoCo cameras
     security.py       CurveZMQ keys (both servers)           robot_cli.py      `vla robot-server`, `vla run`, `vla keys`
     geometry.py       quaternion / rotation-vector / rpy helpers (numpy only)
+    net.py            free_port (standard library only)
 
 Nothing is imported here, so `import robot_bridge.client` stays light. See docs/PROTOCOL.md.
 """

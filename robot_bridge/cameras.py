@@ -204,7 +204,7 @@ def _scene_xml(path: str) -> str:
 
 class SimCamera:
     """Renders a MuJoCo model with mujoco.Renderer (upright RGB). By default it draws the collision geometry: the
-    FR3's visual meshes cost ~30x more to rasterize in software (~30 ms against ~1 ms a 64 px frame here).
+    FR3's visual meshes cost far more to rasterize in software, and the collision shapes show the arm's pose.
 
     The model's joints are posed each frame from `qpos_source()` (a callable returning joint positions, first model
     joints first) or, once attached to a robot with `joint_positions()`, from the arm's measured joints: a camera

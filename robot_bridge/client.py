@@ -90,7 +90,8 @@ class PolicyClient:
         meta = reply.get("metadata")
         if not isinstance(meta, dict) or meta.get("protocol_version") != P.PROTOCOL_VERSION:
             raise P.ProtocolError(P.ErrorCode.VERSION_MISMATCH,
-                                  f"server speaks protocol {meta.get('protocol_version') if isinstance(meta, dict) else '?'}, "
+                                  "server speaks protocol "
+                                  f"{meta.get('protocol_version') if isinstance(meta, dict) else '?'}, "
                                   f"this client {P.PROTOCOL_VERSION}")
         self._metadata = meta
         return meta
@@ -115,7 +116,8 @@ class PolicyClient:
         rtt_ms = (time.perf_counter() - t0) * 1e3
         actions = P.decode_arrays(reply.get("actions"))
         if not isinstance(actions, np.ndarray) or actions.ndim != 2 or actions.dtype != np.float32:
-            raise P.ProtocolError(P.ErrorCode.BAD_FIELD, f"reply actions: expected float32 (H, D), got {P._describe(actions)}")
+            raise P.ProtocolError(P.ErrorCode.BAD_FIELD,
+                                  f"reply actions: expected float32 (H, D), got {P._describe(actions)}")
         timing = dict(reply.get("timing") or {})
         timing["rtt_ms"] = rtt_ms
         timing["transport_ms"] = rtt_ms - float(timing.get("server_ms", 0.0))
@@ -166,7 +168,8 @@ class PolicyClient:
             rid = self._next_id = (self._next_id + 1) % (1 << 62)
             payload = P.pack(P.make_request(kind, rid, **fields))
             if len(payload) > self.max_message_bytes:
-                raise ValueError(f"{kind} request of {len(payload)} bytes exceeds max_message_bytes {self.max_message_bytes}")
+                raise ValueError(f"{kind} request of {len(payload)} bytes exceeds "
+                                 f"max_message_bytes {self.max_message_bytes}")
             self.stats["requests"] += 1
             try:
                 self._socket().send(payload, zmq.NOBLOCK)

@@ -17,8 +17,10 @@ says so. A queue that stays empty for `policy_lost_s` is a policy outage: logged
 counted, and the loop keeps retrying; the next chunk resumes commanding. One that stays empty for `give_up_s` (when
 set) ends the episode with `stats.policy_lost`, as does an outage still open at the episode's end.
 
-Sync mode (exact evaluation): request a chunk, apply `replan_every` actions, repeat; no clock, no threads:
-the same actions as `sim.evaluate.rollout` with the same policy and seeds.
+Sync mode (exact evaluation): request a chunk, apply `replan_every` actions, repeat; no clock, no threads, so the
+same policy and seed give the same actions. This is the one episode runner: local evaluation (`sim.evaluate.rollout`,
+an in-process policy), remote evaluation and `vla run --mode sync` all run it. With blend "ensemble" every step
+applies the temporal ensemble of the chunks that cover it (robot_bridge.ensemble), in both modes.
 
 The loop knows nothing about simulators: a robot is anything with `get_observation()` and `apply(action)`.
 """
@@ -36,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
+
+from robot_bridge.ensemble import TemporalEnsembler, check_coeff
 
 log_ = logging.getLogger("robot_bridge.control_loop")
 
@@ -68,6 +72,11 @@ class EnvRobot:
     def horizon(self) -> int:
         return int(getattr(self.env, "horizon", 1000))
 
+    @property
+    def task(self) -> str | None:
+        """The env's task name (sim.env.VLAEnv), recorded with each episode."""
+        return getattr(getattr(self.env, "task", None), "name", None)
+
     def reset(self, seed: int | None = None) -> dict:
         self.obs, _ = self.env.reset(seed=seed)
         self.done, self.success, self.steps, self._started = False, False, 0, True
@@ -94,17 +103,17 @@ BLENDS = ("auto", "none", "linear", "ensemble", "inpaint")
 @dataclass(frozen=True)
 class LoopConfig:
     mode: str = "async"  # async | sync
-    rate_hz: float = 20.0  # async: control rate (1..50 Hz tested)
+    rate_hz: float = 20.0  # async: control rate
     replan_every: int | None = None  # sync: actions applied per chunk (default: the whole chunk)
     request_below: int | None = None  # async: request when fewer actions remain (default: adaptive, see above)
     latency_margin: float = 2.0  # async, adaptive: cover this many times the slowest recent request latency
-    blend: str = "auto"  # async: how a new chunk takes over. none (it replaces the queue) | linear (cross-fade
-    # overlapping steps) | ensemble (ACT temporal ensembling: every step is the weighted mean of all the chunks that
-    # predicted it, weights exp(-ensemble_coeff * i), i = 0 the oldest) | inpaint (real-time chunking: the actions
-    # that will run before the reply arrives are sent as prefix_actions; the policy decodes the rest of the chunk
-    # around them, so the switch is seamless; needs a policy that takes a prefix) | auto (inpaint when the policy
-    # takes a prefix, else none)
-    ensemble_coeff: float = 0.01  # blend "ensemble": ACT's default
+    blend: str = "auto"  # how a new chunk takes over (sync mode: only "ensemble" applies). none (it replaces the
+    # queue) | linear (cross-fade overlapping steps) | ensemble (ACT temporal ensembling: every step is the weighted
+    # mean of all the chunks that predicted it, weights exp(-ensemble_coeff * i), i = 0 the oldest) | inpaint
+    # (real-time chunking: the actions that will run before the reply arrives are sent as prefix_actions; the policy
+    # decodes the rest of the chunk around them, so the switch is seamless; needs a policy that takes a prefix) | auto
+    # (inpaint when the policy takes a prefix, else none)
+    ensemble_coeff: float = 0.01  # blend "ensemble": ACT's default (robot_bridge.ensemble.check_coeff: the range)
     inject_delay_ms: float = 0.0  # async: extra latency added to every chunk request (to study delays; 0 = none)
     on_starvation: str = "hold"  # hold: zero arm deltas, last gripper command kept | zero: all-zero action
     hold: str = "zeros"  # what holding means in the action space: "zeros" (delta actions) | "last" (absolute targets:
@@ -113,7 +122,7 @@ class LoopConfig:
     request_timeout_ms: float = 2000.0  # async: the client gives up (and reconnects) after this
     retry_interval_s: float = 0.1  # async: wait after a failed request before the next
     first_chunk_timeout_s: float = 30.0  # async: wait this long for the first chunk before the clock starts (0: don't)
-    starvation_hold_s: float | None = None  # async: send hold actions this long on an empty queue, then none (None: always)
+    starvation_hold_s: float | None = None  # async: hold actions this long on an empty queue, then none (None: always)
     policy_lost_s: float = 1.0  # async: an empty queue this long is a policy outage (logged, counted; retried)
     give_up_s: float | None = None  # async: an empty queue this long ends the episode (stats.policy_lost); None: retry
 
@@ -124,8 +133,7 @@ class LoopConfig:
             raise ValueError(f"rate_hz: expected 0.1..1000, got {self.rate_hz}")
         if self.blend not in BLENDS:
             raise ValueError(f"blend: expected one of {list(BLENDS)}, got {self.blend!r}")
-        if not 0.0 <= self.ensemble_coeff <= 10.0:
-            raise ValueError(f"ensemble_coeff: expected 0..10, got {self.ensemble_coeff}")
+        check_coeff(self.ensemble_coeff)
         if not 0.0 <= self.inject_delay_ms <= 60_000:
             raise ValueError(f"inject_delay_ms: expected 0..60000, got {self.inject_delay_ms}")
         if self.hold not in ("zeros", "last"):
@@ -191,15 +199,25 @@ class LoopStats:
 
 @dataclass
 class EpisodeLog:
+    """One episode, however it ran (local or remote evaluation, a robot): outcome, chunk requests, what was applied."""
+
     success: bool
-    length: int
+    length: int  # control steps run
     seed: int | None
     instruction: str
-    chunk_ms: list[float]
-    nfe: list[int]
-    actions: list[list[float]] | None
-    stats: LoopStats
+    chunk_ms: list[float] = field(default_factory=list)  # per chunk request: the round trip
+    nfe: list[int] = field(default_factory=list)  # per chunk: the decoder's function evaluations
+    actions: list[list[float]] | None = None  # per applied action (keep_actions)
+    stats: LoopStats = field(default_factory=LoopStats)
     sources: list[int] = field(default_factory=list)  # per applied action: its chunk's request step, -1 = hold
+    task: str | None = None  # the simulated task (EnvRobot), None on a robot
+
+    def summary(self) -> dict:
+        """The per-episode row evaluation writes (episodes_<task>.jsonl): medians instead of the per-chunk lists."""
+        return {"task": self.task, "seed": self.seed, "success": self.success, "length": self.length,
+                "instruction": self.instruction,
+                "chunk_ms_p50": float(np.median(self.chunk_ms)) if self.chunk_ms else None,
+                "nfe_mean": float(np.mean(self.nfe)) if self.nfe else None}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -274,7 +292,7 @@ class ControlLoop:
         self._episode = 0
         self._recent_ms: collections.deque = collections.deque(maxlen=20)  # request latencies, across episodes
         self._warned_prefix = False  # blend "inpaint" with a policy that takes no prefix: warned once
-        self._ens: dict = {}  # blend "ensemble": step -> (weighted sum (D,), weight sum, predictions)
+        self._ens: TemporalEnsembler | None = None  # async blend "ensemble": the chunks merged this episode
 
     # ----- helpers -----
     @property
@@ -324,7 +342,8 @@ class ControlLoop:
         horizon = int(max_steps or getattr(self.robot, "horizon", 1000))
         stats = LoopStats(target_period_ms=1e3 / self.config.rate_hz)
         obs = self._reset(seed, stats)
-        log = EpisodeLog(False, 0, seed, str(obs.get("instruction", "")), [], [], [] if keep_actions else None, stats)
+        log = EpisodeLog(success=False, length=0, seed=seed, instruction=str(obs.get("instruction", "")),
+                         actions=[] if keep_actions else None, stats=stats, task=getattr(self.robot, "task", None))
         run = self._run_sync if self.config.mode == "sync" else self._run_async
         t0 = time.perf_counter()
         run(log, horizon, on_step)
@@ -352,18 +371,27 @@ class ControlLoop:
         log.length = t + 1
 
     def _run_sync(self, log: EpisodeLog, horizon: int, on_step) -> None:
-        """Exactly sim.evaluate.rollout: chunk, replan_every actions, chunk... (no clock)."""
+        """Chunk, replan_every actions, chunk... (no clock). The observation is taken before the request's timer
+        starts: chunk_ms is the policy's time alone, as an in-process policy would report it."""
+        cfg = self.config
+        ens = TemporalEnsembler(cfg.ensemble_coeff) if cfg.blend == "ensemble" else None
         queue_: list[np.ndarray] = []
         src = 0
         for t in range(horizon):
             if not queue_:
                 src = t
+                obs = self.robot.get_observation()
                 t0 = time.perf_counter()
-                out = self._infer(self.robot.get_observation(), t)
+                out = self._infer(obs, t)
                 self._record_chunk(log, out, (time.perf_counter() - t0) * 1e3)
-                chunk = np.asarray(out["actions"], dtype=np.float32)
-                queue_ = list(chunk[: self.config.replan_every or len(chunk)])
-            self._apply(log, t, queue_.pop(0), src, on_step)
+                chunk = np.asarray(out["actions"], dtype=np.float32)  # (H, D)
+                queue_ = list(chunk[: cfg.replan_every or len(chunk)])
+                if ens is not None:  # the whole chunk: its later actions join the steps the next chunks cover
+                    ens.add(t, chunk)
+            action = queue_.pop(0)  # with ensembling the queue still times the requests
+            if ens is not None:
+                action = ens.action(t)
+            self._apply(log, t, action, src, on_step)
             if getattr(self.robot, "done", False):
                 return
 
@@ -375,7 +403,7 @@ class ControlLoop:
         req = self._requester
         inpaint = cfg.blend in ("inpaint", "auto") and self._takes_prefix(warn=cfg.blend == "inpaint")
         st.blend = "inpaint" if inpaint else ("none" if cfg.blend in ("auto", "inpaint") else cfg.blend)
-        self._ens = {}
+        self._ens = None
         plan: dict[int, tuple[np.ndarray, int]] = {}  # absolute step -> (action (D,), request step of its chunk)
         chunk_len = int((getattr(self.policy, "metadata", None) or {}).get("chunk_size", 8))
         last: np.ndarray | None = None
@@ -384,8 +412,8 @@ class ControlLoop:
         t_wait = time.perf_counter()
         if cfg.first_chunk_timeout_s > 0:  # the clock starts with a chunk in hand
             plan, chunk_len = self._first_chunk(log, cfg.first_chunk_timeout_s)
-            if cfg.blend == "ensemble":  # the first prediction of each of its steps
-                self._ens = {k: (a.astype(np.float64), 1.0, 1) for k, (a, _) in plan.items()}
+            if cfg.blend == "ensemble" and plan:  # the first prediction of each of its steps
+                self._merge(plan, np.stack([a for a, _ in plan.values()]), 0, 0)
 
         t_next = time.perf_counter()
         prev_tick = None
@@ -489,7 +517,7 @@ class ControlLoop:
         return out
 
     def _takes_prefix(self, warn: bool = True) -> bool:
-        """Whether the policy (server) takes prefix_actions; an old server without it gets today's requests."""
+        """Whether the policy (server) takes prefix_actions; one that does not gets requests without a prefix."""
         meta = getattr(self.policy, "metadata", None) or {}
         ok = bool(meta.get("prefix_actions"))
         if not ok and warn and not self._warned_prefix:
@@ -525,8 +553,8 @@ class ControlLoop:
     def _adaptive_below(latencies_ms: list[float], period: float, chunk_len: int, margin: float = 2.0) -> int:
         """Enough queued actions to cover `margin` x the slowest of the last 20 requests, plus one step.
 
-        (Covering 1x the slowest, or the p90, left 28-32 starvation events in 7500 ticks at 30 Hz with ~70 ms p50 /
-        ~115 ms p99 latency: one request slower than the recent ones was enough. See docs/EXPERIMENTS.md, Serving.)
+        A margin over the slowest recent request, not the slowest itself or a percentile: latencies have a tail, and
+        a single request slower than the ones before it would otherwise empty the queue (docs/EXPERIMENTS.md, Serving).
         """
         if not latencies_ms:
             return max(1, chunk_len // 2)
@@ -555,14 +583,11 @@ class ControlLoop:
         """Put aligned actions (steps t, t+1, ...) into the plan: replace, cross-fade where they overlap, or (ensemble)
         average every prediction of each step."""
         if self.config.blend == "ensemble":
-            for k in [k for k in self._ens if k < t]:
-                del self._ens[k]
-            for i, a in enumerate(actions):
-                sw, w, n = self._ens.get(t + i, (0.0, 0.0, 0))
-                wi = math.exp(-self.config.ensemble_coeff * n)  # n earlier predictions: this one weighs less
-                sw, w = sw + wi * a.astype(np.float64), w + wi
-                self._ens[t + i] = (sw, w, n + 1)
-                plan[t + i] = ((sw / w).astype(np.float32), src)
+            if self._ens is None:
+                self._ens = TemporalEnsembler(self.config.ensemble_coeff)
+            self._ens.add(t, actions)
+            for k in range(t, t + len(actions)):  # every step it covers: the mean of all predictions of that step
+                plan[k] = (self._ens.action(k), src)
             return
         new = {}
         m = sum((t + i) in plan for i in range(len(actions)))  # overlapping steps

@@ -96,7 +96,8 @@ def decode_array(obj, name: str, dtypes: tuple[str, ...], ndim: int | None = Non
     Every check happens before a byte is interpreted; a failure raises ProtocolError naming `name`.
     """
     if not is_array_map(obj):
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"{name}: expected an array map {{'__ndarray__': true, 'data', 'dtype', "
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{name}: expected an array map "
+                                                 "{'__ndarray__': true, 'data', 'dtype', "
                                                  f"'shape'}}, got {_describe(obj)}")
     data, dt, shp = _get(obj, "data"), _get(obj, "dtype"), _get(obj, "shape")
     if isinstance(dt, bytes):
@@ -118,7 +119,8 @@ def decode_array(obj, name: str, dtypes: tuple[str, ...], ndim: int | None = Non
     if max_bytes is not None and nbytes > max_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"{name}: {nbytes} bytes exceeds the limit of {max_bytes}")
     if len(data) != nbytes:
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"{name}: shape {tuple(shp)} of {dt} needs {nbytes} bytes, got {len(data)}")
+        raise ProtocolError(ErrorCode.BAD_FIELD,
+                            f"{name}: shape {tuple(shp)} of {dt} needs {nbytes} bytes, got {len(data)}")
     return np.frombuffer(data, dtype=np.dtype(dt)).reshape(shp).copy()  # frombuffer is read-only: copy
 
 
@@ -279,13 +281,15 @@ def as_model_floats(a: np.ndarray, name: str) -> np.ndarray:
     if bad.any():
         idx = np.where(bad)[0].tolist()
         raw = np.asarray(a)[bad]
-        why = "NaN or inf" if not np.all(np.isfinite(raw)) else f"beyond float32's range (|x| > {np.finfo(np.float32).max:.3g})"
+        why = ("NaN or inf" if not np.all(np.isfinite(raw))
+               else f"beyond float32's range (|x| > {np.finfo(np.float32).max:.3g})")
         raise ProtocolError(ErrorCode.BAD_FIELD, f"{name}: {why} at {idx[:8]}")
     return out
 
 
 def parse_obs(msg: dict, spec: ObsSpec) -> dict:
-    """msg with images, state, instruction -> {"images": {cam: uint8 (H, W, 3)}, "state": float32 (S,), "instruction"}."""
+    """msg with images, state, instruction -> {"images": {cam: uint8 (H, W, 3)}, "state": float32 (S,),
+    "instruction"}."""
     for key in ("images", "state", "instruction"):
         if key not in msg:
             raise ProtocolError(ErrorCode.MISSING_FIELD, f"{key}: required for kind 'infer'")
@@ -313,7 +317,8 @@ def parse_obs(msg: dict, spec: ObsSpec) -> dict:
     if not isinstance(instr, str):
         raise ProtocolError(ErrorCode.BAD_FIELD, f"instruction: expected str, got {_describe(instr)}")
     if len(instr) > spec.max_instruction_chars:
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"instruction: {len(instr)} characters exceeds {spec.max_instruction_chars}")
+        raise ProtocolError(ErrorCode.TOO_LARGE,
+                            f"instruction: {len(instr)} characters exceeds {spec.max_instruction_chars}")
     out = {"images": out_images, "state": state, "instruction": instr}
     if msg.get("prefix_actions") is not None:
         out["prefix_actions"] = parse_prefix_actions(msg["prefix_actions"], spec)

@@ -53,7 +53,8 @@ def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
 def add_robot_server(sub) -> None:
     s = sub.add_parser("robot-server", help="serve a robot arm (or a sim) over ZeroMQ: state, commands, watchdog, "
                                             "safety, e-stop")
-    s.add_argument("--robot", required=True, help="sim | franka | ur | xarm")
+    s.add_argument("--robot", required=True,
+                   help="sim | franka | ur | xarm, or an arm another package registers (entry points vla_stack.robots)")
     s.add_argument("--robot-ip", help="the arm's address (franka FCI, UR, xArm); franky-sim: 127.0.0.1")
     s.add_argument("--bind", default="tcp://127.0.0.1:5560", help="request endpoint (commands, observe, e-stop)")
     s.add_argument("--state-bind", help="state publication endpoint (default: --bind's port + 1)")
@@ -281,7 +282,7 @@ def add_run(sub) -> None:
     s.set_defaults(func=_cmd_run)
 
 
-SYNC_MAX_CHUNK = 8  # README: with chunks of 8 every async blend loses to sync once a chunk takes a step or more
+SYNC_MAX_CHUNK = 8  # chunks this short leave too few fresh actions per round trip for async to beat sync (README)
 
 
 def choose_mode(meta: dict, robot, policy, rate_hz: float) -> tuple[str, str]:

@@ -3,7 +3,8 @@ when commands stop (watchdog), e-stops on request; every action passes the robot
 
 Threads: the control thread owns both sockets (ROUTER for requests, PUB for state) and the robot (SDKs are rarely
 thread-safe). Camera frames for `observe` replies are read on a second thread, so a slow camera never delays a
-command or the watchdog; its replies return through a queue plus a wake-up pipe, like PolicyServer's.
+command or the watchdog; its replies are posted to the control thread through `robot_bridge.router`'s outbox and
+wake-up pipe, as PolicyServer's worker posts its replies.
 
 Modes: idle (connected, no command yet; after reset/release) -> active (commands flowing) -> holding (watchdog:
 no valid command for watchdog_ms) -> active again on the next valid command; homing (a reset's long move, polled
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import queue
 import threading
 import time
@@ -44,6 +44,7 @@ from robot_bridge import protocol as P
 from robot_bridge import robot_protocol as RP
 from robot_bridge.lifecycle import serve_until_signal
 from robot_bridge.robots.base import RobotStopped
+from robot_bridge.router import RouterCore, split_envelope
 from robot_bridge.safety import UnsafeAction
 from robot_bridge.security import ServerAuth, ServerKeys, check_bind
 
@@ -104,7 +105,9 @@ class RobotServer:
         self.mode = "idle"
         self.hold_reason: str | None = None
         self.fault: str | None = None
-        self.counts: collections.Counter = collections.Counter()
+        # the ROUTER socket, its outbox and wake-up pipe; its counters are the server's
+        self.router = RouterCore(log, error_reply=RP.error, dropped_key="reply_dropped")
+        self.counts: collections.Counter = self.router.counts
         self.applied_log: collections.deque = collections.deque(maxlen=100_000)  # one dict per applied command
         self.watchdog = {"ms": self.config.watchdog_ms, "events": 0, "last_reaction_ms": None,
                          "max_reaction_ms": None, "t_hold": None}
@@ -120,9 +123,6 @@ class RobotServer:
         self._thread: threading.Thread | None = None
         self._observer: threading.Thread | None = None
         self._jobs: queue.Queue = queue.Queue(maxsize=64)
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
         self._exit = threading.Event()
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -149,7 +149,7 @@ class RobotServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._exit.set()
-        self._wake()
+        self.router.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -190,52 +190,34 @@ class RobotServer:
     def __exit__(self, *exc):
         self.stop()
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
     # ----- control thread -----
     def _run(self) -> None:
-        ctx = zmq.Context()
-        router = pub = None
+        pub = None
         try:
-            if self.config.keys is not None:
-                self.auth = ServerAuth(ctx, self.config.keys)
-            router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
-            for s in (router, pub):
-                s.setsockopt(zmq.LINGER, 0)
-                if self.auth:
-                    self.auth.secure(s)
-            router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+            self.address = self.router.open(self.config.bind, self.config.max_message_bytes, self.config.keys)
+            self.auth = self.router.auth
+            pub = self.router.ctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.LINGER, 0)
+            self.router.secure(pub)
             pub.setsockopt(zmq.SNDHWM, 10)
-            router.bind(self.config.bind)
             pub.bind(self.config.resolved_state_bind())
-            self.address = router.getsockopt_string(zmq.LAST_ENDPOINT)
             self.state_address = pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self.robot.connect()
             self._allow_current_pose("started")
         except BaseException as e:  # noqa: BLE001 - reported by start()
             self._start_error = e
-            for s in (router, pub):
-                if s is not None:
-                    s.close(0)
-            if self.auth:
-                self.auth.stop()
-            ctx.term()
+            if pub is not None:
+                pub.close(0)
+            self.router.close()
             self._ready.set()
             return
-        self._router, self._pub = router, pub
+        self._pub = pub
         self._ready.set()
         self._next_pub = time.monotonic()
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._exit.is_set():  # the supervisor: the loop never ends by an exception
                 try:
-                    self._loop(poller)
+                    self._loop()
                 except Exception as e:  # noqa: BLE001 - whatever escaped: fault the arm, start the loop again
                     self.counts["control_loop_restarts"] += 1
                     log.exception("control loop raised; restarting it")
@@ -250,35 +232,18 @@ class RobotServer:
                 self.robot.disconnect()
             except Exception:  # noqa: BLE001 - shutting down: report, keep closing
                 log.exception("robot disconnect failed")
-            router.close(0)
             pub.close(0)
-            if self.auth:
-                self.auth.stop()
-            ctx.term()
+            self.router.close()
 
-    def _loop(self, poller: zmq.Poller) -> None:
+    def _loop(self) -> None:
         period = 1.0 / self.config.rate_hz
-        router = self._router
         while not self._exit.is_set():
             now = time.monotonic()
             wait = self._next_pub - now
             if self.mode == "active" and self._last_valid is not None:
                 wait = min(wait, self._last_valid + self.config.watchdog_ms / 1e3 - now)
-            events = dict(poller.poll(max(0, int(wait * 1e3 + 0.999))))
-            if events.get(self._wake_r):
-                try:
-                    os.read(self._wake_r, 65536)
-                except BlockingIOError:
-                    pass
-            self._flush()
-            if events.get(router):
-                batch = []
-                for _ in range(256):
-                    try:
-                        batch.append(router.recv_multipart(zmq.NOBLOCK, copy=False))
-                    except zmq.Again:
-                        break
-                self._process(batch)
+            if self.router.poll(max(0, int(wait * 1e3 + 0.999))):
+                self._process(list(self.router.incoming(copy=False)))
             self._check_watchdog()
             self._poll_reset()
             now = time.monotonic()
@@ -287,29 +252,6 @@ class RobotServer:
                 self._next_pub += period
                 if self._next_pub < now:  # fell behind (a slow robot call): re-anchor, don't burst
                     self._next_pub = now + period
-
-    def _flush(self) -> None:
-        while True:
-            try:
-                frames = self._outbox.get_nowait()
-            except queue.Empty:
-                return
-            self._send_frames(frames)
-
-    def _send_frames(self, frames: list[bytes]) -> None:
-        try:
-            self._router.send_multipart(frames, zmq.NOBLOCK)
-            self.counts["replied"] += 1
-        except zmq.ZMQError:
-            self.counts["reply_dropped"] += 1
-
-    def _send(self, envelope: list[bytes], msg: dict) -> None:
-        self._send_frames(envelope + [P.pack(msg)])
-
-    def _error(self, envelope, code: str, message: str, rid=None) -> None:
-        self.counts[f"error:{code}"] += 1
-        log.debug("error %s: %s", code, message)
-        self._send(envelope, RP.error(code, message, rid))
 
     def _role(self, frames: list) -> str:
         """"commander" or "observer": the CurveZMQ User-Id (the client's public key, z85) of the message."""
@@ -325,33 +267,28 @@ class RobotServer:
         """Parse a batch in arrival order; of its commands only the newest is applied (latest wins)."""
         parsed = []
         for raw in batch:
-            self.counts["received"] += 1
+            self.router.count("received")
             role = self._role(raw)
-            frames = [f.bytes if isinstance(f, zmq.Frame) else f for f in raw]
-            if len(frames) == 2:
-                envelope, payload = frames[:1], frames[1]
-            elif len(frames) == 3 and frames[1] == b"":
-                envelope, payload = frames[:2], frames[2]
-            else:
-                env = frames[:2] if len(frames) > 1 and frames[1] == b"" else frames[:1]
-                self._error(env, P.ErrorCode.BAD_ENVELOPE, f"expected one payload frame, got {len(frames) - len(env)}")
+            envelope, payload, bad = split_envelope([f.bytes if isinstance(f, zmq.Frame) else f for f in raw])
+            if bad:
+                self.router.error(envelope, P.ErrorCode.BAD_ENVELOPE, bad)
                 continue
             msg = None
             try:
                 msg = P.unpack(payload, self.config.max_message_bytes)
                 req = RP.parse_robot_request(msg, self.robot.action_spec.dim)
                 if role != "commander" and req.kind in RP.COMMANDER_KINDS:
-                    self._error(envelope, RP.RobotErrorCode.UNAUTHORIZED,
-                                f"{req.kind}: this client's key is an observer key (it may hello, observe, status, "
-                                f"estop and read the state publications); {req.kind} needs a key in authorized_keys",
-                                req.id)
+                    self.router.error(envelope, RP.RobotErrorCode.UNAUTHORIZED,
+                                      f"{req.kind}: this client's key is an observer key (it may hello, observe, "
+                                      f"status, estop and read the state publications); {req.kind} needs a key in "
+                                      f"authorized_keys", req.id)
                     continue
                 parsed.append((envelope, req))
             except P.ProtocolError as e:
-                self._error(envelope, e.code, e.message, P.request_id(msg))
+                self.router.error(envelope, e.code, e.message, P.request_id(msg))
             except Exception as e:  # noqa: BLE001 - never let a message kill the control thread
                 log.exception("unexpected error while parsing a request")
-                self._error(envelope, P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"[:300], P.request_id(msg))
+                self.router.internal(envelope, e, P.request_id(msg))
         last_cmd = max((i for i, (_, r) in enumerate(parsed) if r.kind == "command"), default=-1)
         for i, (envelope, req) in enumerate(parsed):
             try:
@@ -364,13 +301,13 @@ class RobotServer:
                     getattr(self, f"_on_{req.kind}")(envelope, req)
             except Exception as e:  # noqa: BLE001
                 log.exception("unexpected error while handling %s", req.kind)
-                self._error(envelope, P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"[:300], req.id)
+                self.router.internal(envelope, e, req.id)
 
     # ----- commands -----
     def _drop(self, envelope, req, reason: str) -> None:
         self.counts[f"dropped_{reason}"] += 1
         if req.ack:
-            self._send(envelope, RP.reply("dropped", req.id, seq=req.seq, reason=reason, status=self.status()))
+            self.router.send(envelope, RP.reply("dropped", req.id, seq=req.seq, reason=reason, status=self.status()))
 
     def _command(self, envelope, req: RP.RobotRequest) -> None:
         self.counts["commands"] += 1
@@ -386,7 +323,7 @@ class RobotServer:
             applied = self.robot.send_action(req.action)
         except UnsafeAction as e:
             self.counts["rejected_unsafe"] += 1
-            return self._error(envelope, RP.RobotErrorCode.UNSAFE_ACTION, str(e), req.id)
+            return self.router.error(envelope, RP.RobotErrorCode.UNSAFE_ACTION, str(e), req.id)
         except RobotStopped:
             self.mode = "estopped"
             return self._drop(envelope, req, "estopped")
@@ -403,8 +340,8 @@ class RobotServer:
         self.applied_log.append({**self.last_applied, "requested": req.action.astype(np.float32),
                                  "applied": applied})
         if req.ack:
-            self._send(envelope, RP.reply("applied", req.id, seq=req.seq, action=applied, t_recv=t_recv,
-                                          t_applied=t_applied, status=self.status()))
+            self.router.send(envelope, RP.reply("applied", req.id, seq=req.seq, action=applied, t_recv=t_recv,
+                                                t_applied=t_applied, status=self.status()))
 
     def _check_watchdog(self) -> None:
         if self.mode != "active" or self._last_valid is None:
@@ -510,8 +447,9 @@ class RobotServer:
     def metadata(self) -> dict:
         r = self.robot
         return {"protocol_version": RP.ROBOT_PROTOCOL_VERSION, "robot": r.name, "name": self.config.name or r.name,
-                "clock": r.clock, "action_spec": r.action_spec.to_dict(), "observation_spec": r.observation_spec.to_dict(),
-                "safety": r.safety.config.to_dict(), "rate_hz": self.config.rate_hz,
+                "clock": r.clock, "action_spec": r.action_spec.to_dict(),
+                "observation_spec": r.observation_spec.to_dict(), "safety": r.safety.config.to_dict(),
+                "rate_hz": self.config.rate_hz,
                 "watchdog_ms": self.config.watchdog_ms, "max_command_age_ms": self.config.max_command_age_ms,
                 "state_endpoint": self.state_address, "horizon": r.horizon, "instruction": r.instruction,
                 "secure": self.auth is not None}
@@ -524,12 +462,12 @@ class RobotServer:
         return {"mode": self.mode, "hold_reason": self.hold_reason, "fault": self.fault, **extra}
 
     def _on_hello(self, envelope, req) -> None:
-        self._send(envelope, RP.reply("hello", req.id, metadata=self.metadata()))
+        self.router.send(envelope, RP.reply("hello", req.id, metadata=self.metadata()))
 
     def _on_status(self, envelope, req) -> None:
-        self._send(envelope, RP.reply("status", req.id, status=self.status(), counters=dict(self.counts),
-                                      safety=self.robot.safety.summary(), watchdog=dict(self.watchdog),
-                                      pose_monitor=dict(self.pose_monitor), last_fault=self.last_fault))
+        self.router.send(envelope, RP.reply("status", req.id, status=self.status(), counters=dict(self.counts),
+                                            safety=self.robot.safety.summary(), watchdog=dict(self.watchdog),
+                                            pose_monitor=dict(self.pose_monitor), last_fault=self.last_fault))
 
     def _on_observe(self, envelope, req) -> None:
         try:
@@ -537,26 +475,27 @@ class RobotServer:
         except Exception as e:  # noqa: BLE001
             if self.mode != "fault":
                 self._fault(e, "observe")
-            return self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, self.fault or str(e), req.id)
+            return self.router.error(envelope, RP.RobotErrorCode.ROBOT_FAULT, self.fault or str(e), req.id)
         self.counts["observations"] += 1
         try:
             self._jobs.put_nowait((envelope, req.id, snap, self.status()))
         except queue.Full:
-            self._error(envelope, P.ErrorCode.OVERLOADED, "too many observe requests waiting", req.id)
+            self.router.error(envelope, P.ErrorCode.OVERLOADED, "too many observe requests waiting", req.id)
 
     def _on_reset(self, envelope, req) -> None:
         if self.mode in ("estopped", "fault"):
-            return self._error(envelope, RP.RobotErrorCode.ESTOPPED, f"robot is {self.mode}; release first", req.id)
+            return self.router.error(envelope, RP.RobotErrorCode.ESTOPPED, f"robot is {self.mode}; release first",
+                                     req.id)
         if self._pending_reset is not None:
-            return self._error(envelope, RP.RobotErrorCode.BUSY, "a reset is already running (homing)", req.id)
+            return self.router.error(envelope, RP.RobotErrorCode.BUSY, "a reset is already running (homing)", req.id)
         self._allow_current_pose("homing")
         try:
             poll = self.robot.start_reset(seed=req.seed)
         except NotImplementedError as e:
-            return self._error(envelope, RP.RobotErrorCode.UNSUPPORTED, str(e), req.id)
+            return self.router.error(envelope, RP.RobotErrorCode.UNSUPPORTED, str(e), req.id)
         except Exception as e:  # noqa: BLE001
             self._fault(e, "reset")
-            return self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, self.fault, req.id)
+            return self.router.error(envelope, RP.RobotErrorCode.ROBOT_FAULT, self.fault, req.id)
         if poll is None:
             return self._reset_done(envelope, req)
         self.mode, self.hold_reason, self._last_valid = "homing", "reset", None
@@ -572,7 +511,7 @@ class RobotServer:
             done = poll()
         except Exception as e:  # noqa: BLE001 - the reset's move failed: a fault (its reply says so)
             self._pending_reset = None
-            self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, f"reset: {type(e).__name__}: {e}"[:300], req.id)
+            self.router.error(envelope, RP.RobotErrorCode.ROBOT_FAULT, f"reset: {type(e).__name__}: {e}"[:300], req.id)
             return self._fault(e, "reset")
         if done:
             self._pending_reset = None
@@ -582,7 +521,7 @@ class RobotServer:
         if self._pending_reset is not None:
             envelope, req, _ = self._pending_reset
             self._pending_reset = None
-            self._error(envelope, code, message, req.id)
+            self.router.error(envelope, code, message, req.id)
 
     def _reset_done(self, envelope, req) -> None:
         self.mode, self.hold_reason, self._last_valid = "idle", None, None
@@ -611,26 +550,26 @@ class RobotServer:
         self.counts["estops"] += 1
         self._cancel_reset(RP.RobotErrorCode.ESTOPPED, "reset interrupted by an e-stop")
         log.warning("E-STOP (%s) in %.1f ms", self.hold_reason, (time.monotonic() - t0) * 1e3)
-        self._send(envelope, RP.reply("estop", req.id, status=self.status(), stop_failed=stop_failed,
-                                      t_stop_issued=t_issued, t_stopped=time.time()))
+        self.router.send(envelope, RP.reply("estop", req.id, status=self.status(), stop_failed=stop_failed,
+                                            t_stop_issued=t_issued, t_stopped=time.time()))
         self._publish()
 
     def _on_release(self, envelope, req) -> None:
         if self._pending_reset is not None:
-            return self._error(envelope, RP.RobotErrorCode.BUSY, "homing: wait for the reset's reply, or e-stop",
-                               req.id)
+            return self.router.error(envelope, RP.RobotErrorCode.BUSY,
+                                     "homing: wait for the reset's reply, or e-stop", req.id)
         try:
             self.robot.release()
         except Exception as e:  # noqa: BLE001 - stays latched
             self.counts["adapter_exceptions"] += 1
             self.counts["adapter_exceptions:release"] += 1
-            return self._error(envelope, RP.RobotErrorCode.ROBOT_FAULT, f"release failed: {type(e).__name__}: {e}",
-                               req.id)
+            return self.router.error(envelope, RP.RobotErrorCode.ROBOT_FAULT,
+                                     f"release failed: {type(e).__name__}: {e}", req.id)
         self._allow_current_pose("released")
         self.mode, self.hold_reason, self.fault, self._last_valid = "idle", None, None, None
         self.counts["releases"] += 1
         log.warning("released: idle")
-        self._send(envelope, RP.reply("release", req.id, status=self.status()))
+        self.router.send(envelope, RP.reply("release", req.id, status=self.status()))
         self._publish()
 
     # ----- state publication -----
@@ -684,5 +623,4 @@ class RobotServer:
             except Exception as e:  # noqa: BLE001 - a camera failing is an error reply
                 log.exception("observation failed")
                 msg = RP.error(RP.RobotErrorCode.ROBOT_FAULT, f"camera read failed: {type(e).__name__}: {e}"[:300], rid)
-            self._outbox.put(envelope + [P.pack(msg)])
-            self._wake()
+            self.router.post(envelope + [P.pack(msg)])

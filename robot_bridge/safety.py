@@ -288,7 +288,8 @@ class SafetyFilter:
 
         clipped = np.clip(a, spec.low, spec.high)
         if np.any(clipped != a):
-            self._record("action_limits", f"dims {np.where(clipped != a)[0].tolist()} outside [{spec.low}, {spec.high}]",
+            self._record("action_limits",
+                         f"dims {np.where(clipped != a)[0].tolist()} outside [{spec.low}, {spec.high}]",
                          a, clipped, hits)
             a = clipped
         g = spec.gripper_index

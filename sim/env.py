@@ -61,8 +61,8 @@ def validate_action(action, dim: int = ACTION_DIM) -> np.ndarray:
 def configure_fast_rendering(rs_env, size: int) -> None:
     """Reflections, shadows and MSAA off on robosuite's offscreen context; framebuffer sized to the cameras.
 
-    Measured on a 2-core CPU with Mesa llvmpipe (docs/EXPERIMENTS.md): a 128 px camera frame costs ~33 ms with
-    robosuite's defaults (640x480 4x-MSAA buffer, reflections, shadows) and ~19 ms after this.
+    With a software renderer (Mesa llvmpipe) robosuite's defaults (a 640x480 4x-MSAA buffer, reflections, shadows)
+    make every small camera frame pay for effects and pixels it never shows.
     """
     import mujoco
 
@@ -198,8 +198,8 @@ class VLAEnv(gym.Env):
     def advance(self, action) -> tuple[float, bool, bool, dict]:
         """step() without the observation: (reward, terminated, truncated, info); observe() renders it on demand.
 
-        The camera frames are most of a step's cost (two 128 px frames ~16.5 ms, physics ~5.5 ms for Lift on a 2-core
-        CPU with Mesa llvmpipe), and a policy that replans every N steps reads them only every N-th step.
+        With a software renderer (Mesa llvmpipe) the camera frames are most of a step's cost, and a policy that
+        replans every N steps reads them only every N-th step.
         """
         if not self._has_reset:
             raise RuntimeError("step() called before reset()")
@@ -264,8 +264,9 @@ class VLAEnv(gym.Env):
         """robosuite's camera_rgb sensor (sim.render, OpenGL row order) flipped upright; uint8 (S, S, 3).
 
         Geoms that cannot appear in this camera's view are hidden while it renders (frustum culling): Mesa's
-        llvmpipe shades every vertex of every drawn mesh (~170k Panda triangles), so this saves ~2 ms on agentview
-        and ~5 ms on the wrist camera, and the pixels stay the same (tests/test_sim_envs.py).
+        llvmpipe shades every vertex of every drawn mesh (the Panda's meshes dominate), so this saves time on both
+        cameras, most on the wrist camera, which sees little of the arm; the pixels stay the same
+        (tests/test_sim_envs.py).
         """
         s, sim = self.image_size, self._rs.sim
         model = getattr(sim.model, "_model", sim.model)

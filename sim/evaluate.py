@@ -1,9 +1,10 @@
 """Closed-loop evaluation of a chunk policy in the simulated tasks.
 
-A policy here is anything with `reset()` and `infer(obs) -> {"actions": float32 (h, D), "timing": {...}}`:
-a local `vla.Policy` or a `robot_bridge` client talking to a policy server. Every episode seed is fixed
-(EVAL_SEED_BASE + i, disjoint from collection seeds), the policy is reset before each episode, and a chunk is
-requested every `replan_every` steps, so reruns give the same numbers.
+A policy here is anything with `reset()` and `infer(obs) -> {"actions": float32 (H, D), "timing": {...}}`:
+a local `vla.Policy` or a `robot_bridge` client talking to a policy server. Episodes run in robot_bridge's control loop
+(sync mode), the runner remote evaluation and robots use too. Every episode seed is fixed (EVAL_SEED_BASE + i, disjoint
+from collection seeds), the policy is reset before each episode, and a chunk is requested every `replan_every` steps,
+so reruns give the same numbers.
 """
 
 from __future__ import annotations
@@ -11,82 +12,43 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from robot_bridge.control_loop import ControlLoop, EnvRobot, EpisodeLog, LoopConfig
 
 EVAL_SEED_BASE = 1_000_000
 
 
-@dataclass
-class EpisodeResult:
-    task: str
-    seed: int
-    success: bool
-    length: int
-    instruction: str
-    chunk_ms: list[float] = field(default_factory=list)
-    nfe: list[int] = field(default_factory=list)
-    actions: list[list[float]] | None = None
+class _HookedEnvRobot(EnvRobot):
+    """EnvRobot that calls hook(t, action) before each step, without rendering an observation the hook does not read
+    (the loop's own on_step hands one over)."""
 
-    def summary(self) -> dict:
-        d = asdict(self)
-        d.pop("actions")
-        d["chunk_ms_p50"] = float(np.median(self.chunk_ms)) if self.chunk_ms else None
-        d.pop("chunk_ms")
-        d["nfe_mean"] = float(np.mean(self.nfe)) if self.nfe else None
-        d.pop("nfe")
-        return d
+    def __init__(self, env, hook):
+        super().__init__(env)
+        self._hook = hook
+
+    def apply(self, action: np.ndarray) -> None:
+        self._hook(self.steps, action)
+        super().apply(action)
 
 
 def rollout(env, policy, seed: int, replan_every: int, frames: list | None = None, keep_actions: bool = False,
-            max_steps: int | None = None, on_step=None, ensemble: float | None = None) -> EpisodeResult:
-    """One closed-loop episode; `on_step(t, action)`, if given, is called before each action is executed.
+            max_steps: int | None = None, on_step=None, ensemble: float | None = None) -> EpisodeLog:
+    """One closed-loop episode in `env` (sim.env.VLAEnv); `on_step(t, action)`, if given, is called before each action
+    is executed, and `frames`, if given, receives every step's video frame and the last one.
 
     ensemble: None runs each chunk's first `replan_every` actions as decoded; a float is the temporal-ensembling
-    coefficient (vla.ensemble.TemporalEnsembler): every step executes the weighted mean of all decoded chunks that
-    cover it (a chunk is still requested every `replan_every` steps)."""
-    obs, _ = env.reset(seed=seed)  # env.observe() returns the current step's obs, rendered only when asked for
-    policy.reset()
-    ens = None
-    if ensemble is not None:
-        from vla.ensemble import TemporalEnsembler
-
-        ens = TemporalEnsembler(ensemble)
-    res = EpisodeResult(task=env.task.name, seed=seed, success=False, length=0, instruction=obs["instruction"],
-                        actions=[] if keep_actions else None)
-    queue: list[np.ndarray] = []
-    horizon = max_steps or env.horizon
-    for t in range(horizon):
-        if not queue:
-            obs = env.observe()
-            t0 = time.perf_counter()
-            out = policy.infer(obs)
-            res.chunk_ms.append((time.perf_counter() - t0) * 1e3)
-            res.nfe.append(int(out.get("timing", {}).get("nfe", 0)))
-            chunk = np.asarray(out["actions"], dtype=np.float32)  # (H, D)
-            queue = list(chunk[:replan_every])
-            if ens is not None:
-                ens.add(t, chunk)
-        a = queue.pop(0)  # the queue still times the replans
-        if ens is not None:
-            a = ens.action(t)
-        if keep_actions:
-            res.actions.append(a.tolist())
-        if frames is not None:
-            frames.append(frame(env.observe()))
-        if on_step is not None:
-            on_step(t, a)
-        _, terminated, truncated, info = env.advance(a)
-        res.length = t + 1
-        if terminated:
-            res.success = True
-            break
-        if truncated:
-            break
+    coefficient (robot_bridge.ensemble.TemporalEnsembler): every step executes the weighted mean of all decoded chunks
+    that cover it (a chunk is still requested every `replan_every` steps)."""
+    blend = {} if ensemble is None else {"blend": "ensemble", "ensemble_coeff": ensemble}
+    robot = EnvRobot(env) if on_step is None else _HookedEnvRobot(env, on_step)
+    loop = ControlLoop(policy, robot, LoopConfig(mode="sync", replan_every=replan_every, **blend))
+    record = None if frames is None else (lambda t, obs, a: frames.append(frame(obs)))
+    log = loop.run_episode(seed=seed, max_steps=max_steps, keep_actions=keep_actions, on_step=record)
     if frames is not None:
         frames.append(frame(env.observe()))
-    return res
+    return log
 
 
 def frame(obs: dict) -> np.ndarray:
@@ -175,7 +137,7 @@ def evaluate_policy_dir(
     if failure_videos < 0:
         raise ValueError(f"failure_videos: expected >= 0, got {failure_videos}")
     if ensemble is not None:  # a bad coefficient fails here, not in each worker
-        from vla.ensemble import check_coeff
+        from robot_bridge.ensemble import check_coeff
 
         ensemble = check_coeff(ensemble)
     jobs = [(policy_path, decode, task, c, replan, image_size, video_seeds, failure_videos, out_dir, threads,

@@ -57,7 +57,7 @@ class ScriptedExpert:
 
     def __init__(self, noise: float = 0.0, seed: int | None = None, rotate: bool = False):
         """rotate=False: top-down grasps with zero rotation actions (the OSC controller holds the orientation well
-        enough for every task; measured 100% on 12-15 seeds each), which leaves the policy four meaningful action
+        enough for every task's expert to succeed), which leaves the policy four meaningful action
         dimensions. rotate=True also servoes the start orientation and adds noise on the rotation dimensions."""
         if noise < 0:
             raise ValueError(f"noise: expected >= 0, got {noise}")
@@ -169,9 +169,11 @@ class PickPlaceExpert(ScriptedExpert):
             Waypoint(grasp, CLOSED, tol=1.0, hold=6, max_steps=10),
             Waypoint(np.array([g[0], g[1], carry_z]), CLOSED, tol=0.02, max_steps=40),
             Waypoint(np.array([tgt[0], tgt[1], carry_z]) + hand_minus_obj, CLOSED, tol=self.place_tol, max_steps=60),
-            Waypoint(place + hand_minus_obj + np.array([0, 0, self._hand_above_obj(p)]), CLOSED, tol=self.place_tol * 0.8, max_steps=40),
+            Waypoint(place + hand_minus_obj + np.array([0, 0, self._hand_above_obj(p)]), CLOSED,
+                     tol=self.place_tol * 0.8, max_steps=40),
             self._open_in_place(p),
-            Waypoint(np.array([tgt[0], tgt[1], tgt[2] + self.place_offset + self.retreat]) + hand_minus_obj, OPEN, tol=0.01),
+            Waypoint(np.array([tgt[0], tgt[1], tgt[2] + self.place_offset + self.retreat]) + hand_minus_obj, OPEN,
+                     tol=0.01),
         ]
 
     def _open_in_place(self, p) -> Waypoint:
@@ -179,8 +181,8 @@ class PickPlaceExpert(ScriptedExpert):
 
         The gripper's command ramps over several steps while the fingers still squeeze the object, so "open for a
         fixed count, then lift" labels the same observed state (hand at the release point, fingers on the object)
-        both "stay and open" and "lift": a policy that lifts early carries the object away again (traced on
-        StackColor, docs/EXPERIMENTS.md). Moving on only once the finger opening (in the state) has grown keeps the
+        both "stay and open" and "lift": a policy that lifts early carries the object away again (docs/EXPERIMENTS.md,
+        StackColor). Moving on only once the finger opening (in the state) has grown keeps the
         labels a function of what the policy sees."""
         width = float(p["gripper_qpos"][0] - p["gripper_qpos"][1])  # m, finger opening
         if self.phase != 6:
@@ -207,8 +209,8 @@ class CanExpert(PickPlaceExpert):
     grasp_offset = 0.0
     retreat = 0.08
     place_tol = 0.02
-    # close on the can from 1.5 cm (not 8 mm): policies rest ~1 cm from the can and never see their demos close there
-    # (PickPlaceCan alone, 1800 steps: 52% with these demos vs 14% with 8 mm; docs/EXPERIMENTS.md, multi-task section)
+    # close on the can from 1.5 cm, wider than the base class's tolerance: a policy tends to stop just short of the
+    # can, and its demos must show the gripper closing from there (docs/EXPERIMENTS.md, multi-task section)
     grasp_tol = 0.015
     # the target bin quadrant (20 x 25 cm) lies at the edge of the Panda's reach: aim at its near part
     target_shift = np.array([-0.05, -0.06, 0.0])

@@ -97,10 +97,7 @@ def evaluate_server(
             s = log.stats.summary()
             stats.append(log.stats)
             results.append({
-                "task": env.task.name, "seed": seed, "success": log.success, "length": log.length,
-                "instruction": log.instruction,
-                "chunk_ms_p50": float(np.median(log.chunk_ms)) if log.chunk_ms else None,
-                "nfe_mean": float(np.mean(log.nfe)) if log.nfe else None,
+                **log.summary(),
                 **({"loop": s} if cfg.mode == "async" else {}),
                 **({"actions": log.actions, "sources": log.sources} if keep_actions else {}),
                 **({"video": os.path.relpath(video, out_dir)} if video else {}),

@@ -28,6 +28,7 @@ class SimConfig:
 
 class SimRobot(Robot):
     name = "sim"
+    config_class = SimConfig
     clock = "stepped"
 
     def __init__(self, config: SimConfig | None = None, env=None, safety: SafetyConfig | None = None,

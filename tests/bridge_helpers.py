@@ -1,13 +1,15 @@
-"""Shared pieces of the robot_bridge tests: observations, a slow policy wrapper, a free port, waiting for servers."""
+"""Shared pieces of the robot_bridge tests: observations, a slow policy wrapper, a free port (robot_bridge.net), waiting
+for servers."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import numpy as np
 import torch
+
+from robot_bridge.net import free_port  # noqa: F401  (the tests import it from here)
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed torch threads make inference 30x slower
 
@@ -47,12 +49,6 @@ class SlowPolicy:
 
     def infer(self, obs):
         return self.infer_batch([obs])[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_up(ready, procs=(), timeout_s: float = 120) -> None:

@@ -247,6 +247,43 @@ def test_unknown_robot_suggests_the_closest():
         robot_class("frank")
 
 
+def _entry_points(monkeypatch, eps):
+    """Replace the installed entry-point metadata of robot_bridge.robots with `eps` (name -> "module:Class")."""
+    from importlib.metadata import EntryPoint
+
+    import robot_bridge.robots as robots
+
+    monkeypatch.setattr(robots, "entry_points", lambda group: [EntryPoint(n, v, group) for n, v in eps.items()])
+
+
+def test_arms_register_through_entry_points(monkeypatch):
+    """A plugin's arm is found by its entry point; the built-ins resolve with no metadata at all (a stale install);
+    `sim` unregistered (the robot-side distribution) names what to install."""
+    from robot_bridge.robots import robot_class
+
+    _entry_points(monkeypatch, {"fake_ur": "robot_bridge.robots.ur:URRobot"})
+    assert robot_class("fake_ur") == (URRobot, URConfig)
+    _entry_points(monkeypatch, {})
+    assert robot_class("xarm") == (XArmRobot, XArmConfig)
+    with pytest.raises(MissingExtraError, match=r"robot 'sim' needs the Python module 'sim.robot': "
+                                                r"pip install 'vla-stack\[sim\]'"):
+        robot_class("sim")
+    _entry_points(monkeypatch, {"broken": "robot_bridge.robots.base:ActionSpec"})
+    with pytest.raises(TypeError, match="config_class"):
+        robot_class("broken")
+
+
+def test_installed_metadata_registers_every_arm():
+    """The full install's packaging (pyproject.toml) declares all four arms; `pip install -e .` writes them."""
+    from importlib.metadata import entry_points
+
+    from robot_bridge.robots import GROUP, robot_class
+
+    assert {"sim", "franka", "ur", "xarm"} <= {ep.name for ep in entry_points(group=GROUP)}
+    cls, cfg = robot_class("sim")
+    assert cls.name == "sim" and cfg.__name__ == "SimConfig"
+
+
 def test_quat_axis_angle_round_trip():
     rng = np.random.default_rng(1)
     for v in rng.normal(size=(20, 3)):

@@ -45,7 +45,8 @@ def test_color_swap_renames_the_word_with_the_pixels_and_keeps_actions():
     aug = data.batch(idx, generator=torch.Generator().manual_seed(0), augment_color=1.0)
     for k in ("action_tokens", "state", "object_pos"):
         assert torch.equal(plain[k], aug[k]), k
-    word = {c: pol.text_tokenizer.encode(f"pick up the {c} cube", pol.cfg.max_text_len)[0] for c in ("red", "green", "blue")}
+    word = {c: pol.text_tokenizer.encode(f"pick up the {c} cube", pol.cfg.max_text_len)[0]
+            for c in ("red", "green", "blue")}
     lift_ids = torch.from_numpy(pol.text_tokenizer.encode("lift the cube", pol.cfg.max_text_len)[0])
     seen = set()
     for i in range(len(idx)):

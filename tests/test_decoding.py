@@ -1,6 +1,5 @@
 """Decoders and the block KV cache (Fast-dVLA) on real tiny models."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -148,7 +147,8 @@ def test_pipelined_overlaps_blocks_and_saves_passes():
     m = _model(seed=6)
     imgs, txt, tv, st = _prefix(m, B=1, seed=6)
     with torch.no_grad(), Recorder(m) as rec:
-        _, sp = decode(m, m.encode_prefix(imgs, txt, tv, st), DecodeConfig(decoder="pipelined", tau_add=0.3, tau_act=0.5, tau_conf=1.0))
+        _, sp = decode(m, m.encode_prefix(imgs, txt, tv, st),
+                       DecodeConfig(decoder="pipelined", tau_add=0.3, tau_act=0.5, tau_conf=1.0))
         # tau_conf=1: only the schedule reveals (half the rest per pass), whatever a random model's confidences are
         _, sb = decode(m, m.encode_prefix(imgs, txt, tv, st), DecodeConfig(decoder="block", tau_conf=1.0))
     widths = [len(s) for s, _, _ in rec.calls[: sp["nfe"]]]
@@ -165,7 +165,8 @@ def test_start_blocks_puts_blocks_in_flight_from_the_first_pass():
     firsts = {}
     for k in (1, 3):
         with torch.no_grad(), Recorder(m) as rec:
-            decode(m, m.encode_prefix(imgs, txt, tv, st), DecodeConfig(decoder="pipelined", tau_conf=1.0, start_blocks=k))
+            decode(m, m.encode_prefix(imgs, txt, tv, st),
+                   DecodeConfig(decoder="pipelined", tau_conf=1.0, start_blocks=k))
         firsts[k] = rec.calls
         assert len(rec.calls[0][0]) == k * bs
     # pass 2 inputs: what pass 1 revealed (block 0 only in both)

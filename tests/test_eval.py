@@ -55,7 +55,7 @@ def test_failure_videos_keep_the_first_failures_across_workers(policy_dir, tmp_p
 def test_temporal_ensembler_weights_expiry_and_errors():
     import numpy as np
 
-    from vla.ensemble import TemporalEnsembler
+    from robot_bridge.ensemble import TemporalEnsembler
 
     e = TemporalEnsembler(coeff=0.0)
     e.add(0, np.full((4, 2), 1.0))
@@ -76,6 +76,10 @@ def test_temporal_ensembler_weights_expiry_and_errors():
         w.action(9)
     with pytest.raises(ValueError, match="coeff"):
         TemporalEnsembler(float("nan"))
+    n = TemporalEnsembler(coeff=-100.0)  # newest first, and twelve chunks deep: no weight overflows
+    for s in range(12):
+        n.add(s, np.full((12, 1), float(s)))
+    assert np.allclose(n.action(11), 11.0)
 
 
 def test_eval_rejects_a_bad_ensemble_coefficient_before_any_episode(policy_dir, tmp_path):

@@ -48,7 +48,8 @@ def _demos(n=6, T=12, state_dim=8, action_dim=6, cams=(("front", 48, 64), ("wris
     out = []
     for i in range(n):
         t = np.linspace(0, 1, T)[:, None]
-        out.append(Demo(name=f"d{i}", task=tasks[i % len(tasks)], instruction=f"{tasks[i % len(tasks)]} the thing {i % 2}",
+        out.append(Demo(name=f"d{i}", task=tasks[i % len(tasks)],
+                        instruction=f"{tasks[i % len(tasks)]} the thing {i % 2}",
                         images={c: _frames(T + i, h, w, i)[:T] for c, h, w in cams},
                         state=rng.normal(size=(T, state_dim)).astype(np.float32),
                         actions=np.sin(t * (1 + np.arange(action_dim)) + i).astype(np.float32),
@@ -161,7 +162,8 @@ def test_frame_cache_is_a_memmap_built_once(exported, tmp_path):
     shutil.rmtree(os.path.join(copy, "videos"))  # a cache hit decodes nothing
     again = load_demos(copy, split="train", cameras=("front",), image_size=32, frame_cache=cache)
     assert all(np.array_equal(a.images["front"], b.images["front"]) for a, b in zip(first, again))
-    with pytest.raises(DatasetError, match=r"videos/observation.images.front/chunk-000/file-000.mp4: video file not found"):
+    with pytest.raises(DatasetError,
+                       match=r"videos/observation.images.front/chunk-000/file-000.mp4: video file not found"):
         load_demos(copy, cameras=("front",), image_size=24, frame_cache=cache)  # another size: decodes, and fails
     # batches over memmap views (no copy) equal batches over the same frames in RAM
     from vla.config import ModelConfig
@@ -246,7 +248,8 @@ def test_lerobot_own_reader_loads_the_export(tmp_path):
         for c in ("front", "wrist"):
             ref = np.concatenate([d.images[c] for d in demos])[got[f"frame_ids_{c}"]]
             if video:
-                assert _psnr(ref, got[f"frames_{c}"]) >= 35.0 and np.abs(ref - got[f"frames_{c}"].astype(float)).mean() < 3
+                assert (_psnr(ref, got[f"frames_{c}"]) >= 35.0
+                        and np.abs(ref - got[f"frames_{c}"].astype(float)).mean() < 3)
             else:
                 assert np.array_equal(ref, got[f"frames_{c}"])
 
@@ -301,13 +304,15 @@ def test_a_policy_trained_by_lerobot_serves_behind_our_protocol(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
     r = subprocess.run([PEERS_PY, os.path.join(REPO, "benchmarks/peers/train_lerobot.py"), "--policy", "act",
                         "--dataset", root, "--out", str(tmp_path / "act"), "--minutes", "5", "--steps", "3",
-                        "--batch-size", "2", "--num-workers", "0"], capture_output=True, text=True, timeout=600, env=env)
+                        "--batch-size", "2", "--num-workers", "0"],
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.load(open(tmp_path / "act" / "train_summary.json"))
     assert summary["ok"] and summary["steps_done"] == 3
     proc = subprocess.Popen([PEERS_PY, os.path.join(REPO, "benchmarks/peers/serve_lerobot.py"), "--policy",
                              str(tmp_path / "act"), "--bind", "tcp://127.0.0.1:0", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     try:
         addr, seen = None, []
         for line in proc.stdout:

@@ -221,7 +221,6 @@ with h5py.File(path, "r") as f:
     size = f["data/demo_0/obs/agentview_rgb"].shape[1]
 env = OffScreenRenderEnv(bddl_file_name=env_args["bddl_file"], camera_heights=size, camera_widths=size)
 env.reset()
-W._fast_render(env)
 cams = W.camera_mapping(["agentview", "wrist"])
 steps = [0, len(states) // 2]
 frames = {}

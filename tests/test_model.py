@@ -246,7 +246,6 @@ def test_local_hf_checkpoint(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from vla.config import TrainConfig, DataConfig
     from vla.model import config_from_hf
 
     hf_dir = str(tmp_path / "hf")

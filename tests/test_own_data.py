@@ -118,7 +118,8 @@ def test_vla_data_info_and_show_on_a_robomimic_file(tmp_path, capsys):
     assert main(["data", "info", path, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "robomimic" and info["episodes"] == 6 and info["frames"] == 6 * 14 and info["fps"] == 20
-    assert info["features"]["camera.agentview"] == {"key": "obs/agentview_image", "shape": [24, 40, 3], "dtype": "uint8"}
+    assert info["features"]["camera.agentview"] == {"key": "obs/agentview_image", "shape": [24, 40, 3],
+                                                    "dtype": "uint8"}
     assert info["features"]["action"]["shape"] == [7] and len(info["action"]["q99"]) == 7
     assert len(info["state"]["q01"]) == 9 and info["tasks"] == {"Lift": 6}
     out = tmp_path / "show"
@@ -158,7 +159,8 @@ def test_init_from_the_shipped_policy_refits_processors_grows_words_and_lists_re
     np.testing.assert_allclose(p.action_tokenizer.high, q99, rtol=1e-5)
     assert q99.max() > 1.5 and not np.allclose(base.action_tokenizer.high, p.action_tokenizer.high)
     vocab = p.text_tokenizer.vocab
-    assert vocab[: len(base.text_tokenizer.vocab)] == base.text_tokenizer.vocab and {"teal", "mug", "grab"} <= set(vocab)
+    assert vocab[: len(base.text_tokenizer.vocab)] == base.text_tokenizer.vocab
+    assert {"teal", "mug", "grab"} <= set(vocab)
     assert tuple(p.cfg.cameras) == ("agentview",)
     init = cfg["init"]
     assert "camera_embed" in init["reinitialized"] and any(k.startswith("vision.1") for k in init["dropped"])

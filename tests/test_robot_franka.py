@@ -52,7 +52,8 @@ class InjectedFranka(FrankaRobot):
 
 def _franka(cameras=False, safety: SafetyConfig | None = None, control: str = "cartesian",
             max_lead_m: float = 0.03, dynamics: float = 1.0, cls=FrankaRobot) -> FrankaRobot:
-    cams = {"agentview": SimCamera("fr3-front", (64, 64)), "wrist": SimCamera("fr3-wrist", (64, 64))} if cameras else None
+    cams = ({"agentview": SimCamera("fr3-front", (64, 64)), "wrist": SimCamera("fr3-wrist", (64, 64))}
+            if cameras else None)
     cfg = FrankaConfig(host="127.0.0.1", realtime=False, relative_dynamics_factor=dynamics, auto_recover=True,
                        home_joints=HOME, control=control, max_lead_m=max_lead_m)
     return cls(cfg, cameras=cams, safety=safety)
@@ -189,7 +190,8 @@ def test_command_outside_workspace_is_clipped(franky_sim):
         n_up = sum(1 for e in rig.server.applied_log if e["requested"][2] > 0)
     finally:
         rig.close()
-    # 8 commands of +1 cm, the box 2 cm up: every one applied after the second is clipped (a late tick may supersede one)
+    # 8 commands of +1 cm, the box 2 cm up: every one applied after the second is clipped
+    # (a late tick may supersede one)
     assert n_up >= 6 and safety["workspace"] >= n_up - 2 and recent  # counted and logged
     assert pos[2] <= box_top + 2e-3, (pos[2], box_top)
     assert pos[2] >= box_top - 3e-3  # it went up to the box edge

@@ -68,13 +68,20 @@ def test_robot_package_alone_serves_franky_sim_and_runs_the_control_loop(robot_v
     probe = ("import sys, importlib.util as u, robot_bridge.robot_server, robot_bridge.robot_client, "
              "robot_bridge.control_loop, robot_bridge.client, robot_bridge.robots.franka, robot_bridge.robot_cli; "
              "print(robot_bridge.robot_server.__file__); "
-             "print(sorted(m for m in ('torch', 'transformers', 'robosuite', 'mujoco', 'vla', 'sim') if u.find_spec(m))); "
-             "print(u.find_spec('robot_bridge.serving') is None)")
+             "print(sorted(m for m in ('torch', 'transformers', 'robosuite', 'mujoco', 'vla', 'sim') "
+             "if u.find_spec(m))); "
+             "print(u.find_spec('robot_bridge.serving') is None); "
+             "from importlib.metadata import entry_points as e; "
+             "print(sorted(p.name for p in e(group='vla_stack.robots'))); "
+             "from robot_bridge.robots import robot_class, MissingExtraError\n"
+             "try: robot_class('sim')\nexcept MissingExtraError as x: print(x)")
     res = subprocess.run([py, "-c", probe], capture_output=True, text=True, timeout=120, cwd=str(workdir), env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    where, installed, no_serving = res.stdout.split("\n")[:3]
+    where, installed, no_serving, arms, sim = res.stdout.split("\n")[:5]
     assert str(venv) in where  # the installed copy, not the repository's
     assert installed == "[]" and no_serving == "True"
+    # its own arms registered (entry points), the sim arm named as part of the full install
+    assert arms == "['franka', 'ur', 'xarm']" and "pip install 'vla-stack[sim]'" in sim
     # 2. its robot server on franky-sim, its control loop against a policy server of the main venv
     port = free_port()
     psrv = PolicyServer(Chunks(), bind="tcp://127.0.0.1:0").start()

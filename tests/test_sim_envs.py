@@ -209,15 +209,15 @@ def test_frustum_culling_keeps_every_pixel(envs, task):
 
     env = envs[task]
     env.reset(seed=7)
-    sim = env._rs.sim
-    model, data = getattr(sim.model, "_model", sim.model), getattr(sim.data, "_data", sim.data)
+    mj = env._rs.sim
+    model, data = getattr(mj.model, "_model", mj.model), getattr(mj.data, "_data", mj.data)
     rng = np.random.default_rng(1)
     for t in range(4):
         hidden = outside_view(model, data, CAMERA_SOURCES["wrist"])
         assert hidden is not None and hidden.sum() >= 5, f"{task} step {t}: nothing culled for the wrist camera"
         obs = env.observe()
         for cam in env.cameras:
-            plain = sim.render(camera_name=CAMERA_SOURCES[cam], width=64, height=64)[::-1]
+            plain = mj.render(camera_name=CAMERA_SOURCES[cam], width=64, height=64)[::-1]
             np.testing.assert_array_equal(obs["images"][cam], plain, err_msg=f"{task} step {t} {cam}")
         for _ in range(3):
             env.advance(rng.uniform(-1, 1, 7))

@@ -180,7 +180,8 @@ def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(
 
     teacher = tmp_path / "teacher"
     train(_cfg(dataset, teacher, steps=2, data=DataConfig(paths=(dataset,), augment_shift=0, augment_color=0.25,
-                                                          task_sampling="weighted", task_weights={"Lift": 2.0, "PickColor": 1.0}),
+                                                          task_sampling="weighted",
+                                                          task_weights={"Lift": 2.0, "PickColor": 1.0}),
                n_action_steps=4),
           progress=False)
     out = tmp_path / "student"
@@ -193,7 +194,8 @@ def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(
     assert cfg["train"]["data"]["augment_shift"] == 0  # the distill config's default (4) gave way to the teacher's
     assert cfg["train"]["data"]["paths"] == [dataset]
     assert cfg["train"]["data"]["augment_color"] == 0.25
-    assert (cfg["train"]["data"]["task_sampling"], cfg["train"]["data"]["task_weights"]) == ("weighted", {"Lift": 2.0, "PickColor": 1.0})
+    assert (cfg["train"]["data"]["task_sampling"], cfg["train"]["data"]["task_weights"]) == (
+        "weighted", {"Lift": 2.0, "PickColor": 1.0})
     assert cfg["train"]["steps"] == 2
     assert cfg["n_action_steps"] == 4  # served as the teacher was (its actions executed per chunk)
     Policy.from_pretrained(str(out / "policy")).predict_action_chunk(
@@ -208,7 +210,8 @@ def test_attention_aux_head_and_colour_swaps_train_resume_exactly_and_stay_out_o
 
     with pytest.raises(ValueError, match="aux_layer"):  # the test model has one layer; the default layer is 2
         train(_cfg(dataset, tmp_path / "bad", aux="spatial"), progress=False)
-    kw = dict(aux="spatial", aux_head="attn", aux_layer=1, data=DataConfig(paths=(dataset,), augment_shift=2, augment_color=0.5))
+    kw = dict(aux="spatial", aux_head="attn", aux_layer=1,
+              data=DataConfig(paths=(dataset,), augment_shift=2, augment_color=0.5))
     train(_cfg(dataset, tmp_path / "straight", **kw), progress=False)
     train(_cfg(dataset, tmp_path / "paused", **kw), progress=False, stop_after=2)
     train(_cfg(dataset, tmp_path / "paused", **kw), resume=True, progress=False)

@@ -127,7 +127,6 @@ def alpha_for(name: str, rules: list[tuple[str, float]]) -> float:
 
 def merge(base_ckpt: str, vectors: list[str], alphas: list[str | float] | None, out: str) -> dict:
     """theta_meta = theta_base + sum_i alpha_i * gamma_i, written as a full policy checkpoint at `out`."""
-    from safetensors.torch import save_file
 
     base = Policy.from_pretrained(base_ckpt)
     _, bcfg = _load_weights(base_ckpt)
@@ -148,7 +147,8 @@ def merge(base_ckpt: str, vectors: list[str], alphas: list[str | float] | None, 
             if name not in state:
                 raise ValueError(f"merge: {vec_path} holds {name!r}, which {base_ckpt} does not have")
             if state[name].shape != g.shape:
-                raise ValueError(f"merge: {name!r} has shape {tuple(g.shape)} in {vec_path}, {tuple(state[name].shape)} in the base")
+                raise ValueError(f"merge: {name!r} has shape {tuple(g.shape)} in {vec_path}, "
+                                 f"{tuple(state[name].shape)} in the base")
             al = alpha_for(name, rules)
             if al != 0.0:
                 state[name] = (state[name].float() + al * g.float()).to(state[name].dtype)
@@ -172,7 +172,8 @@ class OrthogonalPenalty:
           sum over rows i of A of cos^2(A_i, P gamma) with P gamma the dominant right-singular direction of gamma.
     """
 
-    def __init__(self, model: torch.nn.Module, gamma: dict[str, torch.Tensor], form: str = "cosine", eps: float = 1e-12):
+    def __init__(self, model: torch.nn.Module, gamma: dict[str, torch.Tensor], form: str = "cosine",
+                 eps: float = 1e-12):
         if form not in ("cosine", "inner"):
             raise ValueError(f"form: expected 'cosine' or 'inner', got {form!r}")
         self.form, self.eps = form, eps
@@ -183,7 +184,8 @@ class OrthogonalPenalty:
         self.names = [k for k in gamma if k in params]
         for k in self.names:
             if tuple(gamma[k].shape) != tuple(params[k].shape):
-                raise ValueError(f"capvector: {k!r} has shape {tuple(gamma[k].shape)}, the model {tuple(params[k].shape)}")
+                raise ValueError(f"capvector: {k!r} has shape {tuple(gamma[k].shape)}, "
+                                 f"the model {tuple(params[k].shape)}")
         # in each parameter's own dtype and device (float64 modules give an exact gradcheck)
         self.gamma = {k: gamma[k].to(params[k].device, params[k].dtype) for k in self.names}
         self.g_norm2 = {k: (g * g).sum().detach() for k, g in self.gamma.items()}

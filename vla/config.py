@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # inside the package: the same in a wheel and in the repo (configs/ at the top is a link here)
+# inside the package: the same in a wheel and in the repo (configs/ at the top is a link here)
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def _closest(name: str, options) -> str:
@@ -170,7 +171,8 @@ def to_dict(obj) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig:
-    """The discrete-diffusion VLA. Sequence: [vision (n_cam * g*g) | text (max_text_len) | state (1) | actions (H*D)]."""
+    """The discrete-diffusion VLA. Sequence: [vision (n_cam * g*g) | text (max_text_len) | state (1) |
+    actions (H*D)]."""
 
     type: str = "dvla"
     backbone: str = "llama"  # "llama" | "qwen2": the transformers decoder class built from these sizes; a
@@ -196,9 +198,11 @@ class ModelConfig:
     vision_stride: int = 16  # total downsampling of the stem; grid = image_size // vision_stride
     vision_keypoints: int = 32  # spatial-softmax keypoints -> one extra token per camera (0 = off)
     vision_coords: bool = True  # append x/y coordinate channels to the image (CoordConv)
-    vision_film: bool = False  # FiLM every conv stage by the pooled instruction (RT-1 style): "which cube" in the pixels
+    vision_film: bool = False  # FiLM every conv stage by the pooled instruction (RT-1 style): "which cube" in
+    # the pixels
     vision_target: bool = False  # predict the named object's x, y from the first camera (+ instruction), one token
-    target_objects: int = 1  # vision_target: object rows located, in order (2: also the second named, e.g. the base cube)
+    target_objects: int = 1  # vision_target: object rows located, in order (2: also the second named, e.g. the
+    # base cube)
     # language
     text_tokenizer: str = "word"  # "word" (vocabulary saved with the checkpoint) | "byte" | "hf" (backbone_path)
     # "words": the backbone's embeddings of text_tokenizer's ids | "minilm": a frozen pretrained sentence encoder's
@@ -247,9 +251,11 @@ class ModelConfig:
         if self.text_encoder_cache < 1:
             raise ValueError(f"text_encoder_cache: expected >= 1 instructions, got {self.text_encoder_cache}")
         if self.block_size % self.action_dim or self.block_size <= 0:
-            raise ValueError(f"block_size: expected a positive multiple of action_dim={self.action_dim}, got {self.block_size}")
+            raise ValueError(f"block_size: expected a positive multiple of action_dim={self.action_dim}, "
+                             f"got {self.block_size}")
         if (self.chunk_size * self.action_dim) % self.block_size:
-            raise ValueError(f"block_size: {self.block_size} must divide chunk_size*action_dim={self.chunk_size * self.action_dim}")
+            raise ValueError(f"block_size: {self.block_size} must divide "
+                             f"chunk_size*action_dim={self.chunk_size * self.action_dim}")
         if self.image_size % self.vision_stride:
             raise ValueError(f"image_size: {self.image_size} must be a multiple of vision_stride={self.vision_stride}")
         if not 1 <= self.target_objects <= 3:
@@ -299,13 +305,15 @@ class DecodeConfig:
     tau_act: float = 0.7  # pipelined: a semi-active block becomes fully active once its predecessor is this far
     tau_conf: float = 0.5  # confidence threshold to reveal a token
     n: int = 2  # a fully active block reveals at least 1/n of its remaining tokens per pass
-    start_blocks: int = 1  # pipelined: blocks in flight at the first pass (block 0 fully active, the rest semi-active); the paper: 1
+    start_blocks: int = 1  # pipelined: blocks in flight at the first pass (block 0 fully active, the rest
+    # semi-active); the paper: 1
     decode_steps: int | None = None  # decode only the first m timesteps (block-causal models only)
     cache_refresh: int = 0  # parallel-cached: recompute the cached action KV every this many passes (0 = never)
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
-            raise ValueError(f"decoder: expected one of {DECODERS}, got {self.decoder!r}.{_closest(self.decoder, DECODERS)}")
+            raise ValueError(f"decoder: expected one of {DECODERS}, "
+                             f"got {self.decoder!r}.{_closest(self.decoder, DECODERS)}")
         if self.steps < 1:
             raise ValueError(f"steps: expected >= 1, got {self.steps}")
         if self.n < 1:
@@ -325,7 +333,8 @@ class DataConfig:
     tasks: tuple[str, ...] | None = None  # filter; None = every task in the files
     max_demos_per_task: int | None = None
     augment_shift: int = 4  # pixels of random shift (pad + random crop), 0 = off
-    augment_color: float = 0.0  # probability of a colour swap (RGB channels reordered, colour words renamed: vla/data.py)
+    augment_color: float = 0.0  # probability of a colour swap (RGB channels reordered, colour words renamed:
+    # vla/data.py)
     task_sampling: str = "frames"  # "frames": every frame equally likely; "uniform": each task equally likely, then a
     # frame; "weighted": a task with probability task_weights[task] / sum, then a frame
     task_weights: dict | None = None  # {task name: weight >= 0}, every task in the data; only with "weighted"
@@ -346,7 +355,8 @@ class DataConfig:
 
             FeatureMap.from_dict(self.features)  # validated here, named field by field
         if self.task_sampling not in ("frames", "uniform", "weighted"):
-            raise ValueError(f"data.task_sampling: expected 'frames', 'uniform' or 'weighted', got {self.task_sampling!r}")
+            raise ValueError("data.task_sampling: expected 'frames', 'uniform' or 'weighted', "
+                             f"got {self.task_sampling!r}")
         if (self.task_sampling == "weighted") != (self.task_weights is not None):
             raise ValueError("data.task_weights: expected a {task: weight} mapping exactly when data.task_sampling is "
                              f"'weighted' (task_sampling {self.task_sampling!r}, task_weights {self.task_weights!r})")
@@ -424,7 +434,8 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}.{_closest(self.objective, OBJECTIVES)}")
+            raise ValueError(f"objective: expected one of {OBJECTIVES}, "
+                             f"got {self.objective!r}.{_closest(self.objective, OBJECTIVES)}")
         if self.objective == "distill" and not (self.teacher or self.init):
             raise ValueError("teacher: the distill objective needs a teacher checkpoint")
         if self.aux not in (None, "spatial", "eef_future"):
@@ -474,7 +485,8 @@ def resolve_config_path(name_or_path: str, kind: str) -> Path:
     cand = CONFIG_DIR / kind / f"{name_or_path}.yaml"
     if not cand.exists():
         raise ValueError(
-            f"unknown {kind} config {name_or_path!r}; known: {', '.join(list_presets(kind))}.{_closest(name_or_path, list_presets(kind))}"
+            f"unknown {kind} config {name_or_path!r}; known: {', '.join(list_presets(kind))}."
+            f"{_closest(name_or_path, list_presets(kind))}"
         )
     return cand
 

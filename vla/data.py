@@ -227,7 +227,8 @@ def fit_model_to_data(mcfg: ModelConfig, dims: dict, source: str, explicit: set[
             continue
         if k in explicit:
             raise ValueError(f"model.{k}: the config says {getattr(mcfg, k)!r}, the data {source} has "
-                             f"{v!r} ({'cameras ' + str(dims['cameras']) if k == 'cameras' else 'from its feature map'})")
+                             f"{v!r} "
+                             f"({'cameras ' + str(dims['cameras']) if k == 'cameras' else 'from its feature map'})")
         changes[k] = v
     a = changes.get("action_dim", mcfg.action_dim)
     if mcfg.block_size % a or (mcfg.chunk_size * a) % mcfg.block_size:

@@ -320,7 +320,8 @@ def describe(path: str, features=None) -> dict:
 
     def q(arrs):
         x = np.concatenate(arrs).astype(np.float64)
-        return {k: np.round(np.quantile(x, p, axis=0), 5).tolist() for k, p in (("q01", .01), ("q50", .5), ("q99", .99))}
+        return {k: np.round(np.quantile(x, p, axis=0), 5).tolist()
+                for k, p in (("q01", .01), ("q50", .5), ("q99", .99))}
 
     return {"path": path, "format": fmt, "episodes": len(demos), "frames": int(sum(len(d) for d in demos)),
             "fps": fm.fps, "features": feats, "feature_map": fm.to_dict(),

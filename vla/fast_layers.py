@@ -8,9 +8,9 @@ whenever a weight changes in place, e.g. an optimizer step between evaluations),
 `F.rms_norm` and one SDPA call, and computes the same function: tests/test_fast_layers.py checks it against
 the transformers forward.
 
-Why transposed: `F.linear(x, W)` with W (out, in) multiplies by W^T; with the transposed copy stored contiguous
-(in, out), `x @ W^T` ran 1.2-1.7x faster for these shapes (7-56 rows, 192-1024 columns) on the 2-core Xeon VM,
-and 1.06-1.09x faster per whole chunk with the same actions (benchmarks/decode_ab.py, docs/EXPERIMENTS.md).
+Why transposed: `F.linear(x, W)` with W (out, in) multiplies by W^T; a contiguous transposed copy (in, out) makes
+it a plain row-major `x @ W^T`, the cheaper matmul for these small shapes (7-56 rows, 192-1024 columns) on a CPU;
+the decoded actions stay the same (benchmarks/decode_ab.py compares the two paths).
 
 Only for inference (no autograd); training always runs transformers' modules.
 """
@@ -45,7 +45,8 @@ class FastStack:
         """Identity of every module that holds a fused weight (a LoRA wrap replaces it) and identity, in-place
         version and dtype of every tensor the fused path reads: any change means rebuild."""
         bb = self.backbone
-        key = [id(bb.norm), id(bb.norm.weight), bb.norm.weight._version, bb.norm.weight.dtype, id(bb.rotary_emb.inv_freq)]
+        key = [id(bb.norm), id(bb.norm.weight), bb.norm.weight._version, bb.norm.weight.dtype,
+               id(bb.rotary_emb.inv_freq)]
         for layer in bb.layers:
             a, m = layer.self_attn, layer.mlp
             for mod in (layer.input_layernorm, layer.post_attention_layernorm, a.q_proj, a.k_proj, a.v_proj, a.o_proj,

@@ -64,7 +64,8 @@ class FeatureMap:
     action_space: str = "eef_delta"  # one of ACTION_SPACES
     instruction: str | None = None  # a constant; None: each demo's `instruction` attribute, else its task name
     fps: float | None = None  # control rate of the recording (Hz), when known
-    action_names: tuple | None = None  # per-dim meaning (units in the name: "left_q1_rad"); LeRobot: the feature's names
+    action_names: tuple | None = None  # per-dim meaning (units in the name: "left_q1_rad"); LeRobot: the
+    # feature's names
     arms: tuple | None = None  # several arms in one action: ({"name": "left", "dims": [0, 7], "gripper": 6}, ...),
     # dims a [start, end) range, gripper an index inside it (or None); the ranges tile the action without overlap
     action_units: tuple | None = None  # per-dim unit ("m", "rad", "action", "gripper", ...); None: action_units_of()
@@ -86,7 +87,8 @@ class FeatureMap:
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"data.features.fps: expected > 0, got {self.fps}")
         for i, arm in enumerate(self.arms or ()):
-            ok = (isinstance(arm, dict) and isinstance(arm.get("name"), str) and isinstance(arm.get("dims"), (list, tuple))
+            ok = (isinstance(arm, dict) and isinstance(arm.get("name"), str)
+                  and isinstance(arm.get("dims"), (list, tuple))
                   and len(arm["dims"]) == 2 and 0 <= arm["dims"][0] < arm["dims"][1]
                   and (arm.get("gripper") is None or arm["dims"][0] <= arm["gripper"] < arm["dims"][1]))
             if not ok:

@@ -9,8 +9,8 @@ explicit: vla.decoding commits a block's KV from the first pass in which the blo
 Storage: one preallocated buffer per layer for keys and one for values, (B, heads, capacity, head_dim). A pass
 writes its new KV right behind the committed part and attends over a view of [committed | new]; committing
 the first n of them only moves the committed length, discarding leaves them to be overwritten. No pass
-concatenates or copies what is already stored (a chunk on a CPU runs ~10 passes of 7-56 tokens, where a
-growing `torch.cat` per layer and pass was a visible share of the time).
+concatenates or copies what is already stored (a chunk runs several passes of 7-56 tokens, and a growing
+`torch.cat` per layer and pass would copy the whole cache every time).
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ LIBERO_CAMERAS = {"observation.images.image": "agentview", "observation.images.w
 
 def camera_name(key: str) -> str:
     """'observation.images.wrist' -> 'wrist' (the policy's camera name)."""
-    return key[len(IMAGE_PREFIX):] if key.startswith(IMAGE_PREFIX) else key.replace("observation.", "").replace(".", "_")
+    return (key[len(IMAGE_PREFIX):] if key.startswith(IMAGE_PREFIX)
+            else key.replace("observation.", "").replace(".", "_"))
 
 
 def _next_file(chunk: int, file: int) -> tuple[int, int]:
@@ -243,7 +244,8 @@ class LeRobotDir:
     def video_path(self, key: str, ep: dict) -> str:
         c, f = ep.get(f"videos/{key}/chunk_index"), ep.get(f"videos/{key}/file_index")
         if c is None or f is None:
-            raise DatasetError(f"{self.root}/meta/episodes: episode {ep['episode_index']} has no videos/{key}/chunk_index")
+            raise DatasetError(f"{self.root}/meta/episodes: episode {ep['episode_index']} "
+                               f"has no videos/{key}/chunk_index")
         return os.path.join(self.root, self.info.get("video_path") or VIDEO_PATH).format(
             video_key=key, chunk_index=c, file_index=f)
 
@@ -517,7 +519,8 @@ def _tasks_table(tasks: list[str]):
     are the (unnamed) index, so LeRobot's pd.read_parquet gives them back as the index."""
     import pyarrow as pa
 
-    t = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "__index_level_0__": pa.array(tasks, pa.string())})
+    t = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()),
+                  "__index_level_0__": pa.array(tasks, pa.string())})
     meta = {"index_columns": ["__index_level_0__"],
             "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
                                 "metadata": {"encoding": "UTF-8"}}],

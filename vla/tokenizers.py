@@ -6,7 +6,6 @@ ActionTokenizer: per-dimension q01/q99 normalization to [-1, 1], clipping, `num_
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 

@@ -40,7 +40,8 @@ from vla.tokenizers import ActionTokenizer, ByteTokenizer, HFTokenizer, WordToke
 def _dist_setup() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
+    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available()
+              else torch.device("cpu"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
@@ -224,9 +225,11 @@ class Trainer:
         self.aux_head = None
         if cfg.aux:
             if not 1 <= cfg.aux_layer <= self.mcfg.num_layers:
-                raise ValueError(f"aux_layer: expected 1..{self.mcfg.num_layers} (the model's layers), got {cfg.aux_layer}")
+                raise ValueError(f"aux_layer: expected 1..{self.mcfg.num_layers} (the model's layers), "
+                                 f"got {cfg.aux_layer}")
             out = 9 if cfg.aux == "spatial" else 3
-            self.aux_head = make_aux_head(cfg.aux_head, self.mcfg.n_vision_tokens, self.mcfg.hidden_size, out).to(self.device)
+            self.aux_head = make_aux_head(cfg.aux_head, self.mcfg.n_vision_tokens, self.mcfg.hidden_size,
+                                          out).to(self.device)
         self.orth = None
         if cfg.capvector:
             from vla.capvector import OrthogonalPenalty, load_vector
@@ -377,7 +380,8 @@ class Trainer:
             write_json_atomic(os.path.join(cfg.out_dir, "train_summary.json"), {
                 "steps": self.step, "train_seconds": round(self.train_seconds, 1),
                 "samples_seen": self.step * cfg.batch_size * cfg.grad_accum * self.world,
-                "samples_per_s": self.step * cfg.batch_size * cfg.grad_accum * self.world / max(self.train_seconds, 1e-9),
+                "samples_per_s": (self.step * cfg.batch_size * cfg.grad_accum * self.world
+                                  / max(self.train_seconds, 1e-9)),
                 "threads": torch.get_num_threads(), "world": self.world, "tasks": self.tasks,
                 "train_samples": len(self.train_data), "parameters": count_parameters(self.model)})
             extra = {"train": to_dict(cfg), "tasks": self.tasks}

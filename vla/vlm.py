@@ -137,7 +137,7 @@ def processor_files(path: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------------------
 # random instances from configs: tests, benchmarks and GPU runs without a download
 SHAPES = {
-    # a few layers, hidden 64 (language) and 32 (vision), 32 px images: seconds on a CPU
+    # a few layers, hidden 64 (language) and 32 (vision), 32 px images: small enough for tests on a CPU
     "tiny": dict(text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=16, vocab_size=97),
                  vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,

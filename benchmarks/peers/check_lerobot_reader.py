@@ -194,7 +194,8 @@ def main(argv=None) -> int:
                               "episode_index": int(item["episode_index"]),
                               "frame_index": int(item["frame_index"]),
                               "state_matches_bulk": bool(np.array_equal(
-                                  item["observation.state"].numpy(), arrays["state"][i])) if "state" in arrays else None})
+                                  item["observation.state"].numpy(), arrays["state"][i]))
+                              if "state" in arrays else None})
             for c in cams:
                 name = c.split(".")[-1]
                 arrays[f"frames_{name}"] = np.stack(frames[c])

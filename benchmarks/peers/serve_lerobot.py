@@ -200,7 +200,8 @@ class LeRobotAdapter:
                 ims.append(im)
             x = torch.from_numpy(np.stack(ims)).to(torch.float32).div_(255.0).permute(0, 3, 1, 2).contiguous()
             batch[IMAGE_PREFIX + cam] = x.to(self.device)
-        batch[STATE_KEY] = torch.from_numpy(np.stack([np.asarray(o["state"], np.float32) for o in obs_list])).to(self.device)
+        state = np.stack([np.asarray(o["state"], np.float32) for o in obs_list])
+        batch[STATE_KEY] = torch.from_numpy(state).to(self.device)
         batch["task"] = [str(o.get("instruction", "")) for o in obs_list]
         batch["robot_type"] = ""
         return batch
@@ -277,7 +278,8 @@ def main(argv=None) -> int:
     server = PolicyServer(adapter, config=cfg)
     server.serve_forever(on_start=lambda srv: print(
         f"[serve_lerobot] {cfg.name} ({meta['parameters'] / 1e6:.2f}M params, chunk {meta['chunk_size']}, "
-        f"n_action_steps {meta['n_action_steps']}, threads {torch.get_num_threads()}, loaded in {adapter.load_s:.1f} s) "
+        f"n_action_steps {meta['n_action_steps']}, threads {torch.get_num_threads()}, "
+        f"loaded in {adapter.load_s:.1f} s) "
         f"on {srv.address}; Ctrl-C to stop", flush=True))
     return 0
 

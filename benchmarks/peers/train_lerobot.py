@@ -86,8 +86,8 @@ def _small_recipe(policy: str, args) -> list[str]:
 
 
 def _torch_hub_checkpoints() -> Path:
-    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                                                        "torch")
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
     return Path(home) / "hub" / "checkpoints"
 
 
@@ -217,12 +217,14 @@ def main(argv=None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", required=True, choices=["act", "diffusion"])
     ap.add_argument("--dataset", required=True, help="LeRobot v3.0 dataset folder (meta/, data/, videos/)")
     ap.add_argument("--out", required=True, help="output folder (train/ inside is lerobot-train's output_dir)")
     ap.add_argument("--minutes", type=float, required=True, help="wall-clock budget of the training run")
-    ap.add_argument("--steps", type=int, help="train exactly this many steps (no calibration; --minutes still stops it)")
+    ap.add_argument("--steps", type=int,
+                    help="train exactly this many steps (no calibration; --minutes still stops it)")
     ap.add_argument("--batch-size", type=int, default=8, help="LeRobot's default: 8")
     ap.add_argument("--num-workers", type=int, default=1, help="dataloader workers (2-core machine: 0 or 1)")
     ap.add_argument("--seed", type=int, default=1000, help="LeRobot's default: 1000")
@@ -235,7 +237,8 @@ def main(argv=None) -> int:
                     help="ACT's ResNet-18: ImageNet (LeRobot's default; needs the torch hub cache offline), none, or "
                          "auto = ImageNet when cached, else none")
     ap.add_argument("--diffusion-crop", type=int, default=-1, help="diffusion crop_shape side; 0 = LeRobot 0.4.4's "
-                    "default (no crop); -1 (default) = 7/8 of the image side (the paper's 84/96: 56 at 64 px, 112 at 128)")
+                    "default (no crop); -1 (default) = 7/8 of the image side "
+                    "(the paper's 84/96: 56 at 64 px, 112 at 128)")
     ap.add_argument("--diffusion-n-obs-steps", type=int, default=1, help="diffusion n_obs_steps (LeRobot's default 2)")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint, not only the last")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing OUT/train")

@@ -81,7 +81,8 @@ class ActionSpec:
     gripper_index: int = 6  # -1 open, +1 closed
     names: tuple[str, ...] = ACTION_NAMES
 
-    max_step_joint_rad: float = 0.035  # joint_absolute: largest change of a joint target per command (0.7 rad/s at 20 Hz)
+    # joint_absolute: largest change of a joint target per command (0.7 rad/s at 20 Hz)
+    max_step_joint_rad: float = 0.035
 
     def __post_init__(self):
         if self.kind not in ACTION_KINDS:
@@ -192,6 +193,8 @@ class Robot(ABC):
     """Base class of the arm adapters. Not thread-safe: one thread (the robot server's) drives it."""
 
     name = "robot"
+    #: the adapter's config dataclass (robot_class returns it beside the class)
+    config_class: type | None = None
     #: "realtime": the arm moves on its own clock (hold actively stops it); "stepped": a simulator that advances
     #: only when an action is applied (hold does nothing: time stands still).
     clock = "realtime"
@@ -223,7 +226,8 @@ class Robot(ABC):
         self.exec_spec = self.action_spec.executed()  # what _apply and the safety layer see
         if self.exec_spec.kind == "joint_absolute" and (
                 self.joint_limits is None or self.action_spec.dim != len(self.joint_limits[0]) + 1):
-            raise ValueError(f"action space: {self.action_spec.kind} for {self.name} needs dim = its joints + 1 (gripper)"
+            raise ValueError(f"action space: {self.action_spec.kind} for {self.name} "
+                             "needs dim = its joints + 1 (gripper)"
                              + (f" = {len(self.joint_limits[0]) + 1}" if self.joint_limits else "") +
                              f", got {self.action_spec.dim}")
         self.safety = SafetyFilter(safety or self.default_safety(), self.exec_spec)
@@ -458,8 +462,8 @@ class Robot(ABC):
         return out
 
     def _eef_absolute_to_delta(self, a: np.ndarray, pos: np.ndarray, quat: np.ndarray) -> np.ndarray:
-        """eef_absolute (7,) -> eef_delta (7,) from the reference pose (pos (3,), quat xyzw (4,)): the move to the target
-        in action units (the safety layer then clips it to the action range and its step limits)."""
+        """eef_absolute (7,) -> eef_delta (7,) from the reference pose (pos (3,), quat xyzw (4,)): the move to the
+        target in action units (the safety layer then clips it to the action range and its step limits)."""
         spec = self.exec_spec
         angle = float(np.linalg.norm(a[3:6]))
         if not angle <= 2 * np.pi + 1e-6:  # larger angles lose the rotation's precision (and inf its meaning)
@@ -473,7 +477,8 @@ class Robot(ABC):
         return out
 
     def reference_joints(self) -> np.ndarray:
-        """joint_absolute: where the next target's step limit counts from (the last target, else the measured joints)."""
+        """joint_absolute: where the next target's step limit counts from (the last target, else the measured
+        joints)."""
         q = self.arm_joints()
         if q is None:
             raise RobotError(f"{self.name}: joint_absolute needs measured joint positions")

@@ -53,13 +53,14 @@ class FrankaConfig:
     host: str = "172.16.0.2"  # the arm's FCI address; 127.0.0.1 for franky-sim
     control: str = "cartesian"  # cartesian | impedance
     realtime: bool = True  # False: RealtimeConfig.Ignore (no PREEMPT_RT kernel; franky-sim)
-    relative_dynamics_factor: float = 0.3  # scales franky's velocity/acceleration/jerk limits (re-planning at each command)
+    # scales franky's velocity/acceleration/jerk limits (re-planning at each command)
+    relative_dynamics_factor: float = 0.3
     max_lead_m: float = 0.03  # the target never runs further than this ahead of the measured position
     max_lead_rad: float = 0.02  # nor turns further than this ahead of the measured orientation (docs/ROBOTS.md)
     gripper: bool = True
     gripper_threshold: float = 0.5  # hysteresis: > +t grasps, < -t opens, in between keeps the last command
     gripper_speed: float = 0.05  # m/s
-    gripper_poll_s: float = 0.05  # the opening width is read on a thread of its own (a read can block ~100 ms)
+    gripper_poll_s: float = 0.05  # the opening width is read on a thread of its own: a slow read never stalls commands
     grasp_force: float = 20.0  # N
     translational_stiffness: float = 600.0  # impedance control, N/m
     rotational_stiffness: float = 30.0  # impedance control, Nm/rad
@@ -84,6 +85,7 @@ class FrankaConfig:
 
 class FrankaRobot(Robot):
     name = "franka"
+    config_class = FrankaConfig
 
     def __init__(self, config: FrankaConfig | None = None, cameras: dict | None = None,
                  safety: SafetyConfig | None = None, action_spec=None):
@@ -127,7 +129,7 @@ class FrankaRobot(Robot):
     @classmethod
     def default_safety(cls) -> SafetyConfig:
         # box: every corner reached on franky-sim at the default dynamics (docs/ROBOTS.md); rotation per command:
-        # 0.03 rad (0.6 rad/s at 20 Hz), what the arm tracked at relative_dynamics_factor 0.3 there (0.64 rad/s)
+        # 0.03 rad (0.6 rad/s at 20 Hz), slow enough for the arm to track at relative_dynamics_factor 0.3
         return SafetyConfig(workspace_low=(0.30, -0.30, 0.05), workspace_high=(0.60, 0.30, 0.50),
                             max_step_translation_m=0.01, max_step_rotation_rad=0.03)
 
@@ -274,7 +276,6 @@ class FrankaRobot(Robot):
 
     def _stop(self) -> None:
         """E-stop: brake with the full dynamics limits, then end the motion (the controller holds the arm)."""
-        fr = self.franky
         self._target = None
         try:
             if self.config.control == "impedance" and self._tracker is not None:

@@ -74,6 +74,7 @@ def _import_sdk():
 
 class URRobot(Robot):
     name = "ur"
+    config_class = URConfig
 
     def __init__(self, config: URConfig | None = None, cameras: dict | None = None,
                  safety: SafetyConfig | None = None, sdk=None, action_spec=None):

@@ -53,6 +53,7 @@ def _import_sdk():
 
 class XArmRobot(Robot):
     name = "xarm"
+    config_class = XArmConfig
 
     def __init__(self, config: XArmConfig | None = None, cameras: dict | None = None,
                  safety: SafetyConfig | None = None, api_class=None, action_spec=None):

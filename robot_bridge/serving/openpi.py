@@ -79,7 +79,8 @@ def openpi_to_obs(msg: dict, spec: P.ObsSpec) -> dict:
     if isinstance(prompt, bytes):
         prompt = prompt.decode("utf-8", "replace")
     if not isinstance(prompt, str) or len(prompt) > spec.max_instruction_chars:
-        raise P.ProtocolError(P.ErrorCode.BAD_FIELD, f"{pkey}: expected a str of at most {spec.max_instruction_chars} characters")
+        raise P.ProtocolError(P.ErrorCode.BAD_FIELD,
+                              f"{pkey}: expected a str of at most {spec.max_instruction_chars} characters")
     obs = {"images": out, "state": state, "instruction": prompt}
     if msg.get("prefix_actions") is not None:  # optional: real-time chunking (docs/PROTOCOL.md)
         obs["prefix_actions"] = P.parse_prefix_actions(msg["prefix_actions"], spec)

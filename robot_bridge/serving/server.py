@@ -1,9 +1,9 @@
 """`PolicyServer`: a ZeroMQ ROUTER front end over a `Batcher` (and, optionally, openpi's websocket protocol).
 
 Threads: the socket thread owns the ROUTER socket (decode, validate, answer hello and errors); the worker thread
-owns the policy (batched inference). Replies travel back through a queue plus a wake-up pipe polled next to
-the socket, so no ZeroMQ socket is ever touched by two threads. A malformed message costs an error reply,
-never the server.
+owns the policy (batched inference) and posts its replies to the socket thread through `robot_bridge.router`'s
+outbox and wake-up pipe, so no ZeroMQ socket is ever touched by two threads. A malformed message costs an error
+reply, never the server.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import collections
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import zmq
 
 from robot_bridge import protocol as P
 from robot_bridge.lifecycle import serve_until_signal
+from robot_bridge.router import BadSenders, RouterCore, split_envelope
 from robot_bridge.serving.batcher import Batcher, Job
 
 log = logging.getLogger("robot_bridge.serving.server")
@@ -102,15 +102,13 @@ class PolicyServer:
         self._exit = threading.Event()  # socket thread leaves (after the worker answered what it held)
         self._bound = threading.Event()
         self._start_error: BaseException | None = None
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self.router = RouterCore(log)  # the ROUTER socket, its outbox and wake-up pipe, the counters
+        self._bad = BadSenders(self.router, self.config.max_bad_requests_per_s, self.config.mute_s)
+        self.auth = None  # robot_bridge.security.ServerAuth once bound with CurveZMQ keys
         self._log_file = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the timing log file
         self._stop_lock = threading.Lock()
-        self.counts: collections.Counter = collections.Counter()  # received, replied, error:<code>, dropped
-        self._bad: dict[bytes, collections.deque] = {}  # identity -> times of its recent invalid requests
-        self._muted: dict[bytes, float] = {}  # identity -> time.monotonic() until which it is muted
+        self.counts: collections.Counter = self.router.counts  # received, replied, error:<code>, dropped, mutes
         self.request_log: collections.deque = collections.deque(maxlen=10_000)  # recent infer timings
 
     @property
@@ -165,7 +163,7 @@ class PolicyServer:
             self.batcher.stop(timeout)
             self._exit.set()
             if self._thread is not None:
-                self._wake()
+                self.router.wake()
                 self._thread.join(timeout)
                 self._thread = None
             if self._log_file is not None:
@@ -188,124 +186,44 @@ class PolicyServer:
     def __exit__(self, *exc):
         self.stop()
 
-    def __del__(self):
-        for fd in (getattr(self, "_wake_r", None), getattr(self, "_wake_w", None)):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-
     # ----- socket thread -----
     def _serve(self) -> None:
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.ROUTER)
-        self.auth = None
         try:
-            from robot_bridge.security import ServerAuth, ServerKeys
+            from robot_bridge.security import ServerKeys
 
             keys = ServerKeys.from_args(self.config.server_secret_key, self.config.authorized_keys)
-            if keys is not None:  # CurveZMQ: encryption, and only allow-listed client keys get through
-                self.auth = ServerAuth(ctx, keys)
-                self.auth.secure(sock)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)  # larger frames drop the peer
-            sock.setsockopt(zmq.RCVHWM, 1000)
-            sock.setsockopt(zmq.SNDHWM, 1000)
-            sock.bind(self.config.bind)
-            self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.address = self.router.open(self.config.bind, self.config.max_message_bytes, keys, hwm=1000)
+            self.auth = self.router.auth
         except (zmq.ZMQError, ValueError) as e:  # ValueError: a missing or malformed key file
             self._start_error = e
-            sock.close(0)
-            if self.auth is not None:
-                self.auth.stop()
-            ctx.term()
             self._bound.set()
             return
         self._bound.set()
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._exit.is_set():
-                events = dict(poller.poll(100))
-                if events.get(self._wake_r):
-                    try:
-                        os.read(self._wake_r, 65536)
-                    except BlockingIOError:
-                        pass
-                self._flush(sock)
-                if events.get(sock):
-                    for _ in range(256):  # bounded, so replies interleave with a flood of requests
+                if self.router.poll(100):
+                    for frames in self.router.incoming():
                         try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        try:
-                            self._handle(sock, frames)
+                            self._handle(frames)
                         except Exception:  # noqa: BLE001 - no message may take the socket thread down
                             log.exception("failed to handle a message")
-                            self._count("dropped")
-            self._flush(sock)  # SHUTTING_DOWN answers for queued requests
+                            self.router.count("dropped")
+            self.router.flush()  # SHUTTING_DOWN answers for queued requests
         finally:
-            sock.close(0)
-            if self.auth is not None:
-                self.auth.stop()
-            ctx.term()
+            self.router.close()
 
-    def _count(self, key: str) -> None:
-        with self._lock:
-            self.counts[key] += 1
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
-    def _flush(self, sock) -> None:
-        while True:
-            try:
-                frames = self._outbox.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
-                self._count("replied")
-            except zmq.ZMQError:
-                self._count("dropped")  # peer gone or its queue full: the client times out and retries
-
-    def _send(self, sock, envelope: list[bytes], reply: dict) -> None:
-        try:
-            sock.send_multipart(envelope + [P.pack(reply)], zmq.NOBLOCK)
-            self._count("replied")
-        except zmq.ZMQError:
-            self._count("dropped")
-
-    def _error(self, sock, envelope, code: str, message: str, rid=None) -> None:
-        self._count(f"error:{code}")
-        log.debug("error %s: %s", code, message)
-        self._send(sock, envelope, P.error_reply(code, message, rid))
-
-    def _handle(self, sock, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[bytes]) -> None:
         t_recv = time.perf_counter()
-        self._count("received")
+        self.router.count("received")
         if len(frames) < 2:
-            self._count("dropped")
+            self.router.count("dropped")
             return
-        if len(frames) == 2:
-            envelope, payload = frames[:1], frames[1]
-        elif len(frames) == 3 and frames[1] == b"":
-            envelope, payload = frames[:2], frames[2]  # REQ client: identity, empty delimiter, payload
-        else:
-            env = frames[:2] if frames[1] == b"" else frames[:1]
-            return self._error(sock, env, P.ErrorCode.BAD_ENVELOPE,
-                               f"expected one payload frame, got {len(frames) - len(env)}")
+        envelope, payload, bad = split_envelope(frames)
+        if bad:
+            return self.router.error(envelope, P.ErrorCode.BAD_ENVELOPE, bad)
         who = envelope[0]
-        if who in self._muted:
-            if time.monotonic() < self._muted[who]:
-                return self._count("dropped_muted")
-            del self._muted[who]
+        if self._bad.muted(who):
+            return self.router.count("dropped_muted")
         msg = None
         try:
             if self._stop.is_set():
@@ -314,42 +232,26 @@ class PolicyServer:
             req = P.parse_request(msg, self.spec)
         except P.ProtocolError as e:
             if e.code != P.ErrorCode.SHUTTING_DOWN:
-                self._note_bad(who)
-            return self._error(sock, envelope, e.code, e.message, P.request_id(msg))
+                self._bad.note(who)
+            return self.router.error(envelope, e.code, e.message, P.request_id(msg))
         except Exception as e:  # noqa: BLE001 - never let a message kill the socket thread
             log.exception("unexpected error while parsing a request")
-            return self._error(sock, envelope, P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"[:300],
-                               P.request_id(msg))
+            return self.router.internal(envelope, e, P.request_id(msg))
         base = {"v": P.PROTOCOL_VERSION, "id": req.id, "episode_id": req.episode_id, "step": req.step,
                 "client_time": req.client_time}
         if req.kind == "hello":
-            return self._send(sock, envelope, {**base, "kind": "hello", "metadata": self.metadata})
+            return self.router.send(envelope, {**base, "kind": "hello", "metadata": self.metadata})
         job = Job(kind=req.kind, obs=req.obs or None, t_recv=t_recv,
                   on_done=lambda res, err: self._done(envelope, base, req.kind, t_recv, res, err),
                   tag={"id": req.id, "episode_id": req.episode_id, "step": req.step}, client=envelope[0])
         if not self.batcher.submit(job):
             code = P.ErrorCode.SHUTTING_DOWN if self._stop.is_set() else P.ErrorCode.OVERLOADED
-            return self._error(sock, envelope, code, f"inference queue full ({self.batcher.pending} waiting)", req.id)
-
-    def _note_bad(self, who: bytes) -> None:
-        now = time.monotonic()
-        if len(self._bad) > 4096:
-            self._bad.clear()
-        q = self._bad.setdefault(who, collections.deque())
-        q.append(now)
-        while q and now - q[0] > 1.0:
-            q.popleft()
-        if len(q) > self.config.max_bad_requests_per_s:
-            self._muted[who] = now + self.config.mute_s
-            q.clear()
-            self._count("mutes")
-            log.warning("client %s: more than %d invalid requests in 1 s: its messages are dropped unread for %.1f s",
-                        who.hex()[:16], self.config.max_bad_requests_per_s, self.config.mute_s)
+            return self.router.error(envelope, code, f"inference queue full ({self.batcher.pending} waiting)", req.id)
 
     def _done(self, envelope, base: dict, kind: str, t_recv: float, result, error) -> None:
         """Worker thread: build the reply, hand it to the socket thread."""
         if error is not None:
-            self._count(f"error:{error[0]}")
+            self.router.count(f"error:{error[0]}")
             reply = P.error_reply(error[0], error[1], base["id"])
         elif kind == "reset":
             reply = {**base, "kind": "reset", "ok": True}
@@ -358,8 +260,7 @@ class PolicyServer:
             timing["server_ms"] = (time.perf_counter() - t_recv) * 1e3
             reply = {**base, "kind": "actions", "actions": result["actions"], "timing": timing}
             self._record(base, timing)
-        self._outbox.put(envelope + [P.pack(reply)])
-        self._wake()
+        self.router.post(envelope + [P.pack(reply)])
 
     def _record(self, base: dict, timing: dict) -> None:
         entry = {"t": time.time(), "id": base["id"], "episode_id": base["episode_id"], "step": base["step"], **timing}

@@ -122,22 +122,10 @@ def make_env(suite_obj, task_id: int, conv: C.Conventions, image_size: int):
     task = suite_obj.get_task(task_id)
     bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
     env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=image_size, camera_widths=image_size)
+    # LIBERO's own rendering (shadows and reflections on), as its datasets and openpi's evaluation have it: every
+    # env.reset() builds a new sim (hard reset), so render flags set on the context would not survive a trial anyway
     env.seed(conv.seed)
-    _fast_render(env)
     return env, task
-
-
-def _fast_render(env) -> None:
-    """Reflections and shadows off on the offscreen context (they double a camera step on a CPU renderer)."""
-    try:
-        import mujoco
-
-        ctx = env.env.sim._render_context_offscreen
-        if ctx is not None:
-            ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-    except AttributeError:
-        pass
 
 
 def run_episode(env, client, init_state, cams, instruction, conv, max_steps, replan_every, episode_id,

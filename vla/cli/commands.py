@@ -52,7 +52,8 @@ def train_config_from_args(args, extra: dict | None = None):
     over = parse_overrides(args.set)
     for key, val in (("out_dir", args.out), ("steps", args.steps), ("init", getattr(args, "init", None)),
                      ("threads", getattr(args, "threads", None)),
-                     ("capvector", getattr(args, "capvector", None)), ("orth_weight", getattr(args, "orth_weight", None))):
+                     ("capvector", getattr(args, "capvector", None)),
+                     ("orth_weight", getattr(args, "orth_weight", None))):
         if val is not None:
             over[key] = val
     if getattr(args, "data", None):

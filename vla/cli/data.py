@@ -15,7 +15,8 @@ def add_data(sub) -> None:
     i.add_argument("path", help="a dataset: this project's HDF5, robomimic's layout, or a LeRobot v3 folder")
     i.add_argument("--json", action="store_true", help="everything as JSON (the feature map included), for scripts")
     i.set_defaults(func=_cmd_info)
-    w = dsub.add_parser("show", help="one episode: its cameras side by side as an MP4, its state and actions as PNG plots")
+    w = dsub.add_parser("show",
+                        help="one episode: its cameras side by side as an MP4, its state and actions as PNG plots")
     w.add_argument("path")
     w.add_argument("--episode", type=int, default=0, help="index among the file's demos (sorted by number)")
     w.add_argument("--out", default="data_show", help="directory for <episode>.mp4 and <episode>_{state,action}.png")
@@ -92,7 +93,8 @@ def _cmd_show(args) -> int:
 
     demos = load_demos(args.path, cameras=None)  # frames at their recorded size (video decoded, not cached)
     if not 0 <= args.episode < len(demos):
-        raise ValueError(f"--episode: expected 0..{len(demos) - 1} ({len(demos)} demos in {args.path}), got {args.episode}")
+        raise ValueError(f"--episode: expected 0..{len(demos) - 1} ({len(demos)} demos in {args.path}), "
+                         f"got {args.episode}")
     d = demos[args.episode]
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"episode_{args.episode}")

@@ -1,8 +1,8 @@
-"""`make demo`: the main job on the embedded defaults, on one machine, in well under 15 minutes on a 2-core CPU.
+"""`make demo`: the main job on the embedded defaults, end to end on one CPU machine.
 
 1. collect scripted-expert demos (if absent)           -> data/demo/lift.hdf5
 2. train the tiny preset on them (a short run)          -> demo_out/train (loss curve)
-3. serve the shipped policy over ZeroMQ on loopback     (vla/pretrained/lift_tiny, fp16, 5 MB; reproduced by the
+3. serve the shipped policy over ZeroMQ on loopback     (vla/pretrained/lift_tiny, fp16; reproduced by the
                                                           command in its config.json "reproduce" field)
 4. evaluate it in MuJoCo through the control loop       (sync mode for exact numbers, then the async 20 Hz loop),
    then its Fast-dVLA student                           (vla/pretrained/lift_tiny_fast: distilled, block-causal,
@@ -169,13 +169,16 @@ def measure_latency(policy, task: str, n: int = 30) -> dict:
 
 
 def _write_markdown(out: str, r: dict) -> None:
-    vids = sorted(os.listdir(os.path.join(out, "eval_sync", "videos"))) if os.path.isdir(os.path.join(out, "eval_sync", "videos")) else []
+    vids = (sorted(os.listdir(os.path.join(out, "eval_sync", "videos")))
+            if os.path.isdir(os.path.join(out, "eval_sync", "videos")) else [])
     loop = r.get("async_loop") or {}
     lines = [
         "# vla-stack demo report",
         "",
-        f"- policy: `{r['policy']}` served over ZeroMQ on loopback, evaluated in MuJoCo (robosuite) through the control loop",
-        f"- **{r['task']}: {r['success_rate_sync']:.0%} success** over {r['episodes_sync']} episodes (sync mode, fixed seeds)",
+        f"- policy: `{r['policy']}` served over ZeroMQ on loopback, evaluated in MuJoCo (robosuite) "
+        "through the control loop",
+        f"- **{r['task']}: {r['success_rate_sync']:.0%} success** over {r['episodes_sync']} episodes "
+        "(sync mode, fixed seeds)",
         f"- async 20 Hz loop: {r['success_rate_async']:.0%} success; loop {loop.get('loop_hz', 0) or 0:.1f} Hz, "
         f"starvation events {loop.get('starvation_events')}, jitter p99 {loop.get('jitter_ms_p99') or 0:.1f} ms",
         f"- chunk decode latency (batch 1, 1 thread): p50 {r['decode_latency_ms']['latency_ms_p50']:.1f} ms, "
@@ -201,7 +204,8 @@ def _fast_line(r: dict) -> str:
     fl, tl = f["decode_latency_ms"], r["decode_latency_ms"]
     return (f"- Fast-dVLA student `{f['policy']}` (block-causal, distilled, decoder {fl['decoder']}): "
             f"**{f['success_rate_sync']:.0%}** over {f['episodes_sync']} sync episodes; chunk p50 "
-            f"{fl['latency_ms_p50']:.1f} ms, {fl['nfe']:.1f} passes ({tl['latency_ms_p50'] / fl['latency_ms_p50']:.2f}x "
+            f"{fl['latency_ms_p50']:.1f} ms, {fl['nfe']:.1f} passes "
+            f"({tl['latency_ms_p50'] / fl['latency_ms_p50']:.2f}x "
             "the teacher's speed on this machine)")
 
 

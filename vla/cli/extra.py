@@ -6,13 +6,15 @@ import json
 
 
 def add_distill(sub) -> None:
-    s = sub.add_parser("distill", help="asymmetric distillation: bidirectional teacher -> block-causal student (Fast-dVLA)")
+    s = sub.add_parser("distill",
+                       help="asymmetric distillation: bidirectional teacher -> block-causal student (Fast-dVLA)")
     s.add_argument("--teacher", required=True, help="finetuned bidirectional policy checkpoint")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--config", default="distill_tiny", help="training config (configs/train/<name>.yaml)")
     s.add_argument("--data", action="append", help="dataset file(s); default: the teacher's training data")
     s.add_argument("--steps", type=int)
-    s.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank instead of all weights")
+    s.add_argument("--lora-rank", type=int, default=None,
+                   help="train LoRA adapters of this rank instead of all weights")
     s.add_argument("--set", action="append", metavar="KEY=VALUE")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
@@ -27,7 +29,8 @@ def _cmd_distill(args) -> int:
 
     config, _, _ = read_checkpoint_files(args.teacher)
     if config["model"].get("attention") != "bidirectional":
-        raise ValueError(f"--teacher: {args.teacher} is not a bidirectional model (attention={config['model'].get('attention')})")
+        raise ValueError(f"--teacher: {args.teacher} is not a bidirectional model "
+                         f"(attention={config['model'].get('attention')})")
     extra = {"objective": "distill", "teacher": args.teacher, "init": args.teacher,
              "model_overrides": {"attention": "block_causal"},
              "decode": {"decoder": "pipelined"}}
@@ -46,7 +49,7 @@ def _cmd_distill(args) -> int:
     for key in carried:
         if key in teacher_data and f"data.{key}" not in user_keys:
             extra["data"][key] = teacher_data[key]
-    # and it serves as the teacher was measured: the same actions executed per chunk
+    # and it runs as the teacher does: the same actions executed per chunk
     if config.get("n_action_steps") is not None and "n_action_steps" not in user_keys:
         extra["n_action_steps"] = config["n_action_steps"]
     if args.lora_rank:
@@ -72,7 +75,8 @@ def add_capvector(sub) -> None:
     m = cs.add_parser("merge", help="theta_meta = theta_base + alpha * gamma")
     m.add_argument("--base", required=True)
     m.add_argument("--vector", action="append", required=True, help="repeat to merge several vectors")
-    m.add_argument("--alpha", action="append", help="scalar, or 'pattern=value,...' (fnmatch on parameter names); one or one per vector")
+    m.add_argument("--alpha", action="append",
+                   help="scalar, or 'pattern=value,...' (fnmatch on parameter names); one or one per vector")
     m.add_argument("--out", required=True)
     m.set_defaults(func=_cmd_merge)
     i = cs.add_parser("inspect", help="norms per layer, cosine with another vector, a PNG")
@@ -114,7 +118,8 @@ def add_export(sub) -> None:
                         "name (lift_tiny, ...)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    s.add_argument("--note", action="append", default=[], help="KEY=VALUE written into config.json (e.g. reproduce=...)")
+    s.add_argument("--note", action="append", default=[],
+                   help="KEY=VALUE written into config.json (e.g. reproduce=...)")
     s.set_defaults(func=_cmd_export)
 
 

@@ -74,20 +74,13 @@ def _policy_name(path: str) -> str:
     return parts[-2] if parts[-1] in ("policy", "checkpoint", "last") and len(parts) > 1 else parts[-1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(policy: str, threads: int, log_path: str) -> tuple[subprocess.Popen, str]:
     """`vla serve` on a free loopback port, its output in `log_path`; returns once it listens."""
+    from robot_bridge.net import free_port
     from vla.policy import resolve_checkpoint
 
     path = resolve_checkpoint(policy)  # a clear error before any process starts
-    addr = f"tcp://127.0.0.1:{_free_port()}"
+    addr = f"tcp://127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "vla.cli", "serve", "--policy", path, "--bind", addr, "--threads", str(threads)]
     os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
     with open(log_path, "w") as log:

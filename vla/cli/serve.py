@@ -21,7 +21,9 @@ def add_serve(sub) -> None:
                    help="torch CPU threads (default: 1 on a machine with <= 2 cores, where the server's socket and "
                         "batching threads need the other core; torch's choice elsewhere)")
     s.add_argument("--max-batch", type=int, default=8, help="largest batch formed across clients")
-    s.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for requests of other recently active clients (a lone client never waits)")
+    s.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long a batch waits for requests of other recently active clients "
+                        "(a lone client never waits)")
     s.add_argument("--max-message-mb", type=float, default=32.0, help="largest accepted request")
     s.add_argument("--max-queue", type=int, default=256, help="waiting requests before 'overloaded' replies")
     s.add_argument("--rate", type=float, default=20.0, help="suggested control rate sent in the handshake (Hz)")
