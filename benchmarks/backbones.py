@@ -27,11 +27,7 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from results_io import write_json  # noqa: E402
+from common import ROOT, command, write_json
 
 KINDS = ("ours", "ours_minilm", "smolvlm", "idefics3", "paligemma")
 WORDS = ("pick", "up", "lift", "the", "red", "green", "blue", "cube", "on", "put", "stack")
@@ -245,7 +241,7 @@ def main(argv=None) -> int:
     import transformers
 
     write_json(args.out, {
-        "command": " ".join(["python benchmarks/backbones.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command(__file__, argv),
         "shape": args.shape, "device": args.device, "threads": args.threads,
         "torch": torch.__version__, "transformers": transformers.__version__,
         **({"gpu": torch.cuda.get_device_name(),

@@ -23,20 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import command, write_json
 
-from results_io import write_json  # noqa: E402
-
-from sim.evaluate import evaluate_policy_dir  # noqa: E402
-from vla.capvector import extract, merge  # noqa: E402
-from vla.config import DataConfig, TrainConfig  # noqa: E402
-from vla.train import Trainer, train  # noqa: E402
+from sim.evaluate import evaluate_policy_dir
+from vla.capvector import extract, merge
+from vla.config import DataConfig, TrainConfig
+from vla.train import Trainer, train
 
 
 ARM_NAMES = {"a": "(a) SFT from theta_pt", "b": "(b) aux SFT from theta_pt", "c": "(c) SFT from theta_meta",
@@ -51,8 +47,8 @@ def _at(curve: dict, step: int) -> float:
 def train_cfg(out: str, paths: list[str], steps: int, seed: int, init: str | None = None, aux: str | None = None,
               capvector: str | None = None, orth_weight: float = 0.0, max_demos: int | None = None,
               save_every: int = 0, lr: float = 5e-4, tasks=None, augment_shift: int = 0) -> TrainConfig:
-    # augment_shift 0: the Lift configs that reach 100% (configs/train/lift_tiny_aux.yaml) train without it
-    return TrainConfig(
+    # augment_shift 0: as the Lift configs (configs/train/lift_tiny_aux.yaml) train
+    return TrainConfig.build(
         model="tiny", data=DataConfig(paths=tuple(paths), max_demos_per_task=max_demos, tasks=tasks,
                                       augment_shift=augment_shift), out_dir=out,
         init=init, aux=aux, aux_weight=0.5, capvector=capvector, orth_weight=orth_weight, steps=steps,
@@ -139,7 +135,7 @@ def main() -> None:
             results[arm]["seeds"][seed] = {"curve": curve, "step_time_s": summ["train_seconds"] / summ["steps"]}
             print(f"[capvector] arm {arm} seed {seed}: {curve} step {results[arm]['seeds'][seed]['step_time_s']:.3f}s",
                   flush=True)
-    summary = {"command": "python benchmarks/capvector.py " + " ".join(sys.argv[1:]), "seeds": args.seeds,
+    summary = {"command": command(__file__), "seeds": args.seeds,
                "gamma_total_norm": meta["total_norm"], "threshold": args.threshold, "arms": {},
                "downstream_task": args.downstream_task, "eval_steps": eval_steps, "episodes": args.episodes}
     for arm, r in results.items():

@@ -28,13 +28,9 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from results_io import write_json  # noqa: E402
+from common import ROOT, command, write_json
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,8 +39,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def roundtrip(hdf5: str, work: str) -> dict:
-    from vla.dataset import load_demos, peek_dims
-    from vla.lerobot import export_lerobot
+    from vla.formats import load_demos, peek_dims
+    from vla.formats.lerobot_v3_writer import export_lerobot
 
     fm = peek_dims(hdf5)["features"]
     demos = load_demos(hdf5, cameras=None)
@@ -73,7 +69,8 @@ def roundtrip(hdf5: str, work: str) -> dict:
 
 
 def decode_rates(root: str, work: str) -> dict:
-    from vla.lerobot import FrameCache, LeRobotDir
+    from vla.formats.frames import FrameCache
+    from vla.formats.lerobot_v3 import LeRobotDir
 
     ds = LeRobotDir(root)
     keys = [k for k, f in ds.features.items() if f["dtype"] == "video"]
@@ -93,10 +90,10 @@ def train_rate(path: str, out_dir: str, steps: int, cache: str) -> dict:
     from vla.config import DataConfig, TrainConfig
     from vla.train import train
 
-    cfg = TrainConfig(model="tiny", model_overrides={"image_size": 64},
-                      data=DataConfig(paths=(path,), frame_cache=cache),
-                      out_dir=out_dir, steps=steps, batch_size=32, warmup_steps=5, log_every=10 ** 6, val_every=0,
-                      save_every=0, seed=0, threads=2)
+    cfg = TrainConfig.build(model="tiny", model_overrides={"image_size": 64},
+                            data=DataConfig(paths=(path,), frame_cache=cache),
+                            out_dir=out_dir, steps=steps, batch_size=32, warmup_steps=5, log_every=10 ** 6,
+                            val_every=0, save_every=0, seed=0, threads=2)
     t0 = time.perf_counter()
     train(cfg, progress=False)
     total = time.perf_counter() - t0
@@ -198,7 +195,7 @@ def main() -> None:
                  f"--out {args.hdf5})")
     os.environ.setdefault("MUJOCO_GL", "egl")
     work = tempfile.mkdtemp(prefix="vla_data_bench_")
-    res: dict = {"command": "python benchmarks/data.py " + " ".join(sys.argv[1:]),
+    res: dict = {"command": command(__file__),
                  "hdf5": os.path.relpath(args.hdf5, ROOT)}
     try:
         print("[data] export round trip", flush=True)
@@ -211,7 +208,7 @@ def main() -> None:
         print({k: v for k, v in res.items() if "fps" in k}, flush=True)
         lerobot, cache = os.path.join(work, "video"), os.path.join(work, "cache")
         t0 = time.perf_counter()
-        from vla.dataset import load_demos
+        from vla.formats import load_demos
 
         load_demos(lerobot, cameras=None, image_size=64, frame_cache=cache)
         res["first_load_s_lerobot_cold_cache"] = round(time.perf_counter() - t0, 2)
@@ -231,8 +228,8 @@ def main() -> None:
         res["samples_per_s"] = {k: round(v, 1) for k, v in med.items()}
         res["cached_vs_hdf5_samples_ratio"] = round(med["lerobot_cached"] / med["hdf5"], 3)
         if args.ram_steps:
-            from vla.dataset import load_demos as _ld
-            from vla.lerobot import export_lerobot
+            from vla.formats import load_demos as _ld
+            from vla.formats.lerobot_v3_writer import export_lerobot
 
             big = replicate(args.hdf5, os.path.join(work, "big.hdf5"), args.ram_replicas)
             print(f"[data] DDP RAM: exporting {args.ram_replicas}x the demos", flush=True)

@@ -19,17 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from common import command, load_observations, measure, sample_observations, training_data, write_json
 
-from latency import load_observations, measure, sample_observations, training_data  # noqa: E402
-from results_io import write_json  # noqa: E402
-
-import torch  # noqa: E402
-
-from vla.policy import Policy  # noqa: E402
+from vla.policy import Policy
 
 
 def _kv(items: list[str]) -> dict[str, str]:
@@ -108,7 +102,7 @@ def main() -> None:
         r["speedup_latency"] = base[r["task"]]["latency_ms_p50"] / r["latency_ms_p50"]
     pip = [r for r in rows if r["decoder"] == "pipelined"]
     res = {
-        "command": "python benchmarks/decode.py " + " ".join(sys.argv[1:]),
+        "command": command(__file__),
         "rows": rows,
         "speedup_pipelined_vs_parallel": sum(r["speedup_tokens_per_s"] for r in pip) / len(pip),
         "pipelined_latency_ms_p50": max(r["latency_ms_p50"] for r in pip),

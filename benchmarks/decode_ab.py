@@ -13,19 +13,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import torch
+from common import command, sample_observations, training_data, write_json
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from latency import sample_observations, training_data  # noqa: E402
-from results_io import write_json  # noqa: E402
-from vla.policy import Policy  # noqa: E402
+from vla.policy import Policy
 
 
 def _load_fast_layers(path: str):
@@ -81,7 +75,7 @@ def main() -> None:
                    "actions_identical": bool(same)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    res = {"command": "python benchmarks/decode_ab.py " + " ".join(sys.argv[1:]), "rows": rows}
+    res = {"command": command(__file__), "rows": rows}
     write_json(args.out, res)
 
 

@@ -15,16 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import command, measure, sample_observations, training_data, write_json
 
-from latency import measure, sample_observations  # noqa: E402
-from results_io import write_json  # noqa: E402
-
-from sim.evaluate import evaluate_policy_dir  # noqa: E402
-from vla.policy import Policy  # noqa: E402
+from sim.evaluate import evaluate_policy_dir
+from vla.policy import Policy
 
 
 def _summary(policy_dir: str) -> dict:
@@ -33,11 +28,6 @@ def _summary(policy_dir: str) -> dict:
     if os.path.exists(p):
         return json.load(open(p))
     return json.load(open(os.path.join(policy_dir, "config.json"))).get("train_summary") or {}
-
-
-def _data_paths(policy_dir: str) -> list[str]:
-    cfg = json.load(open(os.path.join(policy_dir, "config.json")))
-    return list(((cfg.get("train") or {}).get("data") or {}).get("paths") or [])
 
 
 def main() -> None:
@@ -55,7 +45,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    res: dict = {"command": "python benchmarks/dvla.py " + " ".join(sys.argv[1:]), "preset": "tiny", "tasks": {}}
+    res: dict = {"command": command(__file__), "preset": "tiny", "tasks": {}}
     if args.latency_only:
         prev = json.load(open(args.out))
         res = {**prev, "latency_command": res["command"]}
@@ -79,8 +69,8 @@ def main() -> None:
         res["train_minutes"] = round(max(train_minutes), 1)
     # decode latency for K = 4, 8, 12 (parallel decoder, batch 1)
     if first_policy:
-        paths = _data_paths(first_policy)
-        obs = sample_observations(paths[0], n=args.latency_obs)
+        data = training_data(first_policy)
+        obs = sample_observations(data, n=args.latency_obs)
         res["decode_ms_p50"], res["decode_ms_p99"], res["tokens_per_s"] = {}, {}, {}
         for k in (4, 8, 12):
             pol = Policy.from_pretrained(first_policy, decode={"decoder": "parallel", "steps": k})
@@ -95,7 +85,7 @@ def main() -> None:
         try:
             import h5py
 
-            with h5py.File(paths[0]) as f:
+            with h5py.File(data) as f:
                 res["demos_per_task"] = len(f["data"].keys())
         except Exception:
             pass

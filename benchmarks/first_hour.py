@@ -18,13 +18,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, command, write_json
 
-from results_io import write_json  # noqa: E402
-
-from robot_bridge.net import free_port  # noqa: E402
+from robot_bridge.net import free_port
 
 VLA = [sys.executable, "-m", "vla.cli"]
 ENV = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"),
@@ -172,7 +168,7 @@ def main(argv=None) -> int:
                                                      os.path.join(work, "runs", "x")]))
     result = {"rows": rows, "cpu_count": os.cpu_count(),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "command": " ".join(["python benchmarks/first_hour.py", *(argv if argv is not None else sys.argv[1:])])}
+              "command": command(__file__, argv)}
     write_json(args.out, result)
     return 0
 

@@ -8,21 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import command, write_json
 
-from results_io import write_json  # noqa: E402
-
-from sim.collect import collect  # noqa: E402
-from sim.env import VLAEnv  # noqa: E402
-from sim.experts import make_expert, run_expert_episode  # noqa: E402
-from sim.tasks import TASKS  # noqa: E402
+from sim.collect import collect
+from sim.env import VLAEnv
+from sim.experts import make_expert, run_expert_episode
+from sim.tasks import TASKS
 
 
 def step_times(task: str, cameras, n: int = 200, image_size: int = 128, observe_every: int = 1) -> dict:
@@ -67,7 +63,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/foundation.json")
     ap.add_argument("--steps-only", action="store_true", help="only the env step times (keeps the rest of --out)")
     args = ap.parse_args()
-    cmd = "python benchmarks/foundation.py " + " ".join(sys.argv[1:])
+    cmd = command(__file__)
     out: dict = {"command": cmd.strip(),
                  "machine": f"{os.cpu_count()} CPU cores, MUJOCO_GL={os.environ.get('MUJOCO_GL')}"}
     print("step times (Lift) ...", flush=True)

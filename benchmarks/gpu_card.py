@@ -34,11 +34,7 @@ import traceback
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from results_io import write_json  # noqa: E402
+from common import ROOT, command, write_json
 
 PREP = os.path.join(ROOT, ".gpu")
 # what the device image lacks (its package list: /work/.library/device/KINDS.md): gymnasium (`import sim` registers
@@ -52,7 +48,9 @@ def write_demo_subset(src: str, dst: str, n: int) -> int:
     """The first n demos of a demo file -> dst (same layout; written to a temporary name, then renamed)."""
     import h5py
 
-    from vla.dataset import IMAGE_KEYS, DemoWriter, _demo_index
+    from vla.formats.base import demo_index as _demo_index
+    from vla.formats.hdf5 import IMAGE_KEYS
+    from vla.formats.hdf5_writer import DemoWriter
 
     tmp = dst + ".tmp"
     with h5py.File(src, "r") as f:
@@ -70,7 +68,7 @@ def write_demo_subset(src: str, dst: str, n: int) -> int:
 
 
 def prepare(args) -> int:
-    from latency import sample_observations, save_observations, training_data
+    from common import sample_observations, save_observations, training_data
 
     os.makedirs(PREP, exist_ok=True)
     data = args.data or training_data(args.teacher)
@@ -193,7 +191,7 @@ def run(args) -> int:
     import torch
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    res: dict = {"command": "python benchmarks/gpu_card.py " + " ".join(sys.argv[1:]), "card": card_info(device),
+    res: dict = {"command": command(__file__), "card": card_info(device),
                  "passes": [], "train": [], "errors": []}
     print(json.dumps(res["card"]), flush=True)
 

@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, run, train_record  # noqa: E402
+from common import ROOT, VLA, command, run, train_record, write_json
 
 WORK = "runs/init_finetune"
 BASE = "vla/pretrained/lift_tiny"
@@ -66,7 +63,7 @@ def main() -> None:
         "init_minus_scratch": round(out["init"]["success"] - out["scratch"]["success"], 3),
         "runs": out, "base": BASE, "data": f"{args.hdf5} exported to LeRobot v3 (AV1) and read back",
         "recipe": "configs/train/pickcolor_tiny.yaml", "commands": log,
-        "command": "python benchmarks/init_finetune.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+        "command": command(__file__)}
     res.pop("init_finetune_note", None)
     write_json(args.out, res)
 

@@ -19,12 +19,9 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, policy_done, train_record, train_run  # noqa: E402
+from common import ROOT, VLA, command, policy_done, train_record, train_run, write_json
 
 TASKS = ("PickColor", "StackColor")
 WORDS_POLICY = "vla/pretrained/multitask_tiny"
@@ -173,7 +170,7 @@ def main() -> None:
         record["policies"] = policies
         record["replan_every"] = "each policy's n_action_steps"
     record["commands"] = log
-    record["command"] = "python benchmarks/language.py " + " ".join(sys.argv[1:])
+    record["command"] = command(__file__)
     if args.max_steps is not None:
         record["smoke"] = f"episodes cut at {args.max_steps} steps: not a measurement"
     write_json(args.out, record)

@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, cmd_str, run, ship, train_record, train_run  # noqa: E402
+from common import ROOT, VLA, cmd_str, command, run, ship, train_record, train_run, write_json
 
 TASKS = ["Lift", "PickColor", "Stack", "StackColor", "PickPlaceCan"]
 CONFIG = "multitask_tiny_release"
@@ -156,7 +153,7 @@ def main() -> None:
     # every stage skips what is done, so the plain command reproduces the whole file; each invocation is listed
     res["command"] = "python benchmarks/multitask.py" + ("" if args.episodes == 50 else f" --episodes {args.episodes}")
     res.setdefault("invocations", []).append({
-        "command": "python benchmarks/multitask.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command(__file__),
         "stages": stages, "seconds": round(time.time() - t0, 1), "finished": time.strftime("%Y-%m-%d %H:%M")})
     res.pop("seconds_this_run", None)
     write_json(os.path.join(ROOT, OUT), res)

@@ -11,8 +11,8 @@ Per task (default Lift, Stack, PickPlaceCan, PickColor):
     folder (runs/peers/exports/<task>_lerobot, kept and reused; --lerobot-dataset TASK=DIR takes an existing export);
  2. train ACT-small (every task) and Diffusion-small (Lift only by default, --peers) with LeRobot's own trainer
     (benchmarks/peers/train_lerobot.py in the peer venv; runs/peers/<task>_<peer>; a finished run is reused unless
-    --retrain) for the wall-clock our recipe spent on the task (budget_minutes: the five-task release's 62.8 min
-    split by its sampling weights, lift_tiny's 11.3 min; --minutes TASK=MIN overrides);
+    --retrain) for the wall-clock our recipe spent on the task (budget_minutes: our recipe's recorded training time
+    split by its sampling weights; --minutes TASK=MIN overrides);
  3. serve each checkpoint with benchmarks/peers/serve_lerobot.py (peer venv) and ours (--ours; DEFAULT_OURS:
     lift_tiny for Lift, multitask_tiny for the rest) with `vla serve`, --threads torch threads, each in its own process;
  4. evaluate each server with our harness (`vla eval --server ... --mode sync`: the same episode seeds for all);
@@ -47,11 +47,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from results_io import write_json  # noqa: E402
+from common import ROOT, command, pct, sample_observations, write_json
 
 PEERS = {"act": "ACT-small", "diffusion": "Diffusion-small"}
 DEFAULT_TASKS = ["Lift", "Stack", "PickPlaceCan", "PickColor"]
@@ -201,13 +197,9 @@ class busy_load:
             p.wait()
 
 
-def pct(x: list[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(x), q)) if x else None
-
-
 def measure_latency(servers: dict, observations: list[dict], warmup: int = 3) -> dict:
     """Interleaved: observation i goes to every server in turn, the order rotating with i. Reset before each request
-    (untimed), as benchmarks/latency.py does."""
+    (untimed), as common.measure does."""
     from robot_bridge.client import PolicyClient
 
     clients = {n: PolicyClient(a, timeout_ms=120_000, retries=0) for n, a in servers.items()}
@@ -357,7 +349,7 @@ def plot(result: dict, png: str) -> None:
     os.replace(tmp, png)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", action="append", help="task names (repeat or comma-separate; default Lift)")
@@ -374,8 +366,7 @@ def main(argv=None) -> int:
                                                     "(default Lift=vla/pretrained/lift_tiny)")
     ap.add_argument("--peers", default="act,diffusion@Lift",
                     help="comma list of act, diffusion; PEER@TASK+TASK limits a peer to those tasks (default: "
-                         "Diffusion-small on Lift only: at equal budget it reached 0%% there, and each of its "
-                         "evaluations costs minutes)")
+                         "Diffusion-small on Lift only: each of its evaluations costs minutes)")
     ap.add_argument("--minutes", action="append",
                     help="training budget per peer and task (wall clock): TASK=MIN or MIN (every task); default: the "
                          "share of our recipe's training time spent on the task (see budget_minutes)")
@@ -401,275 +392,311 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-obs", type=int, default=100, help="observations for the interleaved latency")
     ap.add_argument("--peer-python", default=os.path.join(ROOT, ".venv-peers", "bin", "python"))
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "peers.json"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    tasks = [t for item in (args.tasks or [",".join(DEFAULT_TASKS)]) for t in item.split(",") if t]
-    peer_tasks = {}  # peer -> tasks it runs on
-    for item in (p for p in args.peers.split(",") if p):
-        name, _, only = item.partition("@")
-        peer_tasks[name] = [t for t in only.split("+") if t] if only else list(tasks)
-    peers = list(peer_tasks)
-    bad = [p for p in peers if p not in PEERS]
-    if bad:
-        raise SystemExit(f"--peers: unknown {bad}; expected some of {list(PEERS)}")
+
+def _int_list(text: str, what: str) -> list[int]:
     try:
-        lat_threads = [int(x) for x in args.latency_threads.split(",") if x]
-        lat_loads = [int(x) for x in args.latency_load.split(",") if x]
+        return [int(x) for x in text.split(",") if x]
     except ValueError as e:
-        raise SystemExit(f"--latency-threads/--latency-load: expected comma lists of integers ({e})")
-    if not os.path.isfile(args.peer_python):
-        raise SystemExit(f"{args.peer_python}: no peer venv (bash benchmarks/peers/setup.sh)")
-    given = per_task_raw(args.data, tasks, "data")  # paths given: relative to the current directory
-    data = {t: [os.path.abspath(f) if t in given else os.path.join(ROOT, f)
-                for f in (given.get(t) or DEFAULT_DATA.get(t, f"data/{t.lower()}.hdf5")).split(",")] for t in tasks}
-    lr_data = per_task(args.lerobot_dataset, tasks, None, "lerobot-dataset")
-    ours = per_task(args.ours, tasks, DEFAULT_OURS, "ours")
-    given_minutes = per_task_raw(args.minutes, tasks, "minutes")
-    budgets = {t: budget_minutes(t, ours.get(t), given_minutes) for t in tasks}
-    out = os.path.abspath(args.out)
-    png = os.path.splitext(out)[0] + ".png"
-    runs = os.path.abspath(args.runs)
-    logs = os.path.join(runs, "logs")
-    os.makedirs(logs, exist_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
-    vla_cmd = [sys.executable, "-m", "vla.cli"]
-    here = os.path.dirname(os.path.abspath(__file__))
+        raise SystemExit(f"--{what}: expected a comma list of integers ({e})")
 
-    result = {"rows": [], "ours_over_best_peer_success_min": None, "ours_over_act_latency": None,
-              "command": "python benchmarks/peers.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
-                                                                                           else argv)),
-              "settings": {"tasks": tasks, "peers": {PEERS[p]: ts for p, ts in peer_tasks.items()},
-                           "minutes": {t: m for t, (m, _) in budgets.items()},
-                           "minutes_from": {t: how for t, (_, how) in budgets.items()},
-                           "latency_threads": lat_threads, "latency_load": lat_loads,
-                           "train_steps": args.train_steps, "batch_size": args.batch_size, "episodes": args.episodes,
-                           "threads": args.threads, "image_size": args.image_size, "eval_mode": "sync",
-                           "latency_obs": args.latency_obs, "act_n_action_steps": args.act_n_action_steps,
-                           "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-              "errors": []}
 
-    def save():
-        result.update({k: v for k, v in headline(result["rows"]).items()})
-        result["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        write_json(out, result)
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+class PeersRun:
+    """One invocation: the settings resolved from the arguments, the result (rewritten after every step) and the
+    steps per task: export, train the peers, serve and evaluate, latency."""
+
+    def __init__(self, args: argparse.Namespace, argv=None):
+        self.args = args
+        tasks = self.tasks = [t for item in (args.tasks or [",".join(DEFAULT_TASKS)]) for t in item.split(",") if t]
+        self.peer_tasks = {}  # peer -> tasks it runs on
+        for item in (p for p in args.peers.split(",") if p):
+            name, _, only = item.partition("@")
+            self.peer_tasks[name] = [t for t in only.split("+") if t] if only else list(tasks)
+        bad = [p for p in self.peer_tasks if p not in PEERS]
+        if bad:
+            raise SystemExit(f"--peers: unknown {bad}; expected some of {list(PEERS)}")
+        self.lat_threads = _int_list(args.latency_threads, "latency-threads")
+        self.lat_loads = _int_list(args.latency_load, "latency-load")
+        if not os.path.isfile(args.peer_python):
+            raise SystemExit(f"{args.peer_python}: no peer venv (bash benchmarks/peers/setup.sh)")
+        self.given = per_task_raw(args.data, tasks, "data")  # paths given: relative to the current directory
+        self.data = {t: [os.path.abspath(f) if t in self.given else os.path.join(ROOT, f)
+                         for f in (self.given.get(t) or DEFAULT_DATA.get(t, f"data/{t.lower()}.hdf5")).split(",")]
+                     for t in tasks}
+        self.lr_data = per_task(args.lerobot_dataset, tasks, None, "lerobot-dataset")
+        self.ours = per_task(args.ours, tasks, DEFAULT_OURS, "ours")
+        given_minutes = per_task_raw(args.minutes, tasks, "minutes")
+        self.budgets = {t: budget_minutes(t, self.ours.get(t), given_minutes) for t in tasks}
+        self.out = os.path.abspath(args.out)
+        self.png = os.path.splitext(self.out)[0] + ".png"
+        self.runs = os.path.abspath(args.runs)
+        self.logs = os.path.join(self.runs, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
+        self.vla_cmd = [sys.executable, "-m", "vla.cli"]
+        self.here = os.path.dirname(os.path.abspath(__file__))
+        self.result = {
+            "rows": [], "ours_over_best_peer_success_min": None, "ours_over_act_latency": None,
+            "command": command(__file__, argv),
+            "settings": {"tasks": tasks, "peers": {PEERS[p]: ts for p, ts in self.peer_tasks.items()},
+                         "minutes": {t: m for t, (m, _) in self.budgets.items()},
+                         "minutes_from": {t: how for t, (_, how) in self.budgets.items()},
+                         "latency_threads": self.lat_threads, "latency_load": self.lat_loads,
+                         "train_steps": args.train_steps, "batch_size": args.batch_size, "episodes": args.episodes,
+                         "threads": args.threads, "image_size": args.image_size, "eval_mode": "sync",
+                         "latency_obs": args.latency_obs, "act_n_action_steps": args.act_n_action_steps,
+                         "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+            "errors": []}
+
+    def save(self) -> None:
+        self.result.update(headline(self.result["rows"]))
+        self.result["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_json(self.out, self.result)
         try:
-            plot(result, png)
+            plot(self.result, self.png)
         except Exception as e:  # noqa: BLE001 - a plot never costs the numbers
             log(f"plot failed: {type(e).__name__}: {e}")
 
-    def error(step: str, e: BaseException) -> None:
+    def error(self, step: str, e: BaseException) -> None:
         log(f"ERROR in {step}: {type(e).__name__}: {e}")
-        result["errors"].append({"step": step, "error": f"{type(e).__name__}: {e}"[:2000]})
-        save()
+        self.result["errors"].append({"step": step, "error": f"{type(e).__name__}: {e}"[:2000]})
+        self.save()
 
-    t_start = time.time()
-    missing = [f for t in tasks if t not in given and t not in lr_data for f in data[t] if not os.path.isfile(f)]
-    if missing:  # a fresh clone: the demos come from the collection stage of the recipes' own script
-        log(f"demo files missing: {[os.path.relpath(f, ROOT) for f in missing]}; collecting them")
-        rc = run_streamed([sys.executable, os.path.join(here, "multitask.py"), "--stages", "collect"], "collect",
-                          os.path.join(logs, "collect.log"), env=env)
+    def publish(self, task: str, rows: dict) -> None:
+        self.result["rows"] = [r for r in self.result["rows"] if r["task"] != task] + list(rows.values())
+        self.save()
+
+    def stream(self, cmd: list[str], tag: str, log_name: str, timeout_s: float | None = None) -> int:
+        return run_streamed(cmd, tag, os.path.join(self.logs, log_name), timeout_s=timeout_s, env=self.env)
+
+    def collect_missing(self) -> None:
+        """A fresh clone: the demos come from the collection stage of the recipes' own script."""
+        missing = [f for t in self.tasks if t not in self.given and t not in self.lr_data for f in self.data[t]
+                   if not os.path.isfile(f)]
+        if missing:
+            log(f"demo files missing: {[os.path.relpath(f, ROOT) for f in missing]}; collecting them")
+            rc = self.stream([sys.executable, os.path.join(self.here, "multitask.py"), "--stages", "collect"],
+                             "collect", "collect.log")
+            if rc != 0:
+                raise SystemExit(f"benchmarks/multitask.py --stages collect exited {rc} (see {self.logs}/collect.log)")
+
+    def export(self, task: str) -> str:
+        """1. the task's demos as a LeRobot v3 dataset (an existing export is reused) -> its folder."""
+        ds = self.lr_data.get(task) or os.path.abspath(os.path.join(self.args.exports, f"{task.lower()}_lerobot"))
+        if os.path.isfile(os.path.join(ds, "meta", "info.json")):
+            log(f"{task}: using the LeRobot dataset {ds}")
+            return ds
+        missing = [f for f in self.data[task] if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(f"demo files {missing} not found (--data {task}=PATH[,PATH...])")
+        size = ["--image-size", str(self.args.export_size)] if self.args.export_size else []
+        rc = self.stream(self.vla_cmd + ["data", "export", *self.data[task], "--out", ds] + size, f"export {task}",
+                         f"export_{task.lower()}.log")
         if rc != 0:
-            raise SystemExit(f"benchmarks/multitask.py --stages collect exited {rc} (see {logs}/collect.log)")
-    for task in tasks:
-        tl = task.lower()
-        # 1. export
-        ds = lr_data.get(task) or os.path.abspath(os.path.join(args.exports, f"{tl}_lerobot"))
-        try:
-            if not os.path.isfile(os.path.join(ds, "meta", "info.json")):
-                missing = [f for f in data[task] if not os.path.isfile(f)]
-                if missing:
-                    raise FileNotFoundError(f"demo files {missing} not found (--data {task}=PATH[,PATH...])")
-                rc = run_streamed(vla_cmd + ["data", "export", *data[task], "--out", ds]
-                                  + (["--image-size", str(args.export_size)] if args.export_size else []),
-                                  f"export {task}",
-                                  os.path.join(logs, f"export_{tl}.log"), env=env)
-                if rc != 0:
-                    raise RuntimeError(f"vla data export exited {rc}")
-            else:
-                log(f"{task}: using the LeRobot dataset {ds}")
-        except Exception as e:  # noqa: BLE001
-            error(f"{task}: export", e)
-            continue
+            raise RuntimeError(f"vla data export exited {rc}")
+        return ds
 
-        # 2. train the peers
-        trained = {}
-        minutes = budgets[task][0]
-        for p in (p for p in peers if task in peer_tasks[p]):
-            run_dir = os.path.join(runs, f"{tl}_{p}")
-            summary_path = os.path.join(run_dir, "train_summary.json")
-            try:
-                prev = json.load(open(summary_path)) if os.path.isfile(summary_path) else None
-                finished = bool(prev and prev.get("ok"))
-                same_budget = finished and abs(float(prev.get("budget_minutes") or 0) - minutes) <= 0.01 * minutes
-                reusable = finished and (same_budget or bool(args.train_steps))
-                if finished and not reusable:
-                    log(f"{task}/{PEERS[p]}: the run in {run_dir} had {prev.get('budget_minutes')} min, the budget is "
-                        f"{minutes:g} min: training again")
-                if reusable and not args.retrain:
-                    log(f"{task}/{PEERS[p]}: reusing the finished run {run_dir} (--retrain to train again)")
-                elif args.skip_train:
-                    raise FileNotFoundError(f"no finished run in {run_dir} (--skip-train)")
-                else:
-                    cmd = [args.peer_python, os.path.join(here, "peers", "train_lerobot.py"), "--policy", p,
-                           "--dataset", ds, "--out", run_dir, "--minutes", str(minutes),
-                           "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers),
-                           "--seed", str(args.seed)]
-                    if os.path.isdir(os.path.join(run_dir, "train")):
-                        cmd.append("--overwrite")
-                    if args.train_steps:
-                        cmd += ["--steps", str(args.train_steps)]
-                    if args.train_threads:
-                        cmd += ["--threads", str(args.train_threads)]
-                    extra = shlex.split(args.act_args if p == "act" else args.diffusion_args)
-                    if extra:
-                        cmd += ["--"] + extra
-                    log(f"{task}/{PEERS[p]}: training for {minutes:g} min ({budgets[task][1]})")
-                    rc = run_streamed(cmd, f"train {p}", os.path.join(logs, f"train_{tl}_{p}.log"), env=env,
-                                      timeout_s=minutes * 60 * 2 + 900)
-                    if rc != 0 or not os.path.isfile(summary_path):
-                        raise RuntimeError(f"train_lerobot.py exited {rc}")
-                trained[p] = json.load(open(summary_path))
-                trained[p]["run_dir"] = run_dir
-            except Exception as e:  # noqa: BLE001
-                error(f"{task}/{PEERS[p]}: train", e)
+    def train_peer(self, task: str, p: str, ds: str) -> dict:
+        """2. one peer trained for the task's budget with LeRobot's trainer (a finished run of that budget is
+        reused) -> its train_summary.json."""
+        args, minutes = self.args, self.budgets[task][0]
+        run_dir = os.path.join(self.runs, f"{task.lower()}_{p}")
+        summary_path = os.path.join(run_dir, "train_summary.json")
+        prev = json.load(open(summary_path)) if os.path.isfile(summary_path) else None
+        finished = bool(prev and prev.get("ok"))
+        same_budget = finished and abs(float(prev.get("budget_minutes") or 0) - minutes) <= 0.01 * minutes
+        reusable = finished and (same_budget or bool(args.train_steps))
+        if finished and not reusable:
+            log(f"{task}/{PEERS[p]}: the run in {run_dir} had {prev.get('budget_minutes')} min, the budget is "
+                f"{minutes:g} min: training again")
+        if reusable and not args.retrain:
+            log(f"{task}/{PEERS[p]}: reusing the finished run {run_dir} (--retrain to train again)")
+        elif args.skip_train:
+            raise FileNotFoundError(f"no finished run in {run_dir} (--skip-train)")
+        else:
+            cmd = [args.peer_python, os.path.join(self.here, "peers", "train_lerobot.py"), "--policy", p,
+                   "--dataset", ds, "--out", run_dir, "--minutes", str(minutes), "--batch-size", str(args.batch_size),
+                   "--num-workers", str(args.num_workers), "--seed", str(args.seed)]
+            if os.path.isdir(os.path.join(run_dir, "train")):
+                cmd.append("--overwrite")
+            if args.train_steps:
+                cmd += ["--steps", str(args.train_steps)]
+            if args.train_threads:
+                cmd += ["--threads", str(args.train_threads)]
+            extra = shlex.split(args.act_args if p == "act" else args.diffusion_args)
+            if extra:
+                cmd += ["--"] + extra
+            log(f"{task}/{PEERS[p]}: training for {minutes:g} min ({self.budgets[task][1]})")
+            rc = self.stream(cmd, f"train {p}", f"train_{task.lower()}_{p}.log", timeout_s=minutes * 60 * 2 + 900)
+            if rc != 0 or not os.path.isfile(summary_path):
+                raise RuntimeError(f"train_lerobot.py exited {rc}")
+        return {**json.load(open(summary_path)), "run_dir": run_dir}
 
-        # 3. serve
-        rows: dict[str, dict] = {}
-        cmds: dict[str, list[str]] = {}  # name -> server command without --threads
+    def contenders(self, task: str, trained: dict) -> tuple[dict, dict]:
+        """3. the policies to serve -> ({name: row}, {name: server command without --threads})."""
+        rows, cmds = {}, {}
         for p, s in trained.items():
-            cmds[PEERS[p]] = [args.peer_python, os.path.join(here, "peers", "serve_lerobot.py"), "--policy",
+            cmds[PEERS[p]] = [self.args.peer_python, os.path.join(self.here, "peers", "serve_lerobot.py"), "--policy",
                               s["run_dir"], "--bind", "tcp://127.0.0.1:0"]
-            if p == "act" and args.act_n_action_steps:
-                cmds[PEERS[p]] += ["--n-action-steps", str(args.act_n_action_steps)]
+            if p == "act" and self.args.act_n_action_steps:
+                cmds[PEERS[p]] += ["--n-action-steps", str(self.args.act_n_action_steps)]
             rows[PEERS[p]] = {"policy": PEERS[p], "task": task, "kind": "peer", "peer": p,
                               "params": s.get("params"), "train_minutes": s.get("train_minutes"),
                               "train_samples_per_s": s.get("samples_per_s"), "train_steps": s.get("steps_done"),
                               "train_batch_size": s.get("batch_size"), "train_threads": s.get("threads"),
                               "checkpoint": s.get("checkpoint"), "checkpoint_mb": s.get("checkpoint_mb")}
-        if task in ours:
-            cmds["ours"] = vla_cmd + ["serve", "--policy", ours[task], "--bind", "tcp://127.0.0.1:0"]
-            rows["ours"] = {"policy": "ours", "task": task, "kind": "ours", "checkpoint": os.path.abspath(ours[task]),
-                            "checkpoint_name": os.path.basename(os.path.normpath(ours[task])),
-                            "train_samples_per_s": None, **ours_train_record(ours[task])}
-            rows["ours"].update(recipe_train_minutes=rows["ours"].get("train_minutes"), train_minutes=minutes,
-                                train_minutes_from=budgets[task][1])
-        else:
+        ours = self.ours.get(task)
+        if not ours:
             log(f"{task}: no --ours checkpoint; peers only")
+            return rows, cmds
+        cmds["ours"] = self.vla_cmd + ["serve", "--policy", ours, "--bind", "tcp://127.0.0.1:0"]
+        rows["ours"] = {"policy": "ours", "task": task, "kind": "ours", "checkpoint": os.path.abspath(ours),
+                        "checkpoint_name": os.path.basename(os.path.normpath(ours)), "train_samples_per_s": None,
+                        **ours_train_record(ours)}
+        rows["ours"].update(recipe_train_minutes=rows["ours"].get("train_minutes"),
+                            train_minutes=self.budgets[task][0], train_minutes_from=self.budgets[task][1])
+        return rows, cmds
 
-        def start(threads: int) -> tuple[dict, dict]:
-            """Every policy's server with `threads` torch threads -> ({name: Server}, {name: address}); a server that
-            does not come up is an error and left out."""
-            servers, addrs = {}, {}
-            for n, cmd in cmds.items():
-                servers[n] = Server(n, cmd + ["--threads", str(threads)],
-                                    os.path.join(logs,
-                                                 f"serve_{tl}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', n)}_t{threads}.log"),
-                                    env=env)
-            for n, srv in list(servers.items()):
-                try:
-                    addrs[n] = srv.wait()
-                    from robot_bridge.client import PolicyClient
+    def start(self, task: str, rows: dict, cmds: dict, threads: int) -> tuple[dict, dict]:
+        """Every policy's server with `threads` torch threads -> ({name: Server}, {name: address}); a server that
+        does not come up is an error and left out."""
+        from robot_bridge.client import PolicyClient
 
-                    with PolicyClient(addrs[n], timeout_ms=30_000) as c:
-                        meta = c.hello()
-                    rows[n].update(params=rows[n].get("params") or (meta.get("policy") or {}).get("parameters"),
-                                   chunk_size=meta.get("chunk_size"), n_action_steps=meta.get("n_action_steps"),
-                                   nfe=(meta.get("policy") or {}).get("nfe"))
-                    log(f"{n} on {addrs[n]} ({threads} thread(s); chunk {meta.get('chunk_size')}, "
-                        f"n_action_steps {meta.get('n_action_steps')})")
-                except Exception as e:  # noqa: BLE001
-                    error(f"{task}/{n}: serve", e)
-                    servers.pop(n).stop()
-                    addrs.pop(n, None)
-            return servers, addrs
+        servers = {n: Server(n, cmd + ["--threads", str(threads)], os.path.join(
+            self.logs, f"serve_{task.lower()}_{_safe(n)}_t{threads}.log"), env=self.env) for n, cmd in cmds.items()}
+        addrs = {}
+        for n, srv in list(servers.items()):
+            try:
+                addrs[n] = srv.wait()
+                with PolicyClient(addrs[n], timeout_ms=30_000) as c:
+                    meta = c.hello()
+                rows[n].update(params=rows[n].get("params") or (meta.get("policy") or {}).get("parameters"),
+                               chunk_size=meta.get("chunk_size"), n_action_steps=meta.get("n_action_steps"),
+                               nfe=(meta.get("policy") or {}).get("nfe"))
+                log(f"{n} on {addrs[n]} ({threads} thread(s); chunk {meta.get('chunk_size')}, "
+                    f"n_action_steps {meta.get('n_action_steps')})")
+            except Exception as e:  # noqa: BLE001
+                self.error(f"{task}/{n}: serve", e)
+                servers.pop(n).stop()
+                addrs.pop(n, None)
+        return servers, addrs
 
-        def publish() -> None:
-            result["rows"] = [r for r in result["rows"] if r["task"] != task] + [r for r in rows.values()]
-            save()
+    def evaluate(self, task: str, n: str, addr: str) -> dict:
+        """4. closed-loop evaluation of one served policy with our harness -> its row's fields."""
+        args = self.args
+        edir = os.path.join(self.runs, "eval", f"{task.lower()}_{_safe(n)}")
+        cmd = self.vla_cmd + ["eval", "--server", addr, "--task", task, "--episodes", str(args.episodes), "--mode",
+                              "sync", "--out", edir, "--videos", "0", "--image-size", str(args.image_size)]
+        if args.seed_base is not None:
+            cmd += ["--seed-base", str(args.seed_base)]
+        log(f"{task}/{n}: evaluating {args.episodes} episodes")
+        sfile = os.path.join(edir, f"summary_{task}.json")
+        if os.path.exists(sfile):
+            os.remove(sfile)
+        rc = self.stream(cmd, f"eval {n}", f"eval_{task.lower()}_{os.path.basename(edir)}.log")
+        if rc != 0 or not os.path.isfile(sfile):
+            raise RuntimeError(f"vla eval exited {rc}")
+        s = json.load(open(sfile))
+        log(f"{task}/{n}: success {s['success_rate']:.0%} over {s['episodes']} episodes")
+        return {"success": s["success_rate"], "episodes": s["episodes"], "mean_length": s["mean_length"],
+                "replan_every": s.get("replan_every"), "eval_chunk_ms_p50": s.get("chunk_ms_p50"),
+                "eval_seconds": s.get("seconds"), "threads": args.threads}
 
-        # 4. closed-loop evaluation, one policy at a time
-        servers, addrs = start(args.threads)
+    def latency_observations(self, task: str, ds: str) -> tuple[str, list[dict]]:
+        src = self.data[task][0] if os.path.isfile(self.data[task][0]) else ds
         try:
-            for n, addr in addrs.items():
-                rows[n]["threads"] = args.threads
-                edir = os.path.join(runs, "eval", f"{tl}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', n)}")
-                try:
-                    cmd = vla_cmd + ["eval", "--server", addr, "--task", task, "--episodes", str(args.episodes),
-                                     "--mode", "sync", "--out", edir, "--videos", "0",
-                                     "--image-size", str(args.image_size)]
-                    if args.seed_base is not None:
-                        cmd += ["--seed-base", str(args.seed_base)]
-                    log(f"{task}/{n}: evaluating {args.episodes} episodes")
-                    sfile = os.path.join(edir, f"summary_{task}.json")
-                    if os.path.exists(sfile):
-                        os.remove(sfile)
-                    rc = run_streamed(cmd, f"eval {n}", os.path.join(logs, f"eval_{tl}_{os.path.basename(edir)}.log"),
-                                      env=env)
-                    if rc != 0 or not os.path.isfile(sfile):
-                        raise RuntimeError(f"vla eval exited {rc}")
-                    s = json.load(open(sfile))
-                    rows[n].update(success=s["success_rate"], episodes=s["episodes"], mean_length=s["mean_length"],
-                                   replan_every=s.get("replan_every"), eval_chunk_ms_p50=s.get("chunk_ms_p50"),
-                                   eval_seconds=s.get("seconds"))
-                    log(f"{task}/{n}: success {s['success_rate']:.0%} over {s['episodes']} episodes")
-                except Exception as e:  # noqa: BLE001
-                    error(f"{task}/{n}: eval", e)
-                publish()
+            return src, sample_observations(src, n=self.args.latency_obs, seed=0, task=task)
+        except ValueError:  # the file names its task otherwise (a LeRobot export: the instruction)
+            return src, sample_observations(src, n=self.args.latency_obs, seed=0)
+
+    def latency(self, task: str, rows: dict, cmds: dict, src: str, obs: list[dict], threads: int) -> None:
+        """5. chunk latency of every policy over the same observations, interleaved, under each background load."""
+        servers, addrs = self.start(task, rows, cmds, threads)
+        try:
+            for load in self.lat_loads:
+                live = {n: a for n, a in addrs.items() if servers[n].proc.poll() is None}
+                if not live:
+                    break
+                log(f"{task}: chunk latency of {list(live)}, {threads} thread(s), {load} busy process(es), over "
+                    f"{len(obs)} observations of {src}, interleaved")
+                with busy_load(load):
+                    lat = measure_latency(live, obs)
+                for n, d in lat.items():
+                    steps = rows[n].get("n_action_steps") or rows[n].get("chunk_size")
+                    d.update(threads=threads, load=load,
+                             action_ms_p50=d["chunk_ms_p50"] / steps if steps and d["chunk_ms_p50"] else None)
+                    rows[n]["latency"] = [x for x in rows[n].get("latency", [])
+                                          if (x["threads"], x["load"]) != (threads, load)] + [d]
+                    if threads == self.args.threads and load == 0:  # the row's headline figures
+                        rows[n].update({k: v for k, v in d.items() if k not in ("threads", "load")},
+                                       latency_source=src)
         finally:
             for srv in servers.values():
                 srv.stop()
 
-        # 5. latency over the same observations, interleaved, per thread count and background load
-        if args.latency_obs <= 0 or not cmds:
-            continue
+    def task(self, task: str) -> None:
         try:
-            from latency import sample_observations
-
-            src = data[task][0] if os.path.isfile(data[task][0]) else ds
-            try:
-                obs = sample_observations(src, n=args.latency_obs, seed=0, task=task)
-            except ValueError:  # the file names its task otherwise (a LeRobot export: the instruction)
-                obs = sample_observations(src, n=args.latency_obs, seed=0)
+            ds = self.export(task)
         except Exception as e:  # noqa: BLE001
-            error(f"{task}: latency observations", e)
-            continue
-        for threads in lat_threads:
-            servers, addrs = start(threads)
+            return self.error(f"{task}: export", e)
+        trained = {}
+        for p in (p for p in self.peer_tasks if task in self.peer_tasks[p]):
             try:
-                for load in lat_loads:
-                    live = {n: a for n, a in addrs.items() if servers[n].proc.poll() is None}
-                    if not live:
-                        break
-                    log(f"{task}: chunk latency of {list(live)}, {threads} thread(s), {load} busy process(es), over "
-                        f"{len(obs)} observations of {src}, interleaved")
-                    with busy_load(load):
-                        lat = measure_latency(live, obs)
-                    for n, d in lat.items():
-                        steps = rows[n].get("n_action_steps") or rows[n].get("chunk_size")
-                        d.update(threads=threads, load=load,
-                                 action_ms_p50=d["chunk_ms_p50"] / steps if steps and d["chunk_ms_p50"] else None)
-                        rows[n]["latency"] = [x for x in rows[n].get("latency", [])
-                                              if (x["threads"], x["load"]) != (threads, load)] + [d]
-                        if threads == args.threads and load == 0:  # the row's headline figures
-                            rows[n].update({k: v for k, v in d.items() if k not in ("threads", "load")},
-                                           latency_source=src)
+                trained[p] = self.train_peer(task, p, ds)
             except Exception as e:  # noqa: BLE001
-                error(f"{task}: latency ({threads} threads)", e)
-            finally:
-                for srv in servers.values():
-                    srv.stop()
-            publish()
-    result["seconds"] = round(time.time() - t_start, 1)
-    save()
-    cols = ("policy", "task", "success", "episodes", "chunk_ms_p50", "chunk_ms_p99", "params", "train_minutes",
-            "train_samples_per_s")
-    print("\t".join(cols))
-    for r in result["rows"]:
-        print("\t".join("-" if r.get(c) is None else (f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]))
-                        for c in cols))
-    log(f"wrote {out} and {png}; ours/best peer success (min over tasks): {result['ours_over_best_peer_success_min']}, "
-        f"ours/ACT latency: {result['ours_over_act_latency']}")
-    return 1 if result["errors"] else 0
+                self.error(f"{task}/{PEERS[p]}: train", e)
+        rows, cmds = self.contenders(task, trained)
+        servers, addrs = self.start(task, rows, cmds, self.args.threads)
+        try:  # one policy at a time
+            for n, addr in addrs.items():
+                try:
+                    rows[n].update(self.evaluate(task, n, addr))
+                except Exception as e:  # noqa: BLE001
+                    rows[n]["threads"] = self.args.threads
+                    self.error(f"{task}/{n}: eval", e)
+                self.publish(task, rows)
+        finally:
+            for srv in servers.values():
+                srv.stop()
+        if self.args.latency_obs <= 0 or not cmds:
+            return
+        try:
+            src, obs = self.latency_observations(task, ds)
+        except Exception as e:  # noqa: BLE001
+            return self.error(f"{task}: latency observations", e)
+        for threads in self.lat_threads:
+            try:
+                self.latency(task, rows, cmds, src, obs, threads)
+            except Exception as e:  # noqa: BLE001
+                self.error(f"{task}: latency ({threads} threads)", e)
+            self.publish(task, rows)
+
+    def print_table(self) -> None:
+        cols = ("policy", "task", "success", "episodes", "chunk_ms_p50", "chunk_ms_p99", "params", "train_minutes",
+                "train_samples_per_s")
+        print("\t".join(cols))
+        for r in self.result["rows"]:
+            print("\t".join("-" if r.get(c) is None else (f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]))
+                            for c in cols))
+
+
+def main(argv=None) -> int:
+    bench = PeersRun(parse_args(argv), argv)
+    t_start = time.time()
+    bench.collect_missing()
+    for task in bench.tasks:
+        bench.task(task)
+    bench.result["seconds"] = round(time.time() - t_start, 1)
+    bench.save()
+    bench.print_table()
+    log(f"wrote {bench.out} and {bench.png}; ours/best peer success (min over tasks): "
+        f"{bench.result['ours_over_best_peer_success_min']}, ours/ACT latency: {bench.result['ours_over_act_latency']}")
+    return 1 if bench.result["errors"] else 0
 
 
 if __name__ == "__main__":

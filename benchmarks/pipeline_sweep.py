@@ -14,17 +14,12 @@ import argparse
 import itertools
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from common import command, measure, sample_observations, training_data, write_json
 
-import torch  # noqa: E402
-from latency import measure, sample_observations, training_data  # noqa: E402
-from results_io import write_json  # noqa: E402
-
-from sim.evaluate import evaluate_policy_dir  # noqa: E402
-from vla.policy import Policy  # noqa: E402
+from sim.evaluate import evaluate_policy_dir
+from vla.policy import Policy
 
 
 def main() -> None:
@@ -64,7 +59,7 @@ def main() -> None:
                                 workers=args.workers, videos=0, out_dir=os.path.join(eval_root, f"setting{i}"))
         r["success"], r["episodes"] = s["success_rate"], s["episodes"]
         print(json.dumps(r), flush=True)
-    res = {"command": "python benchmarks/pipeline_sweep.py " + " ".join(sys.argv[1:]), "policy": args.policy,
+    res = {"command": command(__file__), "policy": args.policy,
            "task": args.task, "rows": rows}
     write_json(args.out, res)
     print(f"{'tau_add':>8}{'tau_act':>8}{'tau_conf':>9}{'n':>3}{'NFE':>6}{'p50 ms':>8}{'success':>9}")

@@ -24,11 +24,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from results_io import write_json  # noqa: E402
+from common import ROOT, write_json
 
 GROUPS = [  # (group, substrings of the aten op name after "aten::"); first match wins
     ("matmul", ("addmm", "mm", "bmm", "matmul", "linear")),
@@ -144,7 +140,7 @@ def main(argv=None) -> int:
                                                          "quantization; a latency what-if)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "profile_decode.json"))
     args = ap.parse_args(argv)
-    from latency import sample_observations
+    from common import sample_observations
 
     policies = args.policy or [os.path.join(ROOT, "vla", "pretrained", n) for n in ("lift_tiny", "multitask_tiny")]
     obs = sample_observations(args.data, n=args.obs, seed=0, task=args.task)

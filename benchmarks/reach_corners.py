@@ -20,14 +20,10 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, command, write_json
 
-from results_io import write_json  # noqa: E402
-
-from robot_bridge.robots.franka import FrankaRobot  # noqa: E402
-from robot_bridge.robots.franky_sim import FrankySim  # noqa: E402
+from robot_bridge.robots.franka import FrankaRobot
+from robot_bridge.robots.franky_sim import FrankySim
 
 HOME = [0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785]
 
@@ -90,7 +86,7 @@ def main() -> int:
             v = [float(x) for x in b.split(",")]
             boxes.append((b, tuple(v[:3]), tuple(v[3:])))
     result = {"arm": "franka (franky-sim FR3)", "dynamics": args.dynamics, "boxes": [],
-              "command": "python benchmarks/reach_corners.py " + " ".join(sys.argv[1:])}
+              "command": command(__file__)}
     with FrankySim("127.0.0.1"):
         robot = fr.Robot("127.0.0.1", realtime_config=fr.RealtimeConfig.Ignore)
         robot.relative_dynamics_factor = args.dynamics

@@ -43,16 +43,12 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, command, write_json
 
-from results_io import write_json  # noqa: E402
-
-from robot_bridge.net import free_port  # noqa: E402
-from robot_bridge.robot_client import RobotClient  # noqa: E402
-from robot_bridge.robots.franky_sim import FrankySim  # noqa: E402
-import robot_faults  # noqa: E402  (benchmarks/, on the path above)
+from robot_bridge.net import free_port
+from robot_bridge.robot_client import RobotClient
+from robot_bridge.robots.franky_sim import FrankySim
+import robot_faults
 
 
 def _wiggle(i: int) -> np.ndarray:
@@ -193,7 +189,7 @@ def main() -> int:
         "policy_loss_to_hold_ms": loss["max"],
         "honest_throughput_ratio_under_overflow_attack": attack["ratio"],
         **_adapter_fields(adapter),
-        "command": "python benchmarks/robot.py " + " ".join(sys.argv[1:]),
+        "command": command(__file__),
         "details": {"latency": lat, "watchdog": wd, "rates": rates, "robot_status": status["status"],
                     "orientation": {"bounded": rot, "unbounded": rot_unbounded}, "pose_fault": pose,
                     "policy_loss": loss, "overflow_attack": attack, "adapter_faults": adapter,
@@ -239,7 +235,7 @@ def adapter_faults_only(args) -> int:
         with open(args.out) as f:
             result = json.load(f)
     result.update(_adapter_fields(adapter))
-    result["command_adapter_faults"] = "python benchmarks/robot.py " + " ".join(sys.argv[1:])
+    result["command_adapter_faults"] = command(__file__)
     result.setdefault("details", {})["adapter_faults"] = adapter
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in _adapter_fields(adapter)}, indent=2))

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
 
+from common import VlaServe
+
 from robot_bridge import protocol as P
 from robot_bridge.client import PolicyClient
 from robot_bridge.control_loop import ControlLoop, LoopConfig
-from robot_bridge.net import free_port
 from robot_bridge.robot_client import RemoteRobot, RobotClient
 from robot_bridge.robot_server import RobotServer
 from robot_bridge.robots.franka import FrankaConfig, FrankaRobot
@@ -232,22 +231,10 @@ def overflow_attack(seconds: float, honest: int = 4) -> dict:
 
     tmp = tempfile.mkdtemp(prefix="vla_faults_")
     Policy.untrained("tiny").save_pretrained(tmp)
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "vla.cli", "serve", "--policy", tmp, "--bind", address],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ctx = mp.get_context("spawn")
     res = {}
-    try:
-        c = PolicyClient(address, timeout_ms=2000)
-        for _ in range(120):
-            try:
-                c.hello(timeout_ms=1000)
-                break
-            except TimeoutError:
-                if server.poll() is not None:
-                    raise RuntimeError(f"vla serve exited: {server.stderr.read()[-2000:]}")
-        c.close()
+    with VlaServe(tmp) as server:
+        address = server.address
         for name, overflow in (("valid_attacker", False), ("overflow_attacker", True)):
             q = ctx.Queue()
             procs = [ctx.Process(target=_honest, args=(address, seconds, q)) for _ in range(honest)]
@@ -260,9 +247,6 @@ def overflow_attack(seconds: float, honest: int = 4) -> dict:
             att = next(g for g in got if isinstance(g, tuple))
             res[name] = {"honest_answers": int(sum(g for g in got if not isinstance(g, tuple))),
                          "attacker_replies": att[1], "attacker_errors": att[2]}
-    finally:
-        server.terminate()
-        server.wait(15)
     res["ratio"] = res["overflow_attacker"]["honest_answers"] / max(1, res["valid_attacker"]["honest_answers"])
     res["seconds"] = seconds
     return res

@@ -21,11 +21,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from results_io import write_json  # noqa: E402
+from common import ROOT, command, pct, write_json
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -45,10 +41,6 @@ class InstantPolicy:
         a[:, :3] = self.rng.uniform(-0.3, 0.3, (8, 3))
         a[:, 6] = -1.0
         return {"actions": a}
-
-
-def _pct(x, q):
-    return float(np.percentile(np.asarray(x, np.float64), q)) if len(x) else None
 
 
 def main() -> int:
@@ -71,7 +63,7 @@ def main() -> int:
     remote = RemoteRobot(srv.address, sync=True, timeout_ms=30_000, max_steps=args.steps)
     observe_ms, command_ms, reset_ms, step_s, steps = [], [], [], 0.0, 0
     client = remote.client
-    observe, command, reset = client.observe, client.command, client.reset
+    observe, send, reset = client.observe, client.command, client.reset
 
     def timed(fn, sink):
         def call(*a, **kw):
@@ -81,7 +73,7 @@ def main() -> int:
             return out
         return call
 
-    client.observe, client.command = timed(observe, observe_ms), timed(command, command_ms)
+    client.observe, client.command = timed(observe, observe_ms), timed(send, command_ms)
     client.reset = timed(reset, reset_ms)
     loop = ControlLoop(InstantPolicy(), remote, LoopConfig(mode="sync", replan_every=args.replan_every))
     try:
@@ -98,9 +90,9 @@ def main() -> int:
         "task": args.task, "image_size": args.image_size, "replan_every": args.replan_every,
         "episodes": args.episodes, "steps": steps,
         "step_ms_mean": step_s / max(steps, 1) * 1e3,
-        "observe_ms_p50": _pct(observe_ms, 50), "observe_ms_p99": _pct(observe_ms, 99), "observes": len(observe_ms),
-        "command_ms_p50": _pct(command_ms, 50), "command_ms_p99": _pct(command_ms, 99),
-        "command": "python benchmarks/robot_sim.py " + " ".join(sys.argv[1:]),
+        "observe_ms_p50": pct(observe_ms, 50), "observe_ms_p99": pct(observe_ms, 99), "observes": len(observe_ms),
+        "command_ms_p50": pct(command_ms, 50), "command_ms_p99": pct(command_ms, 99),
+        "command": command(__file__),
     }
     write_json(args.out, result)
     print(json.dumps(result, indent=2))

@@ -29,16 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from results_io import write_json  # noqa: E402
+from common import ROOT, VlaServe, command, write_json
 
 STRATEGIES = ["sync", "naive", "linear", "ensemble", "rtc", "rtc_train"]
 BLEND = {"naive": "none", "linear": "linear", "ensemble": "ensemble", "rtc": "inpaint", "rtc_train": "inpaint"}
@@ -77,38 +72,6 @@ def _pairs(items: list[str], flag: str) -> dict:
     return out
 
 
-class Server:
-    """`vla serve` for one policy directory in its own process, for the length of a `with` block."""
-
-    def __init__(self, policy: str, threads: int):
-        self.policy, self.threads = policy, threads
-
-    def __enter__(self):
-        import subprocess
-
-        from robot_bridge.client import PolicyClient
-        from robot_bridge.net import free_port
-
-        self.address = f"tcp://127.0.0.1:{free_port()}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "vla.cli", "serve", "--policy", self.policy, "--bind",
-                                      self.address, "--threads", str(self.threads)], cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            with PolicyClient(self.address, timeout_ms=60_000, retries=0) as probe:
-                self.meta = probe.hello()  # waits for the server to come up
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except Exception:  # noqa: BLE001
-            self.proc.kill()
-
-
 def run_cell(task: str, d: int, strat: str, pol: str, episodes: int, rate: float, threads: int, work: str,
              replan: int | None = None) -> dict:
     """One cell: serve `pol`, run `episodes` episodes of `task` in the loop with `strat` at `d` injected steps
@@ -119,12 +82,12 @@ def run_cell(task: str, d: int, strat: str, pol: str, episodes: int, rate: float
     out = os.path.join(work, task, f"{strat}_d{d}")
     mode = "sync" if strat == "sync" else "async"
     t0 = time.time()
-    with Server(pol, threads) as srv:
+    with VlaServe(pol, threads) as srv:
         s = evaluate_server(srv.address, task, episodes=episodes, videos=0, out_dir=out, mode=mode, rate_hz=rate,
                             replan_every=replan if mode == "sync" else None,
                             keep_actions=True, progress=False, blend=BLEND.get(strat, "none"),
                             inject_delay_ms=d * 1e3 / rate if mode == "async" else 0.0)
-        chunk = srv.meta["chunk_size"]
+        chunk = srv.metadata["chunk_size"]
     cell = {"task": task, "strategy": strat, "delay_steps": d, "policy": pol, "episodes": s["episodes"],
             "success": s["success_rate"], "mean_len": s["mean_length"], "chunk_size": chunk,
             **({"replan_every": s.get("replan_every"), "replan_arg": replan} if mode == "sync" else {}),
@@ -167,10 +130,10 @@ def main() -> None:
             old = json.load(f)
         prev = {(c.get("task"), c["strategy"], c["delay_steps"], c.get("episodes"), c.get("policy"),
                  c.get("replan_arg")): c for c in old.get("cells", [])}
-    command = "python benchmarks/rtc.py " + " ".join(sys.argv[1:])
+    cmd_line = command(__file__)
     # several invocations may fill one file (a task per run): each one's command is kept, and so are the cells of tasks
     # this one does not run
-    res: dict = {"command": command, "commands": [c for c in old.get("commands", []) if c != command] + [command],
+    res: dict = {"command": cmd_line, "commands": [c for c in old.get("commands", []) if c != cmd_line] + [cmd_line],
                  "rate_hz": args.rate, "delays": args.delays, "workers": args.workers,
                  "cells": [c for c in old.get("cells", []) if c.get("task") not in policies]}
     work = os.path.join(ROOT, "eval", "rtc")

@@ -19,10 +19,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, ship, train_record, train_run  # noqa: E402
+from common import ROOT, VLA, ship, train_record, train_run, write_json
 
 CONFIG = "configs/train/lift_tiny_h16.yaml"
 TEACHER = "runs/lift_tiny_h16"

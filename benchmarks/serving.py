@@ -31,58 +31,19 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from common import VlaServe, command, demo_observation, pct, training_data, write_json
 
-from robot_bridge import fuzz  # noqa: E402
-from robot_bridge import protocol as P  # noqa: E402
-from robot_bridge.client import PolicyClient  # noqa: E402
-from robot_bridge.net import free_port  # noqa: E402
+from robot_bridge import fuzz
+from robot_bridge import protocol as P
+from robot_bridge.client import PolicyClient
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from latency import demo_observation, training_data  # noqa: E402
-from results_io import write_json  # noqa: E402
-from transport_idle import HoldPolicy  # noqa: E402
-
-
-class ServerProc:
-    """`vla serve` in a subprocess; ready once it answers hello."""
-
-    def __init__(self, policy_dir: str, threads: int, extra: list[str], log_path: str):
-        self.address = f"tcp://127.0.0.1:{free_port()}"
-        self.log = open(log_path, "w")
-        cmd = [sys.executable, "-m", "vla.cli", "serve", "--policy", policy_dir, "--bind", self.address,
-               "--threads", str(threads), *extra]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONPATH": ROOT})
-        with PolicyClient(self.address, timeout_ms=1000, retries=120) as c:
-            self.metadata = c.hello()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> int | None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
-def _pct(x, q) -> float | None:
-    return float(np.percentile(x, q)) if len(x) else None
+from transport_idle import HoldPolicy
 
 
 def _obs(rng, size: int, meta: dict) -> dict:
@@ -111,10 +72,10 @@ def bench_transport(address: str, n: int, size: int, progress: bool, desc: str =
             queue_ms.append(t["queue_ms"])
             batch.append(t["batch"])
     bytes_ = len(P.pack(P.make_request("infer", 1, **P.obs_fields(obs))))
-    return {"transport_ms_p50": _pct(over, 50), "transport_ms_p99": _pct(over, 99),
-            "transport_vs_policy_ms_p50": _pct(over_policy, 50), "transport_vs_policy_ms_p99": _pct(over_policy, 99),
-            "rtt_ms_p50": _pct(rtt, 50), "server_non_model_ms_p50": _pct(server_extra, 50),
-            "queue_ms_p50": _pct(queue_ms, 50), "max_batch_seen": int(max(batch)), "request_bytes": bytes_, "n": n}
+    return {"transport_ms_p50": pct(over, 50), "transport_ms_p99": pct(over, 99),
+            "transport_vs_policy_ms_p50": pct(over_policy, 50), "transport_vs_policy_ms_p99": pct(over_policy, 99),
+            "rtt_ms_p50": pct(rtt, 50), "server_non_model_ms_p50": pct(server_extra, 50),
+            "queue_ms_p50": pct(queue_ms, 50), "max_batch_seen": int(max(batch)), "request_bytes": bytes_, "n": n}
 
 
 def bench_transport_floor(metadata: dict, n: int, size: int, progress: bool) -> dict:
@@ -210,7 +171,7 @@ def bench_clients(addresses: dict, task: str, size: int, seconds: float, replan:
         mine = [r for r in rows if r[0] == addr]
         lat = np.concatenate([r[2] for r in mine])
         span = max(r[4] for r in mine) - min(r[3] for r in mine)
-        out[name] = {"rps": len(lat) / span, "p99_ms": _pct(lat, 99), "p50_ms": _pct(lat, 50), "requests": len(lat)}
+        out[name] = {"rps": len(lat) / span, "p99_ms": pct(lat, 99), "p50_ms": pct(lat, 50), "requests": len(lat)}
     return out
 
 
@@ -282,9 +243,9 @@ def main(argv=None) -> int:
     servers = {}
     try:
         print("starting servers ...", flush=True)
-        servers["batched"] = ServerProc(policy_dir, args.threads, ["--max-batch", "8", "--max-wait-ms", "2"],
+        servers["batched"] = VlaServe(policy_dir, args.threads, ["--max-batch", "8", "--max-wait-ms", "2"],
                                         f"{tmp}/b.log")
-        servers["unbatched"] = ServerProc(policy_dir, args.threads, ["--max-batch", "1"], f"{tmp}/c.log")
+        servers["unbatched"] = VlaServe(policy_dir, args.threads, ["--max-batch", "1"], f"{tmp}/c.log")
         meta = servers["batched"].metadata
 
         # the default server (max_batch 8, max_wait 2 ms): a lone client must not pay the batching wait
@@ -315,7 +276,7 @@ def main(argv=None) -> int:
 
         replay_data = args.replay_data or training_data(policy_dir)
         if replay_data and os.path.exists(replay_data):
-            from vla.dataset import load_demos
+            from vla.formats import load_demos
 
             demos = load_demos(replay_data, split=None, tasks=[args.task])[:20]
             robot = ReplayRobot(demos, args.replay_steps)
@@ -362,7 +323,7 @@ def main(argv=None) -> int:
         "clients4": {"batched_rps": details["c"]["batched"]["rps"], "unbatched_rps": details["c"]["unbatched"]["rps"],
                      "batched_p99_ms": details["c"]["batched"]["p99_ms"],
                      "unbatched_p99_ms": details["c"]["unbatched"]["p99_ms"]},
-        "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command(__file__, argv),
         "policy": label,
     }
     write_json(args.out, result)

@@ -39,10 +39,7 @@ import shutil
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from results_io import write_json  # noqa: E402
+from common import ROOT, write_json
 
 PACKAGES = ("vla", "sim", "robot_bridge")
 RANK = {"robot": 0, "vla": 0, "serving": 1, "sim": 2, "app": 3}

@@ -22,9 +22,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, run, train_record, train_run  # noqa: E402
+from common import ROOT, VLA, run, train_record, train_run, write_json
 
 RELEASE = "multitask_tiny_release"
 FILES = {"Lift": ["data/lift.hdf5"], "PickColor": ["data/pickcolor.hdf5"], "Stack": ["data/stack_release.hdf5"],

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import command, write_json
 
-from results_io import write_json  # noqa: E402
-
-from robot_bridge.client import PolicyClient  # noqa: E402
-from robot_bridge.serving.server import PolicyServer  # noqa: E402
+from robot_bridge.client import PolicyClient
+from robot_bridge.serving.server import PolicyServer
 
 
 class HoldPolicy:
@@ -64,16 +60,19 @@ class TimedServer(PolicyServer):
         super().__init__(*a, **kw)
         self.done_at: list[float] = []
         self.sent_at: list[float] = []
+        flush = self.router.flush  # the socket thread sends the replies workers posted
+
+        def timed_flush() -> None:
+            pending = not self.router._outbox.empty()
+            flush()
+            if pending:
+                self.sent_at.append(time.perf_counter())
+
+        self.router.flush = timed_flush
 
     def _done(self, *a, **kw):
         self.done_at.append(time.perf_counter())  # before the reply is built: the socket thread may send it
         super()._done(*a, **kw)                   # before this call returns
-
-    def _flush(self, sock) -> None:
-        pending = not self._outbox.empty()
-        super()._flush(sock)
-        if pending:
-            self.sent_at.append(time.perf_counter())
 
 
 def measure(mode: str, hold_ms: float, n: int, size: int) -> dict:
@@ -116,7 +115,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(json.dumps(r))
     out = {"rows": rows,
-           "command": "python benchmarks/transport_idle.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+           "command": command(__file__, argv)}
     write_json(args.out, out)
     return 0
 

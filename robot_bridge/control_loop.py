@@ -278,6 +278,23 @@ class _Requester:
                 self._cv.notify_all()
 
 
+@dataclass
+class _AsyncRun:
+    """What the steps of one async episode share (ControlLoop._run_async)."""
+
+    period: float  # s per control step
+    req: _Requester
+    inpaint: bool  # requests carry prefix_actions (blend inpaint, or auto with a policy that takes them)
+    plan: dict[int, tuple[np.ndarray, int]]  # absolute step -> (action (D,), request step of its chunk)
+    chunk_len: int  # the last chunk's length (before any: the policy's chunk_size)
+    t_next: float  # perf_counter when the next tick is due
+    last: np.ndarray | None = None  # the last action taken from a chunk (what a hold keeps)
+    retry_at: float = 0.0  # perf_counter before which no request is made (after a failed one)
+    prev_tick: float | None = None  # perf_counter of the previous tick
+    starved_since: float | None = None  # perf_counter of the first tick of the current starvation
+    outage: bool = False  # the current starvation has lasted policy_lost_s (logged and counted once)
+
+
 class ControlLoop:
     """Drive `robot` with chunks from `policy` (PolicyClient or any object with infer(obs) and reset())."""
 
@@ -396,18 +413,38 @@ class ControlLoop:
                 return
 
     def _run_async(self, log: EpisodeLog, horizon: int, on_step) -> None:
+        """One action every period from the plan; chunks are requested in the background and merged as they land."""
+        run = self._start_async(log)
+        for t in range(horizon):
+            tick = self._wait_for_tick(run, log.stats)
+            self._take_replies(run, log, t)  # chunks that arrived since the last tick
+            self._request_if_low(run, log.stats, t)  # early enough that the queue never runs dry
+            action, src = run.plan.pop(t, (None, -1))  # the action due now
+            if action is None:
+                if self._note_starvation(run, log.stats, tick):  # give_up_s reached: the episode ends here
+                    break
+                action = self._starved_action(run, log, t, tick)
+            else:
+                self._note_fed(run, tick, action)
+            if action is not None:
+                self._apply(log, t, action, src, on_step)
+            if getattr(self.robot, "done", False):
+                break
+            self._schedule_next(run, log.stats)
+        self._finish_async(run, log.stats)
+
+    def _start_async(self, log: EpisodeLog) -> _AsyncRun:
+        """Resolve the blend, start the requester and (first_chunk_timeout_s > 0) wait for the first chunk; the
+        clock starts once this returns."""
         cfg, st = self.config, log.stats
         period = 1.0 / cfg.rate_hz
         if self._requester is None:
             self._requester = _Requester(self._timed_infer)
-        req = self._requester
         inpaint = cfg.blend in ("inpaint", "auto") and self._takes_prefix(warn=cfg.blend == "inpaint")
         st.blend = "inpaint" if inpaint else ("none" if cfg.blend in ("auto", "inpaint") else cfg.blend)
         self._ens = None
-        plan: dict[int, tuple[np.ndarray, int]] = {}  # absolute step -> (action (D,), request step of its chunk)
+        plan: dict[int, tuple[np.ndarray, int]] = {}
         chunk_len = int((getattr(self.policy, "metadata", None) or {}).get("chunk_size", 8))
-        last: np.ndarray | None = None
-        retry_at = 0.0
 
         t_wait = time.perf_counter()
         if cfg.first_chunk_timeout_s > 0:  # the clock starts with a chunk in hand
@@ -415,100 +452,127 @@ class ControlLoop:
             if cfg.blend == "ensemble" and plan:  # the first prediction of each of its steps
                 self._merge(plan, np.stack([a for a, _ in plan.values()]), 0, 0)
 
-        t_next = time.perf_counter()
-        prev_tick = None
-        starved_since: float | None = None  # perf_counter of the first tick of the current starvation
-        outage = False
+        run = _AsyncRun(period=period, req=self._requester, inpaint=inpaint, plan=plan, chunk_len=chunk_len,
+                        t_next=time.perf_counter())
         if not plan:  # no first chunk: starved since the wait for it began
-            starved_since = t_wait
-        for t in range(horizon):
-            now = time.perf_counter()
-            if now < t_next:
-                time.sleep(t_next - now)
-            tick = time.perf_counter()
-            if prev_tick is not None:
-                st.periods_ms.append((tick - prev_tick) * 1e3)
-            prev_tick = tick
+            run.starved_since = t_wait
+        return run
 
-            # 1. chunks that arrived since the last tick: align by request step, drop what is past
-            while True:
-                try:
-                    res = req.results.get_nowait()
-                except queue.Empty:
-                    break
-                if res["episode"] != self._episode:
-                    continue
-                if res["error"] is not None:
-                    st.request_failures += 1
-                    st.last_error = f"{type(res['error']).__name__}: {res['error']}"[:300]
-                    retry_at = time.perf_counter() + cfg.retry_interval_s
-                    continue
-                chunk = np.asarray(res["out"]["actions"], dtype=np.float32)  # (H, D)
-                chunk_len = len(chunk)
-                if res["step"] + len(chunk) <= t:  # past its deadline: its last action was due before now
-                    st.late_discarded += 1
-                    continue
-                self._record_chunk(log, res["out"], (res["t_recv"] - res["t_sent"]) * 1e3,
-                                   cover_ms=(res["t_recv"] - res["t_obs"]) * 1e3)
-                skip = t - res["step"]
-                st.stale_dropped += skip
-                self._merge(plan, chunk[skip:], t, res["step"])
+    @staticmethod
+    def _wait_for_tick(run: _AsyncRun, st: LoopStats) -> float:
+        """Sleep until the next tick is due; returns its perf_counter time and logs the period since the last."""
+        now = time.perf_counter()
+        if now < run.t_next:
+            time.sleep(run.t_next - now)
+        tick = time.perf_counter()
+        if run.prev_tick is not None:
+            st.periods_ms.append((tick - run.prev_tick) * 1e3)
+        run.prev_tick = tick
+        return tick
 
-            # 2. ask for the next chunk early enough that the queue never runs dry
-            below = cfg.request_below or self._adaptive_below(list(self._recent_ms), period, chunk_len,
-                                                              cfg.latency_margin)
-            # (inpaint: not while a reply is waiting to be merged: the prefix must be taken from the plan it lands on)
-            if len(plan) < below and not req.busy and time.perf_counter() >= retry_at and not (
-                    inpaint and not req.results.empty()):
-                t_obs = time.perf_counter()  # the queue must cover the observation too (cameras, rendering)
-                obs = self.robot.get_observation()
-                if inpaint:
-                    obs = self._with_prefix(obs, plan, t, period, chunk_len, st)
-                req.submit({"obs": obs, "t_obs": t_obs, "step": t, "episode": self._episode,
+    def _take_replies(self, run: _AsyncRun, log: EpisodeLog, t: int) -> None:
+        """Merge every reply that has arrived, in arrival order."""
+        while True:
+            try:
+                res = run.req.results.get_nowait()
+            except queue.Empty:
+                return
+            self._take_reply(run, log, t, res)
+
+    def _take_reply(self, run: _AsyncRun, log: EpisodeLog, t: int, res: dict) -> None:
+        """One reply at step t: count a failure (and wait retry_interval_s before the next request), discard it past
+        its deadline, else align it by its request step (the actions for steps < t are dropped) and merge the rest."""
+        cfg, st = self.config, log.stats
+        if res["episode"] != self._episode:  # a reply to a request of an earlier episode
+            return
+        if res["error"] is not None:
+            st.request_failures += 1
+            st.last_error = f"{type(res['error']).__name__}: {res['error']}"[:300]
+            run.retry_at = time.perf_counter() + cfg.retry_interval_s
+            return
+        chunk = np.asarray(res["out"]["actions"], dtype=np.float32)  # (H, D)
+        run.chunk_len = len(chunk)
+        if res["step"] + len(chunk) <= t:  # past its deadline: its last action was due before now
+            st.late_discarded += 1
+            return
+        self._record_chunk(log, res["out"], (res["t_recv"] - res["t_sent"]) * 1e3,
+                           cover_ms=(res["t_recv"] - res["t_obs"]) * 1e3)
+        skip = t - res["step"]
+        st.stale_dropped += skip
+        self._merge(run.plan, chunk[skip:], t, res["step"])
+
+    def _request_if_low(self, run: _AsyncRun, st: LoopStats, t: int) -> None:
+        """Request the next chunk with the current observation when the plan runs below the request threshold, no
+        request is out and no retry wait is pending."""
+        cfg = self.config
+        below = cfg.request_below or self._adaptive_below(list(self._recent_ms), run.period, run.chunk_len,
+                                                          cfg.latency_margin)
+        # (inpaint: not while a reply is waiting to be merged: the prefix must be taken from the plan it lands on)
+        if len(run.plan) < below and not run.req.busy and time.perf_counter() >= run.retry_at and not (
+                run.inpaint and not run.req.results.empty()):
+            t_obs = time.perf_counter()  # the queue must cover the observation too (cameras, rendering)
+            obs = self.robot.get_observation()
+            if run.inpaint:
+                obs = self._with_prefix(obs, run.plan, t, run.period, run.chunk_len, st)
+            run.req.submit({"obs": obs, "t_obs": t_obs, "step": t, "episode": self._episode,
                             "deadline": time.monotonic() + cfg.request_timeout_ms / 1e3,
                             "timeout_ms": cfg.request_timeout_ms})
 
-            # 3. the action due now
-            action, src = plan.pop(t, (None, -1))
-            if action is None:
-                st.starvation_events += 1
-                if starved_since is None:
-                    starved_since = tick
-                starved = tick - starved_since
-                if starved >= cfg.policy_lost_s and not outage:
-                    outage = True
-                    st.policy_outages += 1
-                    log_.warning("no action chunk for %.1f s (last error: %s): %s; retrying", starved,
-                                 st.last_error or "none, the request is still out", "not commanding the robot (its "
-                                 "watchdog holds it)" if cfg.starvation_hold_s is not None else "sending hold actions")
-                if cfg.give_up_s is not None and starved >= cfg.give_up_s:
-                    st.gave_up = st.policy_lost = True
-                    log_.warning("no action chunk for %.1f s (last error: %s): giving up on the policy server", starved,
-                                 st.last_error or "none, the request is still out")
-                    break
-                # past starvation_hold_s, or an absolute target to hold does not exist yet: send nothing
-                quiet = cfg.starvation_hold_s is not None and starved > cfg.starvation_hold_s - 1e-9
-                action = None if quiet else self._hold(last)
-                if action is None:
-                    st.silent_ticks += 1
-                    if st.t_first_silent is None:
-                        st.t_first_silent = time.time()
-                    log.length = t + 1
-            else:
-                if outage:
-                    log_.warning("action chunks again after %.1f s: commanding the robot", tick - starved_since)
-                starved_since, outage = None, False
-                last = action
-            if action is not None:
-                self._apply(log, t, action, src, on_step)
-            if getattr(self.robot, "done", False):
-                break
-            t_next += period
-            if time.perf_counter() > t_next + period:  # more than a period behind: re-anchor, don't burst
-                st.overruns += 1
-                t_next = time.perf_counter()
-        st.policy_lost = st.policy_lost or outage  # ended during an outage: the next episode would start without one
-        req.wait_idle(cfg.request_timeout_ms / 1e3 + 1.0)  # nothing of this episode leaks into the next
+    def _note_starvation(self, run: _AsyncRun, st: LoopStats, tick: float) -> bool:
+        """Count a tick with an empty queue; log an outage once it has lasted policy_lost_s. True when it has lasted
+        give_up_s: the loop stops."""
+        cfg = self.config
+        st.starvation_events += 1
+        if run.starved_since is None:
+            run.starved_since = tick
+        starved = tick - run.starved_since
+        if starved >= cfg.policy_lost_s and not run.outage:
+            run.outage = True
+            st.policy_outages += 1
+            log_.warning("no action chunk for %.1f s (last error: %s): %s; retrying", starved,
+                         st.last_error or "none, the request is still out", "not commanding the robot (its "
+                         "watchdog holds it)" if cfg.starvation_hold_s is not None else "sending hold actions")
+        if cfg.give_up_s is not None and starved >= cfg.give_up_s:
+            st.gave_up = st.policy_lost = True
+            log_.warning("no action chunk for %.1f s (last error: %s): giving up on the policy server", starved,
+                         st.last_error or "none, the request is still out")
+            return True
+        return False
+
+    def _starved_action(self, run: _AsyncRun, log: EpisodeLog, t: int, tick: float) -> np.ndarray | None:
+        """The hold action for a starved tick, or None (a silent tick, counted): past starvation_hold_s, or an
+        absolute target to hold does not exist yet."""
+        cfg, st = self.config, log.stats
+        quiet = cfg.starvation_hold_s is not None and tick - run.starved_since > cfg.starvation_hold_s - 1e-9
+        action = None if quiet else self._hold(run.last)
+        if action is None:
+            st.silent_ticks += 1
+            if st.t_first_silent is None:
+                st.t_first_silent = time.time()
+            log.length = t + 1
+        return action
+
+    @staticmethod
+    def _note_fed(run: _AsyncRun, tick: float, action: np.ndarray) -> None:
+        """An action from a chunk: any starvation is over, and it is what a later hold keeps."""
+        if run.outage:
+            log_.warning("action chunks again after %.1f s: commanding the robot", tick - run.starved_since)
+        run.starved_since, run.outage = None, False
+        run.last = action
+
+    @staticmethod
+    def _schedule_next(run: _AsyncRun, st: LoopStats) -> None:
+        """The next tick one period on; more than a period behind: re-anchor the schedule, don't burst."""
+        run.t_next += run.period
+        if time.perf_counter() > run.t_next + run.period:
+            st.overruns += 1
+            run.t_next = time.perf_counter()
+
+    def _finish_async(self, run: _AsyncRun, st: LoopStats) -> None:
+        """An episode that ended during an outage lost the policy (the next would start without one); wait for the
+        request still out."""
+        st.policy_lost = st.policy_lost or run.outage
+        run.req.wait_idle(self.config.request_timeout_ms / 1e3 + 1.0)  # nothing of this episode leaks into the next
 
     def _timed_infer(self, job: dict) -> dict:
         out = self._infer(job["obs"], job["step"], job["timeout_ms"], job["deadline"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from vla.dataset import DemoWriter
+from vla.formats.hdf5_writer import DemoWriter
 from sim.env import DEFAULT_CAMERAS, VLAEnv
 from sim.experts import make_expert, run_expert_episode
 from sim.tasks import get_task

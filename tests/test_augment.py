@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from vla.dataset import Demo
+from vla.features import Demo
 from vla.config import DataConfig
-from vla.data import DemoBatches, rename_colors, swapped_color
+from vla.data import DemoBatches
+from vla.palette import rename_colors, swapped_color
 
 
 def test_swapped_colors_follow_the_palette():

@@ -81,11 +81,13 @@ def test_a_set_override_changes_one_field_of_the_model_preset():
     import argparse
 
     from vla.cli.commands import train_config_from_args
-    from vla.config import load_model_config
+    from vla.config import load_model_config, preset_model_config
 
     tiny = load_model_config("tiny")
     args = argparse.Namespace(config="lift_tiny", set=["model.image_size=96"], out=None, steps=None, init=None,
                               capvector=None, orth_weight=None, data=None)
     cfg = train_config_from_args(args)
-    assert cfg.model.image_size == 96 and tiny.image_size != 96
-    assert cfg.model.hidden_size == tiny.hidden_size == 192 and cfg.model.num_layers == tiny.num_layers
+    assert cfg.model == {"preset": "tiny", "image_size": 96}
+    m = preset_model_config(cfg.model)
+    assert m.image_size == 96 and tiny.image_size != 96
+    assert m.hidden_size == tiny.hidden_size == 192 and m.num_layers == tiny.num_layers

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from sim.collect import collect
-from vla.dataset import ChunkSampler, DatasetError, DemoWriter, check_file, compute_stats, load_demos
+from vla.data import ChunkSampler
+from vla.features import DatasetError
+from vla.formats import load_demos
+from vla.formats.hdf5 import check_file
+from vla.formats.hdf5_writer import DemoWriter
+from vla.stats import compute_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,10 +18,12 @@ import sys
 import numpy as np
 import pytest
 
-from vla.config import DataConfig, TrainConfig
+from vla.config import DataConfig, OptimConfig, TrainConfig
 from vla.data import DemoBatches, FrameRows
-from vla.dataset import DatasetError, Demo, describe, load_demos, peek_dims
-from vla.lerobot import LeRobotDir, export_lerobot, is_lerobot
+from vla.features import DatasetError, Demo
+from vla.formats import describe, load_demos, peek_dims
+from vla.formats.lerobot_v3 import LeRobotDir, is_lerobot
+from vla.formats.lerobot_v3_writer import export_lerobot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS_VENV = os.path.join(REPO, os.environ.get("PEERS_VENV", ".venv-peers"))
@@ -67,10 +69,10 @@ def _train(root: str, tmp_path, steps: int):
     from vla.policy import Policy
     from vla.train import train
 
-    cfg = TrainConfig(model="tiny", model_overrides={"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
+    cfg = TrainConfig(model={"preset": "tiny", "num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
                       data=DataConfig(paths=(root,), augment_shift=0, frame_cache=str(tmp_path / "cache")),
-                      out_dir=str(tmp_path / "run"), steps=steps, batch_size=4, warmup_steps=1, log_every=1,
-                      val_every=0, save_every=0, seed=1, threads=1)
+                      out_dir=str(tmp_path / "run"), steps=steps, batch_size=4, optim=OptimConfig(warmup_steps=1),
+                      log_every=1, val_every=0, save_every=0, seed=1, threads=1)
     train(cfg, progress=False)
     return Policy.from_pretrained(str(tmp_path / "run" / "policy"))
 
@@ -147,6 +149,25 @@ def test_info_show_and_dims_read_the_folder(exported, tmp_path):
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
     assert shown["steps"] == 12 and os.path.getsize(shown["video"]) > 0 and os.path.getsize(shown["action"]) > 0
+
+
+def test_exported_state_and_action_names_are_the_robot_sides(tmp_path):
+    """A 9-dim state and 7-dim eef_delta actions without names of their own are exported with the names the robot
+    side's observation spec uses: vla does not import robot_bridge, so each keeps the list, and they are equal."""
+    from robot_bridge.robots import base as robot
+    from vla.features import ACTION_NAMES, STATE_NAMES
+
+    assert STATE_NAMES == robot.STATE_NAMES and ACTION_NAMES == robot.ACTION_NAMES
+    demos = _demos(n=2, T=6, state_dim=9, action_dim=7, cams=(("front", 16, 16),))
+    root = str(tmp_path / "ds")
+    export_lerobot(demos, root, fps=10, video=False)
+    info = json.load(open(os.path.join(root, "meta/info.json")))
+    assert info["features"]["observation.state"]["names"] == list(STATE_NAMES)
+    fm = LeRobotDir(root).feature_map()
+    assert fm.state_names == STATE_NAMES and fm.action_names == ACTION_NAMES
+    back = load_demos(root, cameras=None)
+    assert all(np.array_equal(a.state, b.state) and np.array_equal(a.images["front"], b.images["front"])
+               for a, b in zip(demos, back))
 
 
 def test_frame_cache_is_a_memmap_built_once(exported, tmp_path):

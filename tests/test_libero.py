@@ -99,6 +99,35 @@ def test_merge_of_shards_and_refusal_of_mixed_settings(tmp_path):
         R.summarize(R.read_episodes([str(a), str(b)]))
 
 
+def test_a_folder_resumes_only_the_policy_that_ran_it(tmp_path):
+    """Episodes record the served checkpoint's weights_id; another checkpoint's run into the same folder is refused
+    instead of counting the first one's episodes as its own."""
+    import torch
+
+    from sim.libero.runner import check_out_dir
+    from vla.policy import Policy
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    p = Policy.untrained("tiny", cameras=("agentview", "wrist"), state_dim=8, action_dim=7)
+    p.save_pretrained(str(a))
+    with torch.no_grad():
+        next(p.model.parameters()).add_(1.0)
+    p.save_pretrained(str(b))
+    ida, idb = (Policy.from_pretrained(str(d)).metadata["weights_id"] for d in (a, b))
+    assert len(ida) == 16 and ida != idb and Policy.from_pretrained(str(a)).metadata["weights_id"] == ida
+    assert "weights_id" not in p.metadata  # built in memory: nothing to name
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "episodes.shard0-of-1.jsonl").write_text(json.dumps(_episode(0, 0, True, policy_weights=ida)) + "\n")
+    settings = C.episode_settings("libero_object")
+    assert check_out_dir(str(run), {**settings, "policy_weights": ida}) == 1
+    with pytest.raises(FileExistsError, match=f"another policy \\(weights {ida}, not {idb}\\)"):
+        check_out_dir(str(run), {**settings, "policy_weights": idb})
+    (run / "episodes.shard0-of-1.jsonl").write_text(json.dumps(_episode(0, 0, True)) + "\n")  # before the field
+    with pytest.raises(FileExistsError, match="weights not recorded"):
+        check_out_dir(str(run), {**settings, "policy_weights": idb})
+
+
 # ----------------------------------------------------------------------------------------------- real LIBERO
 def _venv_env():
     from sim.libero.runner import worker_env
@@ -188,6 +217,19 @@ def test_eval_resumes_and_a_killed_server_is_an_error_not_a_zero(libero_policy, 
         # mixed settings are refused before anything runs
         out, _ = _eval(common + ["--trials", "2", "--max-steps", "7"])
         assert out.returncode == 2 and "max_steps=60, not 7" in out.stderr
+        # so is another checkpoint's run into the same folder (same settings, other weights)
+        import torch
+
+        from vla.policy import Policy
+
+        other = Policy.from_pretrained(str(libero_policy))
+        with torch.no_grad():
+            next(other.model.parameters()).add_(1.0)
+        other.save_pretrained(str(tmp_path / "other"))
+        args = [a for a in common if a not in ("--server", f"tcp://127.0.0.1:{port}")]
+        out, _ = _eval(args + ["--policy", str(tmp_path / "other"), "--trials", "2", "--max-steps", "60"])
+        assert out.returncode == 2 and "another policy" in out.stderr, out.stderr[-2000:]
+        assert len(R.read_episodes(str(out_dir))) == 1
     finally:
         server.kill()
 
@@ -242,7 +284,7 @@ def test_a_demo_frame_reads_the_same_through_the_dataset_and_the_eval_path(tmp_p
     give the frames the dataset reader hands to training (both upright), not their flips."""
     import numpy as np
 
-    from vla.dataset import load_demos
+    from vla.formats import load_demos
 
     py, env = os.path.join(VENV, "bin", "python"), _venv_env()
     demos_dir = tmp_path / "demos"

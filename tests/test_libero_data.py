@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from sim.libero import conventions as C
-from vla.dataset import DatasetError, DemoWriter, Demo, describe, load_demos, peek_dims
-from vla.formats import READERS, Reader, detect, register
-from vla.lerobot import LeRobotDir, export_lerobot
+from vla.features import DatasetError, Demo
+from vla.formats import READERS, Reader, describe, detect, load_demos, peek_dims, register
+from vla.formats.hdf5_writer import DemoWriter
+from vla.formats.lerobot_v3 import LeRobotDir
+from vla.formats.lerobot_v3_writer import export_lerobot
 
 S, T, FPS = 32, 10, 20
 TASKS = {  # task name (the .bddl stem) -> instruction
@@ -306,7 +308,7 @@ def test_registry_order_and_registration(suite):
     with pytest.raises(ValueError, match="already registered"):
         register(READERS[1])
 
-    class Npz(Reader):  # a fifth format plugs in without touching vla.dataset
+    class Npz(Reader):  # a fifth format plugs in without touching the others
         name, holds = "npz-test", "an .npz file"
 
         def sniff(self, path):
@@ -339,7 +341,7 @@ def test_registry_order_and_registration(suite):
 def test_the_instruction_is_the_one_libero_evaluation_sends_not_the_bddl_wording(tmp_path):
     """LIBERO's BDDL (:language) line, which problem_info carries, says "pick the milk ..."; the benchmark's
     Task.language, which evaluation sends, says "pick up the milk ...": training must read the latter."""
-    from vla.dataset import load_demos
+    from vla.formats import load_demos
 
     task = "pick_up_the_milk_and_place_it_in_the_basket"
     write_native(tmp_path / f"{task}_demo.hdf5", task, "Pick the milk and place it in the basket", demos=1)

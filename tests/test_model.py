@@ -50,18 +50,18 @@ def test_vision_film_conditions_pixels_on_the_instruction():
     imgs, txt, tv, st, toks = _inputs(cfg)
     n_vis = cfg.n_vision_tokens
     with torch.no_grad():
-        base = m.embed_prefix(imgs, txt, st, tv)[:, :n_vis]
+        base = m.embed_prefix(imgs, txt, st, tv).tokens[:, :n_vis]
         txt2 = txt.clone()
         txt2[:, 1] = (txt[:, 1] + 1 - 3) % 37 + 3  # another word in every row
-        assert torch.equal(m.embed_prefix(imgs, txt2, st, tv)[:, :n_vis], base)  # zero-init FiLM: the plain stem
+        assert torch.equal(m.embed_prefix(imgs, txt2, st, tv).tokens[:, :n_vis], base)  # zero-init FiLM: the plain stem
         for stem in m.vision:
             torch.nn.init.normal_(stem.film.weight, std=0.05)
-        base = m.embed_prefix(imgs, txt, st, tv)[:, :n_vis]
-        other = m.embed_prefix(imgs, txt2, st, tv)[:, :n_vis]
+        base = m.embed_prefix(imgs, txt, st, tv).tokens[:, :n_vis]
+        other = m.embed_prefix(imgs, txt2, st, tv).tokens[:, :n_vis]
         assert (other - base).abs().amax(dim=(1, 2)).min() > 1e-3  # the words reach the pixels
         pad = txt.clone()
         pad[0, 5:] = 7  # row 0's padding (tv[0, 5:] is False) must not matter
-        torch.testing.assert_close(m.embed_prefix(imgs, pad, st, tv)[:1, :n_vis], base[:1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(m.embed_prefix(imgs, pad, st, tv).tokens[:1, :n_vis], base[:1], atol=1e-6, rtol=0)
         full, _ = m(imgs, txt, tv, st, toks)
         inc = m.action_logits(m.encode_prefix(imgs, txt, tv, st), toks, torch.arange(cfg.n_action_tokens))
         torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
@@ -76,21 +76,19 @@ def test_vision_target_token():
     torch.manual_seed(0)
     m = DVLA(cfg, 50)
     imgs, txt, tv, st, toks = _inputs(cfg)
-    logits, _ = m(imgs, txt, tv, st, toks)
-    assert m.last_target.shape == (3, 2)
+    logits, out = m(imgs, txt, tv, st, toks)
+    assert out.target.shape == (3, 2) and out.vision_hidden is None  # returned, not kept on the module
     logits.logsumexp(-1).sum().backward()
     assert all(p.grad is None for p in m.target_head.parameters())  # no action gradient into the head
     assert m.target_embed[0].weight.grad.abs().sum() > 0  # ...but the token is used
     m.zero_grad()
-    m(imgs, txt, tv, st, toks)
-    m.last_target.pow(2).sum().backward()
+    m(imgs, txt, tv, st, toks)[1].target.pow(2).sum().backward()
     assert m.target_head.mlp[-1].weight.grad.abs().sum() > 0
     m.eval()
     with torch.no_grad():
-        p1 = m.embed_prefix(imgs, txt, st, tv)
-        t1 = m.last_target.clone()
-        p2 = m.embed_prefix(imgs.flip(-1), txt, st, tv)  # another picture: another position, another token
-        assert (m.last_target - t1).abs().max() > 1e-4
+        p1, t1 = m.embed_prefix(imgs, txt, st, tv)
+        p2, t2 = m.embed_prefix(imgs.flip(-1), txt, st, tv)  # another picture: another position, another token
+        assert (t2 - t1).abs().max() > 1e-4
         n = cfg.n_vision_tokens
         assert (p2[:, n - 1] - p1[:, n - 1]).abs().max() > 1e-4
         full, _ = m(imgs, txt, tv, st, toks)
@@ -325,10 +323,10 @@ def test_vision_target_two_objects():
     m = DVLA(cfg, 50).eval()
     imgs, txt, tv, st, toks = _inputs(cfg)
     with torch.no_grad():
-        p = m.embed_prefix(imgs, txt, st, tv)
-        assert m.last_target.shape == (3, 4)
+        p, target = m.embed_prefix(imgs, txt, st, tv)
+        assert target.shape == (3, 4)
         n = cfg.n_vision_tokens
-        pred = m.last_target.unflatten(1, (2, 2))
+        pred = target.unflatten(1, (2, 2))
         for k in range(2):  # token n-2+k is object k's embedded x, y plus its slot
             torch.testing.assert_close(p[:, n - 2 + k], m.target_embed(pred[:, k]) + m.target_slot[k])
         full, _ = m(imgs, txt, tv, st, toks)
@@ -358,14 +356,10 @@ def test_text_pool_ordered_tells_word_order_apart():
         with torch.no_grad():
             for p in m.text_pool.parameters():  # a trained-looking pooler (the last Linear starts at the default init)
                 p.add_(torch.randn_like(p) * 0.1)
-            m.embed_prefix(imgs, txt, st, tv)
-            a = m.last_target.clone()
-            m.embed_prefix(imgs, swapped, st, tv)
-            b = m.last_target.clone()
-            m.embed_prefix(imgs, padded, st, tv)
-            c = m.last_target.clone()
-            m.embed_prefix(imgs, other_pad, st, tv)
-            torch.testing.assert_close(m.last_target, c)  # masked-out words change nothing
+            a = m.embed_prefix(imgs, txt, st, tv).target
+            b = m.embed_prefix(imgs, swapped, st, tv).target
+            c = m.embed_prefix(imgs, padded, st, tv).target
+            torch.testing.assert_close(m.embed_prefix(imgs, other_pad, st, tv).target, c)  # masked-out words: no say
             full, _ = m(imgs, swapped, tv, st, toks)
             inc = m.action_logits(m.encode_prefix(imgs, swapped, tv, st), toks, torch.arange(cfg.n_action_tokens))
             torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)

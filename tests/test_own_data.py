@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from vla.config import DataConfig, TrainConfig
-from vla.dataset import DatasetError, load_demos
-from vla.features import FeatureMap, fit_frames
+from vla.features import DatasetError, FeatureMap, fit_frames
+from vla.formats import load_demos
 from vla.policy import Policy
 from vla.train import train
 
@@ -46,11 +46,11 @@ def _robomimic_file(path, state_parts=(3, 4, 2), action_dim=7, cams=("agentview_
 
 
 def _cfg(path, out, **kw):
-    base = dict(model="tiny", model_overrides={"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
+    base = dict(model={"preset": "tiny", "num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
                 data=DataConfig(paths=(path,), augment_shift=0), out_dir=str(out), steps=5, batch_size=4,
-                warmup_steps=1, log_every=1, val_every=0, save_every=0, seed=1, threads=1)
+                optim={"warmup_steps": 1}, log_every=1, val_every=0, save_every=0, seed=1, threads=1)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.build(**base)
 
 
 def test_robomimic_layout_trains_with_no_overrides(tmp_path):
@@ -77,8 +77,8 @@ def test_another_embodiment_is_sized_by_its_data_and_serves_its_action_size(tmp_
            "instruction": "Lift"}
     assert p.infer(obs)["actions"].shape == (c.chunk_size, 6)
     # a config that disagrees with the data is an error naming both
-    bad = _cfg(path, tmp_path / "bad", model_overrides={"num_layers": 1, "image_size": 32,
-                                                        "vision_channels": (8, 16, 32), "action_dim": 7})
+    bad = _cfg(path, tmp_path / "bad", model={"preset": "tiny", "num_layers": 1, "image_size": 32,
+                                              "vision_channels": (8, 16, 32), "action_dim": 7})
     with pytest.raises(ValueError, match=r"model.action_dim: the config says 7, the data .*arm6.hdf5 has 6"):
         train(bad, progress=False)
 

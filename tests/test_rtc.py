@@ -15,7 +15,7 @@ from robot_bridge import protocol as P
 from robot_bridge.client import PolicyClient
 from robot_bridge.control_loop import ControlLoop, EnvRobot, LoopConfig
 from robot_bridge.serving.server import PolicyServer
-from vla.config import ModelConfig, TrainConfig
+from vla.config import ModelConfig, PrefixConfig, TrainConfig
 from vla.decoding import DECODER_FNS
 from vla.objectives import give_prefix, noise
 from vla.policy import Policy
@@ -86,9 +86,9 @@ def test_prefix_conditioning_gives_clean_first_steps_and_is_off_by_default():
     tokens = torch.randint(0, 256, (64, 56))
     g0, g1 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     off = noise(tokens, mcfg, TrainConfig(), g0)
-    again = noise(tokens, mcfg, TrainConfig(prefix_prob=0.0), g1)
+    again = noise(tokens, mcfg, TrainConfig(prefix=PrefixConfig(prob=0.0)), g1)
     assert all(torch.equal(a, b) for a, b in zip(off, again))  # off: the same draws as before the option existed
-    cfg = TrainConfig(prefix_prob=1.0, prefix_max_steps=5)
+    cfg = TrainConfig(prefix=PrefixConfig(prob=1.0, max_steps=5))
     g = torch.Generator().manual_seed(0)
     noised, masked = noise(tokens, mcfg, cfg, g)
     given_steps = []
@@ -101,11 +101,11 @@ def test_prefix_conditioning_gives_clean_first_steps_and_is_off_by_default():
         given_steps.append(d)
         assert bool(masked[b].any())  # every sample still has a loss
     assert max(given_steps) >= 5 and min(given_steps) == 0 and np.mean(given_steps) > 2  # d ~ U{0..5}
-    with pytest.raises(ValueError, match="prefix_prob"):
-        TrainConfig(prefix_prob=1.5)
+    with pytest.raises(ValueError, match=r"prefix\.prob"):
+        PrefixConfig(prob=1.5)
     # direct: with p = 1 and d_max = 7, at least one token stays masked
     n, m = give_prefix(tokens[:4], torch.full((4, 56), 256), torch.ones(4, 56, dtype=torch.bool), mcfg,
-                       TrainConfig(prefix_prob=1.0, prefix_max_steps=7), torch.Generator().manual_seed(1))
+                       TrainConfig(prefix=PrefixConfig(prob=1.0, max_steps=7)), torch.Generator().manual_seed(1))
     assert bool(m.any(dim=1).all())
 
 

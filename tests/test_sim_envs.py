@@ -234,7 +234,7 @@ def test_collected_files_carry_robomimic_env_metadata_that_rebuilds_the_env(tmp_
     import robosuite
 
     from sim.collect import collect
-    from vla.dataset import load_demos
+    from vla.formats import load_demos
 
     out = str(tmp_path / "lift.hdf5")
     collect("Lift", episodes=1, out=out, image_size=32, noise=0.05, progress=False)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vla.config import load_model_config, load_train_config
-from vla.dataset import DemoWriter
+from vla.formats.hdf5_writer import DemoWriter
 from vla.model import DVLA
 from vla.policy import CheckpointError, Policy
 from vla.text_encoder import INSTALL_HINT, MINILM_SHA256, TextEncoderError, encoder_tokenizer, resolve_encoder_dir

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vla.dataset import DemoWriter
-from vla.config import DataConfig, TrainConfig
+from vla.formats.hdf5_writer import DemoWriter
+from vla.config import DataConfig, DistillConfig, TrainConfig
 from vla.policy import Policy
 from vla.train import train
 
@@ -42,15 +42,18 @@ def dataset(tmp_path_factory):
     return path
 
 
+SMALL = {"preset": "tiny", "num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)}
+
+
 def _cfg(dataset, out, **kw):
+    """A toy run; `kw` in the nested layout or the legacy flat names (TrainConfig.build reads both)."""
     base = dict(
-        model="tiny",
-        model_overrides={"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)},
+        model=SMALL,
         data=DataConfig(paths=(dataset,), augment_shift=2),
         out_dir=str(out),
         steps=4,
         batch_size=4,
-        warmup_steps=2,
+        optim={"warmup_steps": 2},
         log_every=1,
         val_every=2,
         val_batches=1,
@@ -59,7 +62,7 @@ def _cfg(dataset, out, **kw):
         threads=1,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.build(**base)
 
 
 def test_resume_is_exact(dataset, tmp_path):
@@ -158,19 +161,30 @@ def test_train_config_errors(dataset, tmp_path):
 
 
 def test_every_shipped_training_config_loads():
-    """Each configs/train/*.yaml parses, and its model preset with its overrides builds a valid ModelConfig (a typo
-    in a field or a value fails here, not an hour into someone's run)."""
-    from vla.config import ModelConfig, list_presets, load_model_config, load_train_config
+    """Each configs/train/*.yaml parses (with the recipes it extends), and its model preset with its fields builds a
+    valid ModelConfig (a typo in a field or a value fails here, not an hour into someone's run); the training config
+    saved in every shipped checkpoint (the flat layout of earlier versions) loads too."""
+    import glob
+
+    from vla.config import (ModelConfig, list_presets, load_model_config, load_train_config, preset_model_config,
+                            train_config_from_dict)
 
     names = list_presets("train")
-    assert "multitask_tiny" in names and "distill_tiny" in names
+    assert "multitask_tiny" in names and "distill_tiny" in names and "base" in names
     for name in names:
         # `vla distill` fills in the teacher from its command line
-        cfg = load_train_config(name, {"teacher": "runs/teacher"} if name.startswith("distill") else None)
-        m = cfg.model if isinstance(cfg.model, ModelConfig) else load_model_config(cfg.model, cfg.model_overrides)
-        assert isinstance(m, ModelConfig), name
+        cfg = load_train_config(name, {"distill": {"teacher": "runs/teacher"}} if name.startswith("distill") else None)
+        assert isinstance(preset_model_config(cfg.model), ModelConfig), name
     with pytest.raises(ValueError, match="text_pool"):
         load_model_config("tiny", {"text_pool": "sum"})
+    shipped = sorted(glob.glob(os.path.join(ROOT, "vla", "pretrained", "*", "config.json")))
+    assert shipped
+    for path in shipped:
+        saved = json.load(open(path))["train"]
+        cfg = train_config_from_dict(saved)
+        assert cfg.optim.lr == saved["lr"] and cfg.steps == saved["steps"], path
+        assert cfg.model == {"preset": saved["model"], **saved["model_overrides"]}, path
+        assert isinstance(preset_model_config(cfg.model), ModelConfig), path
 
 
 def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(dataset, tmp_path):
@@ -208,9 +222,9 @@ def test_vla_distill_makes_a_block_causal_student_that_sees_the_teachers_images(
 def test_attention_aux_head_and_colour_swaps_train_resume_exactly_and_stay_out_of_the_policy(dataset, tmp_path):
     from vla.objectives import AttnPoolAuxHead
 
-    with pytest.raises(ValueError, match="aux_layer"):  # the test model has one layer; the default layer is 2
-        train(_cfg(dataset, tmp_path / "bad", aux="spatial"), progress=False)
-    kw = dict(aux="spatial", aux_head="attn", aux_layer=1,
+    with pytest.raises(ValueError, match="aux.layer"):  # the test model has one layer; the default layer is 2
+        train(_cfg(dataset, tmp_path / "bad", aux={"kind": "spatial"}), progress=False)
+    kw = dict(aux={"kind": "spatial", "head": "attn", "layer": 1},
               data=DataConfig(paths=(dataset,), augment_shift=2, augment_color=0.5))
     train(_cfg(dataset, tmp_path / "straight", **kw), progress=False)
     train(_cfg(dataset, tmp_path / "paused", **kw), progress=False, stop_after=2)
@@ -224,8 +238,8 @@ def test_attention_aux_head_and_colour_swaps_train_resume_exactly_and_stay_out_o
     assert not any("aux" in k or "query" in k for k in a)  # the served policy carries no auxiliary head
     rows = open(tmp_path / "straight" / "metrics.csv").read().strip().splitlines()
     assert "aux" in rows[0].split(",") and rows[-1].split(",")[rows[0].split(",").index("aux")] != ""
-    with pytest.raises(ValueError, match="aux_head"):
-        _cfg(dataset, tmp_path / "x", aux="spatial", aux_head="conv")
+    with pytest.raises(ValueError, match="aux.head"):
+        _cfg(dataset, tmp_path / "x", aux={"kind": "spatial", "head": "conv"})
     with pytest.raises(ValueError, match="divisible by 3"):
         AttnPoolAuxHead(4, 8, out=4)
 
@@ -233,13 +247,11 @@ def test_attention_aux_head_and_colour_swaps_train_resume_exactly_and_stay_out_o
 def test_target_head_learns_from_its_own_loss_only_and_ships_with_the_policy(dataset, tmp_path):
     """model.vision_target: the head is trained by the `target` loss only (its token is detached: with weight 0 it
     never moves), the metric is logged, and the policy keeps the head (inference needs it)."""
-    over = {"num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32), "vision_film": True,
-            "vision_target": True}
+    model = {**SMALL, "vision_film": True, "vision_target": True}
     k = "target_head.stem.film.weight"
     for w in (0.0, 1.0):
         out = tmp_path / f"w{w}"
-        train(_cfg(dataset, out, steps=2, save_every=1, keep_last=2, model_overrides=over, target_weight=w),
-              progress=False)
+        train(_cfg(dataset, out, steps=2, save_every=1, keep_last=2, model=model, target_weight=w), progress=False)
         s1 = load_file(str(out / "checkpoints" / "step_000001" / "model.safetensors"))
         s2 = load_file(str(out / "checkpoints" / "step_000002" / "model.safetensors"))
         assert not torch.equal(s1["head.weight"], s2["head.weight"])  # the policy trained in both runs
@@ -258,7 +270,7 @@ def test_orthogonal_penalty_in_training_keeps_the_update_off_the_capability_vect
     from vla.capvector import OrthogonalPenalty, extract, merge
 
     pt = train(_cfg(dataset, tmp_path / "pt"), progress=False)
-    ao = train(_cfg(dataset, tmp_path / "ao", init=pt, aux="spatial", aux_layer=1), progress=False)
+    ao = train(_cfg(dataset, tmp_path / "ao", init=pt, aux={"kind": "spatial", "layer": 1}), progress=False)
     ft = train(_cfg(dataset, tmp_path / "ft", init=pt), progress=False)
     vec = str(tmp_path / "gamma.safetensors")
     gamma, _ = extract(ao, ft, out=vec)
@@ -270,15 +282,15 @@ def test_orthogonal_penalty_in_training_keeps_the_update_off_the_capability_vect
         w = load_file(os.path.join(run, "model.safetensors"))
         return float(pen.compute({k: w[k].requires_grad_() for k in pen.names}).detach())
 
-    kw = dict(init=meta, steps=6, lr=1e-3, val_every=0)
+    kw = dict(init=meta, steps=6, val_every=0, optim={"warmup_steps": 2, "lr": 1e-3})
     plain = train(_cfg(dataset, tmp_path / "plain", **kw), progress=False)
-    orth = train(_cfg(dataset, tmp_path / "orth", capvector=vec, orth_weight=100.0, **kw), progress=False)
+    orth = train(_cfg(dataset, tmp_path / "orth", orth={"capvector": vec, "weight": 100.0}, **kw), progress=False)
     assert cos2(orth) < 0.25 * cos2(plain), (cos2(orth), cos2(plain))
     rows = open(tmp_path / "orth" / "metrics.csv").read().strip().splitlines()
     col = rows[0].split(",").index("orth")
     assert float(rows[-1].split(",")[col]) >= 0.0 and float(rows[1].split(",")[col]) == 0.0  # step 1 starts at meta
     lora = tmp_path / "lora"
-    train(_cfg(dataset, lora, capvector=vec, orth_weight=1.0, lora_rank=2, **kw), progress=False)
+    train(_cfg(dataset, lora, orth={"capvector": vec, "weight": 1.0}, lora={"rank": 2}, **kw), progress=False)
     rows = open(lora / "metrics.csv").read().strip().splitlines()
     assert float(rows[-1].split(",")[rows[0].split(",").index("orth")]) > 0.0  # the A-matrix penalty, via autograd
 
@@ -304,10 +316,11 @@ def test_a_training_step_keeps_every_tensor_on_the_model_device(attention, objec
     text_valid = torch.ones(B, cfg.max_text_len, dtype=torch.bool, device=dev)
     state = torch.zeros(B, cfg.state_dim, device=dev)
     target = torch.zeros(B, A, dtype=torch.long, device=dev)
-    tcfg = TrainConfig(objective=objective, teacher="unused" if objective == "distill" else None)
+    tcfg = TrainConfig(objective=objective, distill=DistillConfig(teacher="unused" if objective == "distill" else None))
     noised, masked = noise(target, cfg, tcfg, torch.Generator().manual_seed(0))
     assert noised.device == dev and masked.device == dev and masked.shape == (B, A)
-    logits, vis = model(images, text_ids, text_valid, state, noised, capture_layer=1 if aux else None)
+    logits, out = model(images, text_ids, text_valid, state, noised, capture_layer=1 if aux else None)
+    vis = out.vision_hidden
     # masked_ce / masked_kl select the masked positions (a data-dependent shape, which 'meta' cannot compute; it
     # runs on any device): here the logits' mean stands in for them, so the backward pass still covers the model
     loss = logits.float().mean()

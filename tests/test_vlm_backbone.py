@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from robot_bridge.client import PolicyClient
 from robot_bridge.serving.server import PolicyServer
 from vla.config import load_model_config, load_train_config
-from vla.dataset import DemoWriter
+from vla.formats.hdf5_writer import DemoWriter
 from vla.model import DVLA, config_from_hf
 from vla.policy import Policy
 from vla.train import Trainer

@@ -370,11 +370,140 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One training run. `objective`: diffusion | diffusion_forcing | distill (see vla/objectives.py)."""
+class DiffusionForcingConfig:
+    """`df`: the diffusion_forcing objective's per-block mask ratios (vla/objectives.py, block_ratios)."""
 
-    model: str | ModelConfig = "tiny"  # preset name (configs/model/<name>.yaml) or a full ModelConfig
-    model_overrides: dict = field(default_factory=dict)
+    first: tuple[float, float] = (0.2, 0.7)  # first block's mask ratio ~ U(a, b)
+    max_increment: float = 0.3  # per-block non-negative increments ~ U(0, this), capped at 1
+    clean_past_prob: float = 0.5  # chance of the inference pattern: clean past, current masked, future all masked
+
+    def __post_init__(self):
+        a, b = self.first
+        if not 0.0 <= a <= b <= 1.0:
+            raise ValueError(f"df.first: expected [a, b] with 0 <= a <= b <= 1, got {list(self.first)}")
+        if self.max_increment < 0:
+            raise ValueError(f"df.max_increment: expected >= 0, got {self.max_increment}")
+        if not 0.0 <= self.clean_past_prob <= 1.0:
+            raise ValueError(f"df.clean_past_prob: expected a probability in [0, 1], got {self.clean_past_prob}")
+
+
+@dataclass(frozen=True)
+class PrefixConfig:
+    """`prefix`: real-time chunking's training-time prefix conditioning. With probability `prob` a sample's first
+    d ~ U{0..max_steps} action steps are given clean (not masked, no loss), the case inpainted decoding meets at run
+    time; prob 0 = off."""
+
+    prob: float = 0.0
+    max_steps: int | None = None  # None: chunk_size // 2
+
+    def __post_init__(self):
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"prefix.prob: expected a probability in [0, 1], got {self.prob}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"prefix.max_steps: expected >= 0 or null, got {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """`distill`: the distill objective, KL(teacher || student) on the masked positions."""
+
+    teacher: str | None = None  # the frozen bidirectional teacher's checkpoint (None: the init checkpoint)
+    ce_weight: float = 0.0  # optional CE on ground truth beside the KL
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.ce_weight < 0:
+            raise ValueError(f"distill.ce_weight: expected >= 0, got {self.ce_weight}")
+        if self.temperature <= 0:
+            raise ValueError(f"distill.temperature: expected > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class AuxConfig:
+    """`aux`: the auxiliary objective (CapVector), a head on one layer's vision-token hidden states."""
+
+    kind: str | None = None  # None | "spatial" (object positions) | "eef_future" (eef position k steps ahead)
+    weight: float = 0.5
+    layer: int = 2  # backbone layer whose vision-token hidden states feed the head
+    head: str = "mlp"  # "mlp" (flatten all vision tokens) | "attn" (one attention-pooling query per object)
+    future_steps: int = 4  # eef_future: k
+
+    def __post_init__(self):
+        if self.kind not in (None, "spatial", "eef_future"):
+            raise ValueError(f"aux.kind: expected null, 'spatial' or 'eef_future', got {self.kind!r}")
+        if self.head not in ("mlp", "attn"):
+            raise ValueError(f"aux.head: expected 'mlp' or 'attn', got {self.head!r}")
+        if self.layer < 1:
+            raise ValueError(f"aux.layer: expected >= 1 (a backbone layer), got {self.layer}")
+        if self.future_steps < 0:
+            raise ValueError(f"aux.future_steps: expected >= 0, got {self.future_steps}")
+
+
+@dataclass(frozen=True)
+class OrthConfig:
+    """`orth`: the capability-vector orthogonal regularisation (vla/capvector.py)."""
+
+    capvector: str | None = None  # the vector (.safetensors); None = off
+    weight: float = 0.0
+    form: str = "cosine"  # cosine (squared cosine) | inner (squared inner product)
+
+    def __post_init__(self):
+        if self.form not in ("cosine", "inner"):
+            raise ValueError(f"orth.form: expected 'cosine' or 'inner', got {self.form!r}")
+        if self.weight < 0:
+            raise ValueError(f"orth.weight: expected >= 0, got {self.weight}")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """`lora`: train low-rank adapters instead of all weights (distillation / capvector); rank 0 = off."""
+
+    rank: int = 0
+    alpha: float = 16.0
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ValueError(f"lora.rank: expected >= 0 (0 = off), got {self.rank}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """`optim`: AdamW with linear warmup, then a cosine decay to min_lr_ratio * lr."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+
+    def __post_init__(self):
+        if self.lr < 0:
+            raise ValueError(f"optim.lr: expected >= 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay: expected >= 0, got {self.weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas: expected two numbers in [0, 1), got {list(self.betas)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps: expected >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0:
+            raise ValueError(f"optim.grad_clip: expected >= 0 (0 = off), got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. `objective`: diffusion | diffusion_forcing | distill (see vla/objectives.py); each
+    objective's knobs live in their own section (df, prefix, distill, aux, orth, lora, optim).
+
+    Written in recipes and `--set` as nested keys (`optim.lr`, `df.first`); the flat names of earlier versions
+    (`lr`, `df_first`, `model_overrides`, ...) still load, through LEGACY_KEYS."""
+
+    # the model: a preset name (configs/model/<name>.yaml), or {preset: <name>, <ModelConfig field>: value, ...};
+    # stored as that mapping (model_spec). The preset null: ModelConfig's defaults. vla.train.resolve_model_config
+    # turns it into the run's ModelConfig.
+    model: str | dict | ModelConfig = "tiny"
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "runs/default"
     init: str | None = None  # start from this checkpoint's weights (finetune / distill student / capvector meta)
@@ -383,42 +512,17 @@ class TrainConfig:
     init_refit: bool = False
     objective: str = "diffusion"
     eps: float = 1e-3  # mask prob = (1 - eps) * t + eps
-    # diffusion forcing
-    df_first: tuple[float, float] = (0.2, 0.7)  # first block's mask ratio ~ U(a, b)
-    df_max_increment: float = 0.3  # per-block non-negative increments ~ U(0, this), capped at 1
-    df_clean_past_prob: float = 0.5  # chance of the inference pattern: clean past, current masked, future all masked
-    # real-time chunking (training-time prefix conditioning): with this probability a sample's first d ~ U{0..max}
-    # action steps are given clean (not masked, no loss), the case inpainted decoding meets at run time; 0 = off
-    prefix_prob: float = 0.0
-    prefix_max_steps: int | None = None  # None: chunk_size // 2
-    # distillation
-    teacher: str | None = None
-    distill_ce_weight: float = 0.0  # optional CE on ground truth beside the KL
-    distill_temperature: float = 1.0
-    # auxiliary objective (CapVector)
-    aux: str | None = None  # None | "spatial" (object positions) | "eef_future" (eef position k steps ahead)
-    aux_weight: float = 0.5
-    aux_layer: int = 2  # backbone layer whose vision-token hidden states feed the head
-    aux_head: str = "mlp"  # "mlp" (flatten all vision tokens) | "attn" (one attention-pooling query per object)
     target_weight: float = 1.0  # model.vision_target: MSE of the predicted object x, y (normalised units)
-    aux_future_steps: int = 4
-    # capability-vector orthogonal regularisation
-    capvector: str | None = None
-    orth_weight: float = 0.0
-    orth_form: str = "cosine"  # cosine (squared cosine) | inner (squared inner product)
-    # LoRA (optional, distillation / capvector)
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    # optimisation
+    df: DiffusionForcingConfig = field(default_factory=DiffusionForcingConfig)
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    orth: OrthConfig = field(default_factory=OrthConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 2000
     batch_size: int = 32
     grad_accum: int = 1
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
     seed: int = 0
     # bookkeeping
     log_every: int = 25
@@ -433,30 +537,106 @@ class TrainConfig:
     n_action_steps: int | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "model", model_spec(self.model))
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, "
                              f"got {self.objective!r}.{_closest(self.objective, OBJECTIVES)}")
-        if self.objective == "distill" and not (self.teacher or self.init):
-            raise ValueError("teacher: the distill objective needs a teacher checkpoint")
-        if self.aux not in (None, "spatial", "eef_future"):
-            raise ValueError(f"aux: expected null, 'spatial' or 'eef_future', got {self.aux!r}")
-        if self.aux_head not in ("mlp", "attn"):
-            raise ValueError(f"aux_head: expected 'mlp' or 'attn', got {self.aux_head!r}")
-        if self.orth_form not in ("cosine", "inner"):
-            raise ValueError(f"orth_form: expected 'cosine' or 'inner', got {self.orth_form!r}")
+        if self.objective == "distill" and not (self.distill.teacher or self.init):
+            raise ValueError("distill.teacher: the distill objective needs a teacher checkpoint")
         if self.grad_accum < 1 or self.batch_size < 1:
             raise ValueError("batch_size and grad_accum: expected >= 1")
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ValueError(f"n_action_steps: expected >= 1 or null, got {self.n_action_steps}")
-        if not 0.0 <= self.prefix_prob <= 1.0:
-            raise ValueError(f"prefix_prob: expected a probability in [0, 1], got {self.prefix_prob}")
-        if self.prefix_max_steps is not None and self.prefix_max_steps < 0:
-            raise ValueError(f"prefix_max_steps: expected >= 0 or null, got {self.prefix_max_steps}")
+
+    @classmethod
+    def build(cls, **settings) -> TrainConfig:
+        """A TrainConfig from keyword settings in either layout (nested sections or the legacy flat names), typed
+        and checked as a recipe is: TrainConfig.build(model="tiny", lr=5e-4, data=DataConfig(...))."""
+        return from_dict(cls, upgrade_legacy(settings))
 
 
 OBJECTIVES = ("diffusion", "diffusion_forcing", "distill")
 BACKBONES = ("llama", "qwen2", "idefics3", "smolvlm", "paligemma")
-_NESTED = {"DataConfig": DataConfig, "DecodeConfig": DecodeConfig, "ModelConfig": ModelConfig}
+_NESTED = {c.__name__: c for c in (DataConfig, DecodeConfig, ModelConfig, DiffusionForcingConfig, PrefixConfig,
+                                     DistillConfig, AuxConfig, OrthConfig, LoraConfig, OptimConfig)}
+
+# The flat training-config names of earlier versions -> their place in the nested layout. Checkpoints' config.json
+# ("train") and runs' train_config.json hold the flat names, as do older commands (`--set lr=1e-4`). A name that is
+# also a section (aux) is legacy only with a value that is not a mapping (`aux: spatial`, not `aux: {kind: ...}`).
+LEGACY_KEYS = {
+    "model_overrides": "model",
+    "df_first": "df.first", "df_max_increment": "df.max_increment", "df_clean_past_prob": "df.clean_past_prob",
+    "prefix_prob": "prefix.prob", "prefix_max_steps": "prefix.max_steps",
+    "teacher": "distill.teacher", "distill_ce_weight": "distill.ce_weight",
+    "distill_temperature": "distill.temperature",
+    "aux": "aux.kind", "aux_weight": "aux.weight", "aux_layer": "aux.layer", "aux_head": "aux.head",
+    "aux_future_steps": "aux.future_steps",
+    "capvector": "orth.capvector", "orth_weight": "orth.weight", "orth_form": "orth.form",
+    "lora_rank": "lora.rank", "lora_alpha": "lora.alpha",
+    "lr": "optim.lr", "weight_decay": "optim.weight_decay", "betas": "optim.betas",
+    "warmup_steps": "optim.warmup_steps", "min_lr_ratio": "optim.min_lr_ratio", "grad_clip": "optim.grad_clip",
+}
+
+
+def upgrade_legacy(data: dict) -> dict:
+    """A training-config mapping (a recipe, --set overrides, a saved config) with its legacy flat names moved to
+    their nested places (LEGACY_KEYS). Legacy names merge after the rest, so `model_overrides` lands on `model` and
+    `lr` on `optim`, whatever their order."""
+    out: dict = {}
+    legacy = []
+    for key, value in data.items():
+        if key in LEGACY_KEYS and not (key in _SECTIONS and isinstance(value, dict)):
+            legacy.append((key, value))
+        else:
+            merge_overrides(out, {key: value})
+    for key, value in legacy:
+        node: dict = {}
+        parts = LEGACY_KEYS[key].split(".")
+        leaf = node
+        for p in parts[:-1]:
+            leaf = leaf.setdefault(p, {})
+        leaf[parts[-1]] = value
+        merge_overrides(out, node)
+    return out
+
+
+def model_spec(model) -> dict:
+    """TrainConfig.model in its one stored form: {"preset": name or None, <ModelConfig field>: value, ...}, the
+    fields checked by name and typed (`model.vision_film: expected true or false`). A preset name alone is
+    {"preset": name}; a full ModelConfig is every field with no preset; a mapping without "preset" starts from
+    ModelConfig's defaults (as a whole model config saved by earlier versions does)."""
+    if isinstance(model, ModelConfig):
+        return {"preset": None, **to_dict(model)}
+    if isinstance(model, str):
+        model = {"preset": model}
+    if not isinstance(model, dict):
+        raise ValueError(f"model: expected a preset name or a mapping, got {model!r}")
+    known = {f.name: f for f in fields(ModelConfig)}
+    out = {"preset": model.get("preset")}
+    if out["preset"] is not None:
+        if not isinstance(out["preset"], str):
+            raise ValueError(f"model.preset: expected a preset name or null, got {out['preset']!r}")
+        resolve_config_path(out["preset"], "model")  # an unknown name fails here, with the closest known one
+    for key, value in model.items():
+        if key == "preset":
+            continue
+        if key not in known:
+            raise ValueError(f"model.{key}: unknown ModelConfig field.{_closest(key, known)}")
+        out[key] = coerce(value, str(known[key].type), f"model.{key}")
+    return out
+
+
+def model_fields(model: dict) -> dict:
+    """The ModelConfig fields a TrainConfig.model sets over its preset (the spec without "preset")."""
+    return {k: v for k, v in model.items() if k != "preset"}
+
+
+def preset_model_config(model: dict) -> ModelConfig:
+    """TrainConfig.model's preset with its fields, before any checkpoint or data has a say."""
+    return load_model_config(model.get("preset"), model_fields(model))
+
+
+_SECTIONS = {f.name for f in fields(TrainConfig) if f.type in _NESTED}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -491,9 +671,12 @@ def resolve_config_path(name_or_path: str, kind: str) -> Path:
     return cand
 
 
-def load_model_config(name_or_path: str | ModelConfig, overrides: dict | None = None) -> ModelConfig:
+def load_model_config(name_or_path: str | ModelConfig | None, overrides: dict | None = None) -> ModelConfig:
+    """A model preset (None: ModelConfig's defaults) with `overrides` over its fields."""
     if isinstance(name_or_path, ModelConfig):
         base = to_dict(name_or_path)
+    elif name_or_path is None:
+        base = {}
     else:
         base = _load_yaml(resolve_config_path(name_or_path, "model"))
     base.update(overrides or {})
@@ -501,12 +684,12 @@ def load_model_config(name_or_path: str | ModelConfig, overrides: dict | None = 
 
 
 def merge_overrides(base: dict, over: dict) -> dict:
-    """The one merge rule for configs: nested maps merge key by key, anything else replaces. A model preset named by a
-    string (`model: tiny`) is expanded to its fields first, so `model.image_size=96` changes that field of the preset
-    and nothing else."""
+    """The one merge rule for configs (recipes over the recipes they extend, --set over a recipe): nested maps merge
+    key by key, the child's value winning; anything else replaces. A model named by its preset alone (`model: tiny`)
+    is {preset: tiny} here, so `model.image_size=96` changes that field of the preset and nothing else."""
     for k, v in over.items():
         if k == "model" and isinstance(v, dict) and isinstance(base.get(k), str):
-            base[k] = _load_yaml(resolve_config_path(base[k], "model"))
+            base[k] = {"preset": base[k]}
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             merge_overrides(base[k], v)
         else:
@@ -514,12 +697,38 @@ def merge_overrides(base: dict, over: dict) -> dict:
     return base
 
 
+def load_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A training recipe as a mapping in the nested layout, the recipe it `extends` merged under it (recursively,
+    child wins: merge_overrides). `extends` names a recipe (configs/train/<name>.yaml) or a .yaml path relative to
+    this file. A cycle or an unknown base is an error naming the recipe."""
+    data = _load_yaml(path)
+    base = data.pop("extends", None)
+    data = upgrade_legacy(data)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: extends: expected a recipe name, got {base!r}")
+    try:
+        base_path = resolve_config_path(str(path.parent / base) if base.endswith((".yaml", ".yml")) else base,
+                                        "train")
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"{path}: extends: {e}") from None
+    chain = _chain + (path.resolve(),)
+    if base_path.resolve() in chain:
+        raise ValueError(f"{path}: extends: a cycle ({' -> '.join(p.stem for p in chain + (base_path,))})")
+    return merge_overrides(load_recipe(base_path, chain), data)
+
+
 def load_train_config(name_or_path: str, overrides: dict | None = None) -> TrainConfig:
-    """A training config file or preset, with nested overrides merged by merge_overrides (CLI and code alike)."""
-    data = merge_overrides(_load_yaml(resolve_config_path(name_or_path, "train")), overrides or {})
-    if isinstance(data.get("model"), dict):
-        data["model"] = from_dict(ModelConfig, data["model"], where="model.")
+    """A training recipe or preset (with the recipes it extends), with nested overrides merged by merge_overrides
+    (CLI and code alike). Legacy flat names load in either (upgrade_legacy)."""
+    data = merge_overrides(load_recipe(resolve_config_path(name_or_path, "train")), upgrade_legacy(overrides or {}))
     return from_dict(TrainConfig, data)
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    """A saved training config (a run's train_config.json, a checkpoint's config.json "train"), either layout."""
+    return from_dict(TrainConfig, upgrade_legacy(data), where="train.")
 
 
 def replace(obj, **kw):

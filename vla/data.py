@@ -9,11 +9,12 @@ import logging
 import numpy as np
 import torch
 
-from vla.dataset import Demo, dataset_stats, load_demos, peek_dims
-from vla.features import FeatureMap
-from vla.palette import PALETTE
 from vla.config import DataConfig, ModelConfig
+from vla.features import Demo, FeatureMap
+from vla.formats import load_demos, peek_dims
 from vla.normalization import StateNormalizer
+from vla.palette import RGB_PERMS, rename_colors
+from vla.stats import dataset_stats
 from vla.tokenizers import ActionTokenizer, TextTokenizer
 
 
@@ -136,9 +137,44 @@ class DemoBatches:
         }
 
 
+class ChunkSampler:
+    """(observation, action chunk) samples: action chunk (H, D) from step t, padded with the last action.
+
+    Also returns `is_pad` (H,) bool so losses can ignore padded steps if they wish.
+    """
+
+    def __init__(self, demos: list[Demo], horizon: int):
+        if not demos:
+            raise ValueError("demos: no demonstrations to sample from (check the path, split and task filter)")
+        self.demos = demos
+        self.horizon = int(horizon)
+        self.index = np.array([(i, t) for i, d in enumerate(demos) for t in range(len(d))], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, k: int) -> dict:
+        i, t = self.index[k]
+        d = self.demos[i]
+        T = len(d)
+        steps = np.arange(t, t + self.horizon)
+        is_pad = steps >= T
+        steps = np.minimum(steps, T - 1)
+        return {
+            "images": {c: im[t] for c, im in d.images.items()},
+            "state": d.state[t],
+            "instruction": d.instruction,
+            "task": d.task,
+            "actions": d.actions[steps],
+            "is_pad": is_pad,
+            "object_pos": d.object_pos[t],
+            "future_eef": d.state[steps, 0:3],
+        }
+
+
 class FrameRows:
     """Frames of many demos addressed by global row without copying them: used when the demos' frames are views of
-    an on-disk memmap (vla.lerobot.FrameCache), so N ranks share the page cache instead of N copies in RAM.
+    an on-disk memmap (vla.formats.frames.FrameCache), so N ranks share the page cache instead of N copies in RAM.
     rows[idx] -> uint8 (B, S, S, 3)."""
 
     def __init__(self, arrays: list[np.ndarray]):
@@ -162,35 +198,6 @@ def frames_of(arrays: list[np.ndarray]):
     return np.concatenate(arrays)
 
 
-RGB_PERMS = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]  # identity first
-
-
-def swapped_color(name: str, perm, tol: float = 0.2) -> str | None:
-    """The palette colour `name` looks like once an image's channels are reordered by `perm` (new[c] = old[perm[c]]);
-    None when no palette colour is within `tol` in every channel (purple -> a cyan that no instruction names)."""
-    rgb = np.asarray(PALETTE[name][:3])[list(perm)]
-    best = min(PALETTE, key=lambda n: float(np.abs(np.asarray(PALETTE[n][:3]) - rgb).max()))
-    return best if float(np.abs(np.asarray(PALETTE[best][:3]) - rgb).max()) <= tol else None
-
-
-def rename_colors(instruction: str, perm) -> str | None:
-    """'pick up the red cube' with R and G swapped -> 'pick up the green cube'; None when the instruction names no
-    colour (nothing to learn from the swap) or a colour without a palette counterpart."""
-    words = instruction.split(" ")
-    named = [w.strip(".,!?").lower() for w in words]
-    if not any(w in PALETTE for w in named):
-        return None
-    out = []
-    for w, n in zip(words, named):
-        if n in PALETTE:
-            new = swapped_color(n, perm)
-            if new is None:
-                return None
-            w = w.lower().replace(n, new)
-        out.append(w)
-    return " ".join(out)
-
-
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
     """DrQ-style augmentation: replicate-pad by `pad` and crop back at a random offset, per sample.
     images (B, n_cam, 3, S, S) -> same shape."""
@@ -210,7 +217,7 @@ def feature_map(data_cfg: DataConfig) -> FeatureMap | None:
 
 
 def data_dims(data_cfg: DataConfig) -> dict:
-    """vla.dataset.peek_dims of the configured files: cameras, state_dim, action_dim and the feature map."""
+    """vla.formats.peek_dims of the configured files: cameras, state_dim, action_dim and the feature map."""
     return peek_dims(list(data_cfg.paths), feature_map(data_cfg))
 
 

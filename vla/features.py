@@ -19,6 +19,12 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 ACTION_SPACES = ("eef_delta", "eef_absolute", "joint_delta", "joint_absolute")
+# Per-dim names of this project's observation state (9: end-effector position, quaternion xyzw, the two gripper
+# fingers' positions) and eef_delta action (7). The robot side's observation spec names them the same
+# (robot_bridge.robots.base.STATE_NAMES, ACTION_NAMES: vla does not import robot_bridge, so each package keeps the
+# list and tests/test_lerobot.py holds them equal); a dataset without names of its own is exported with these.
+STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "finger_left", "finger_right")
+ACTION_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
 
 
 def action_units_of(kind: str, dim: int, arms=None) -> tuple:
@@ -38,7 +44,7 @@ def action_units_of(kind: str, dim: int, arms=None) -> tuple:
 
 @dataclass
 class Demo:
-    """One demonstration as every reader returns it (vla.dataset for HDF5, vla.lerobot for LeRobot folders)."""
+    """One demonstration as every reader returns it (vla.formats: one reader per dataset format)."""
 
     name: str
     task: str

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -29,6 +30,20 @@ from vla.fast_layers import FastStack
 from vla.fast_layers import supported as fast_supported
 from vla.kv_cache import KVCache
 from vla.masks import action_table, full_mask, query_mask
+
+
+class Prefix(NamedTuple):
+    """DVLA.embed_prefix's result: the prefix tokens and, with model.vision_target, the target head's prediction."""
+
+    tokens: torch.Tensor  # (B, P, d)
+    target: torch.Tensor | None  # (B, 2 * target_objects) normalised x, y per object; None without vision_target
+
+
+class LossInputs(NamedTuple):
+    """What DVLA.forward returns beside the logits for the training losses (returned, not kept on the module)."""
+
+    vision_hidden: torch.Tensor | None  # (B, n_vis, d) the capture_layer's vision-token hidden states, if asked
+    target: torch.Tensor | None  # (B, 2 * target_objects) the target head's prediction (vision_target)
 
 
 def backbone_config(cfg: ModelConfig, vocab_size: int):
@@ -281,7 +296,6 @@ class DVLA(nn.Module):
             self.text_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU())
             if cfg.text_pool == "ordered":  # word + position through text_pool per word, then the mean
                 self.text_pool_pos = nn.Parameter(torch.randn(cfg.max_text_len, d) * 0.02)
-        self.last_target = None  # (B, 2 * target_objects) the target head's prediction in the last embed_prefix
         if cfg.vision_target:
             self.target_head = TargetHead(cfg)
             self.target_embed = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))  # one token per object
@@ -340,13 +354,14 @@ class DVLA(nn.Module):
 
     # ----- embeddings -----
     def embed_prefix(self, images: torch.Tensor, text_ids: torch.Tensor, state: torch.Tensor,
-                     text_valid: torch.Tensor | None = None) -> torch.Tensor:
+                     text_valid: torch.Tensor | None = None) -> Prefix:
         """images (B, n_cam, 3, S, S) float [0,1]; text_ids (B, L); state (B, state_dim) normalized;
-        text_valid (B, L) bool (pooling for vision_film / vision_target; all valid if None) -> (B, P, d).
+        text_valid (B, L) bool (pooling for vision_film / vision_target; all valid if None) -> Prefix: the tokens
+        (B, P, d) and the target head's prediction.
 
         With vision_target the vision part ends with `target_objects` more tokens: the embedded x, y of each object
         the target head predicts from the first camera's image with its own stem (detached: the tokens carry the
-        prediction, the head learns only from its own loss); the prediction is kept in `self.last_target` (B, 2n).
+        prediction, the head learns only from its own loss); the prediction itself is Prefix.target (B, 2n).
         """
         cfg = self.cfg
         txt = self.embed_text(text_ids, text_valid)  # (B, L, d)
@@ -359,12 +374,13 @@ class DVLA(nn.Module):
             else:
                 pooled = self.text_pool((txt * w).sum(1))  # (B, d)
         vis = self.embed_images(images, pooled if cfg.vision_film else None)  # n_cam x (B, g*g [+1] or T, d)
+        target = None
         if cfg.vision_target:
-            self.last_target = self.target_head(images[:, 0], pooled)  # (B, 2n) normalised x, y per object
-            tok = self.target_embed(self.last_target.detach().unflatten(1, (cfg.target_objects, 2)))  # (B, n, d)
+            target = self.target_head(images[:, 0], pooled)  # (B, 2n) normalised x, y per object
+            tok = self.target_embed(target.detach().unflatten(1, (cfg.target_objects, 2)))  # (B, n, d)
             vis.append(tok + self.target_slot if cfg.target_objects > 1 else tok)
         st = self.state_proj(state)[:, None]  # (B, 1, d)
-        return torch.cat(vis + [txt, st], dim=1)
+        return Prefix(torch.cat(vis + [txt, st], dim=1), target)
 
     def embed_actions(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """tokens (B, Q) ids, slots (Q,) positions within the chunk -> (B, Q, d)."""
@@ -412,13 +428,13 @@ class DVLA(nn.Module):
 
     def forward(self, images, text_ids, text_valid, state, action_tokens, mode: str | None = None,
                 capture_layer: int | None = None):
-        """Full forward (training). action_tokens (B, A) with [MASK] ids where noised.
-
-        Returns logits (B, A, num_bins) and, if capture_layer, that layer's vision-token hidden (B, n_vis, d).
+        """Full forward (training). action_tokens (B, A) with [MASK] ids where noised -> (logits (B, A, num_bins),
+        LossInputs: with capture_layer that layer's vision-token hidden states (B, n_vis, d), with vision_target the
+        target head's prediction (B, 2n)).
         """
         cfg = self.cfg
         mode = mode or cfg.attention
-        prefix = self.embed_prefix(images, text_ids, state, text_valid)  # (B, P, d)
+        prefix, target = self.embed_prefix(images, text_ids, state, text_valid)  # (B, P, d), (B, 2n) or None
         slots = torch.arange(cfg.n_action_tokens, device=prefix.device)
         h = torch.cat([prefix, self.embed_actions(action_tokens, slots)], dim=1)  # (B, P+A, d)
         P = prefix.shape[1]
@@ -427,7 +443,7 @@ class DVLA(nn.Module):
         out, captured = self.run_layers(h, mask, pos, capture_layer=capture_layer)
         logits = self.head(out[:, P:])  # (B, A, bins)
         vis = captured[:, : cfg.n_vision_tokens] if captured is not None else None
-        return logits, vis
+        return logits, LossInputs(vis, target)
 
     # ----- cached inference -----
     @torch.no_grad()
@@ -437,7 +453,7 @@ class DVLA(nn.Module):
         The lean path's weights are checked against the model's here, once per chunk (cache.fast), not per pass.
         capacity: tokens the cache's buffers hold before growing (default prefix + 2 chunks: every decoder fits).
         """
-        prefix = self.embed_prefix(images, text_ids, state, text_valid)  # (B, P, d)
+        prefix = self.embed_prefix(images, text_ids, state, text_valid).tokens  # (B, P, d)
         B, P, _ = prefix.shape
         pv = self.prefix_valid(text_valid)
         cache = KVCache(prefix_valid=pv, n_layers=len(self.backbone.layers),

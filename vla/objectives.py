@@ -2,12 +2,12 @@
 
 diffusion          t ~ U(0, 1) per sample; each action token masked with prob (1 - eps) t + eps; CE on masked tokens.
 diffusion_forcing  one mask ratio per block, non-decreasing along the chunk (t1 ~ U(a, b), non-negative capped
-                   increments). With prob `df_clean_past_prob` the inference pattern instead: blocks before a
+                   increments). With prob `df.clean_past_prob` the inference pattern instead: blocks before a
                    random block j clean, block j partly masked, blocks after j fully masked.
 distill            the same noised input to a frozen bidirectional teacher and the block-causal student; KL(teacher
                    || student) on masked positions (optionally plus CE on the ground truth).
 aux                an MLP head on vision-token hidden states of one layer: object positions ("spatial") or the end
-                   effector's position k steps ahead ("eef_future"); MSE, weight `aux_weight`.
+                   effector's position k steps ahead ("eef_future"); MSE, weight `aux.weight`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def mask_uniform(tokens: torch.Tensor, mask_id: int, eps: float, g: torch.Genera
 
 def block_ratios(B: int, nb: int, cfg: TrainConfig, g: torch.Generator | None) -> torch.Tensor:
     """(B, nb) per-block mask ratios, non-decreasing along the chunk."""
-    a, b = cfg.df_first
+    a, b = cfg.df.first
     first = a + (b - a) * torch.rand(B, 1, generator=g)
-    inc = cfg.df_max_increment * torch.rand(B, nb - 1, generator=g)
+    inc = cfg.df.max_increment * torch.rand(B, nb - 1, generator=g)
     ratios = torch.cat([first, first + inc.cumsum(dim=1)], dim=1).clamp(max=1.0)
     # the inference pattern: clean past, current block partly masked, future fully masked
-    pattern = torch.rand(B, generator=g) < cfg.df_clean_past_prob
+    pattern = torch.rand(B, generator=g) < cfg.df.clean_past_prob
     if bool(pattern.any()):
         j = torch.randint(0, nb, (B,), generator=g)
         cur = cfg.eps + (1 - cfg.eps) * torch.rand(B, generator=g)
@@ -64,19 +64,19 @@ def noise(tokens: torch.Tensor, model_cfg: ModelConfig, cfg: TrainConfig, g):
         noised, masked = mask_uniform(tokens, model_cfg.mask_id, cfg.eps, g)
     else:
         noised, masked = mask_blockwise(tokens, model_cfg.mask_id, model_cfg.block_size, cfg, g)
-    if cfg.prefix_prob > 0:
+    if cfg.prefix.prob > 0:
         noised, masked = give_prefix(tokens, noised, masked, model_cfg, cfg, g)
     return noised, masked
 
 
 def give_prefix(tokens, noised, masked, model_cfg: ModelConfig, cfg: TrainConfig, g):
-    """Training-time prefix conditioning (real-time chunking): with probability cfg.prefix_prob per sample, the first
+    """Training-time prefix conditioning (real-time chunking): with probability cfg.prefix.prob per sample, the first
     d ~ U{0..d_max} action steps are clean (their true tokens, no loss), as when the actions that run during
     decoding are inpainted. At least one token stays masked. All (B, A); draws from the CPU generator."""
     B, A = tokens.shape
     D, H = model_cfg.action_dim, model_cfg.chunk_size
-    d_max = min(H - 1, cfg.prefix_max_steps if cfg.prefix_max_steps is not None else H // 2)
-    use = torch.rand(B, generator=g) < cfg.prefix_prob
+    d_max = min(H - 1, cfg.prefix.max_steps if cfg.prefix.max_steps is not None else H // 2)
+    use = torch.rand(B, generator=g) < cfg.prefix.prob
     d = torch.randint(0, d_max + 1, (B,), generator=g) * use  # (B,) steps given
     given = (torch.arange(A)[None] < (d * D)[:, None]).to(tokens.device)  # (B, A)
     noised = torch.where(given, tokens, noised)
@@ -146,7 +146,7 @@ def make_aux_head(kind: str, n_vis: int, d: int, out: int) -> nn.Module:
         return AuxHead(n_vis, d, out)
     if kind == "attn":
         return AttnPoolAuxHead(n_vis, d, out)
-    raise ValueError(f"aux_head: expected 'mlp' or 'attn', got {kind!r}")
+    raise ValueError(f"aux.head: expected 'mlp' or 'attn', got {kind!r}")
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import hashlib
 import os
 import time
 from dataclasses import replace
@@ -87,6 +88,9 @@ class Policy:
         self.device = torch.device(device)
         self.model.to(self.device)
         self.tasks = list(tasks) if tasks else None
+        # sha256 (16 hex) of the model.safetensors this policy was loaded from: tells runs of one checkpoint from
+        # another's in served metadata (None for a policy built in memory)
+        self.weights_id: str | None = None
         self.seed = seed
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self._queue: collections.deque = collections.deque()
@@ -108,6 +112,7 @@ class Policy:
             # takes obs["prefix_actions"] (d, D): the first d steps inpainted (real-time chunking)
             "prefix_actions": True,
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            **({"weights_id": self.weights_id} if self.weights_id else {}),
             **({"tasks": list(self.tasks)} if self.tasks else {}),
             **({"vocabulary": self.vocabulary()} if self.vocabulary() is not None else {}),
         }
@@ -353,7 +358,7 @@ class Policy:
                 f"{path}/model.safetensors: weights do not match config.json "
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
-        return cls(
+        policy = cls(
             model,
             ActionTokenizer.from_json(norm["action"]),
             StateNormalizer.from_json(norm["state"]),
@@ -366,6 +371,16 @@ class Policy:
             tasks=config.get("tasks"),
             **kw,
         )
+        policy.weights_id = file_sha256(os.path.join(path, "model.safetensors"))[:16]
+        return policy
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")  # the shipped checkpoints

@@ -18,18 +18,20 @@ import os
 import shutil
 import time
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from vla.config import ModelConfig, TrainConfig, load_model_config, to_dict
+from vla.config import ModelConfig, TrainConfig, from_dict, model_fields, preset_model_config, to_dict
 from vla.data import DemoBatches, data_dims, fit_model_to_data, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
 from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, masked_mse, noise, target_columns
 from vla.atomic import write_atomic, write_json_atomic
+from vla.jsonio import jsonable
 from vla.policy import Policy, check_n_action_steps
 from vla.tokenizers import ActionTokenizer, ByteTokenizer, HFTokenizer, WordTokenizer, instruction_vocabulary
 
@@ -57,24 +59,57 @@ def _barrier(world: int) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # building the policy pieces
 # --------------------------------------------------------------------------------------------------------------
-def build_components(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig | None = None):
-    """-> (model, action tokenizer, state normalizer, text tokenizer). From `cfg.init` when given. mcfg: the model
-    config already fitted to the data (Trainer); default: the config's preset and overrides."""
-    if cfg.init and cfg.init_refit:
-        return _refit_from(cfg, train_demos, stats, mcfg)
+def resolve_model_config(cfg: TrainConfig, dims: dict) -> ModelConfig:
+    """The run's model config, resolved once, before the data loads (its cameras and image size choose the frames).
+    dims: the data's (vla.data.data_dims). Each step overrides the one before:
+
+      1. the preset (cfg.model's "preset"); with cfg.init, the init checkpoint's model config instead (its
+         backbone_path dropped: the weights come from the checkpoint);
+      2. the model fields cfg.model sets: the recipe's (over the recipes it extends), then `--set model.<field>` and
+         a subcommand's own (`vla distill`: block-causal attention), merged in that order by load_train_config;
+      3. without init, or with init_refit: the data's cameras, state and action sizes and a block_size that fits
+         them, for the fields step 2 does not set (one it sets that disagrees with the data is an error);
+      4. without init: model.backbone_path's sizes (its Hugging Face config).
+    """
+    fields = model_fields(cfg.model)
     if cfg.init:
-        base = Policy.from_pretrained(cfg.init)
-        mcfg = replace(base.cfg, **cfg.model_overrides) if cfg.model_overrides else base.cfg
-        if isinstance(cfg.model, ModelConfig):
-            mcfg = cfg.model
-        model = DVLA(mcfg, base.text_tokenizer.vocab_size, saved_backbone=_vlm_backbone(base))
-        model.load_state_dict(base.model.state_dict())
-        return model, base.action_tokenizer, base.state_normalizer, base.text_tokenizer
-    mcfg = mcfg or load_model_config(cfg.model, cfg.model_overrides)
+        from vla.policy import read_checkpoint_files
+
+        config, _, _ = read_checkpoint_files(cfg.init)
+        base = from_dict(ModelConfig, config["model"], where=f"{cfg.init}: model.")
+        mcfg = replace(base, backbone_path=None, **fields)
+        if not cfg.init_refit:
+            return mcfg
+        return fit_model_to_data(mcfg, dims, cfg.data.paths[0], explicit=set(fields))
+    mcfg = fit_model_to_data(preset_model_config(cfg.model), dims, cfg.data.paths[0], explicit=set(fields))
     if mcfg.backbone_path:
         from vla.model import config_from_hf
 
         mcfg = config_from_hf(mcfg, mcfg.backbone_path)
+    return mcfg
+
+
+class Components(NamedTuple):
+    """What a run trains and saves: the model and its processors; init_report (a refit --init: what was
+    re-initialised, grown and dropped) goes into the final checkpoint's config.json under "init"."""
+
+    model: DVLA
+    action_tokenizer: ActionTokenizer
+    state_normalizer: StateNormalizer
+    text_tokenizer: object
+    init_report: dict | None = None
+
+
+def build_components(cfg: TrainConfig, mcfg: ModelConfig, train_demos, stats) -> Components:
+    """The model (config mcfg, from resolve_model_config) and its processors: new, fitted to the training data, or
+    from `cfg.init` (its weights; with init_refit its processors refitted to the data)."""
+    if cfg.init and cfg.init_refit:
+        return _refit_from(cfg, train_demos, stats, mcfg)
+    if cfg.init:
+        base = Policy.from_pretrained(cfg.init)
+        model = DVLA(mcfg, base.text_tokenizer.vocab_size, saved_backbone=_vlm_backbone(base))
+        model.load_state_dict(base.model.state_dict())
+        return Components(model, base.action_tokenizer, base.state_normalizer, base.text_tokenizer)
     if mcfg.text_encoder != "words":  # a pretrained instruction encoder reads its own tokenizer's ids
         from vla.text_encoder import encoder_tokenizer
 
@@ -90,14 +125,14 @@ def build_components(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig | N
     model = DVLA(mcfg, text_tok.vocab_size)
     action_tok = ActionTokenizer.from_stats(stats["actions"], num_bins=mcfg.num_bins)
     state_norm = StateNormalizer.from_stats(stats["state"])
-    return model, action_tok, state_norm, text_tok
+    return Components(model, action_tok, state_norm, text_tok)
 
 
-def _refit_from(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig):
+def _refit_from(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig) -> Components:
     """Finetune `cfg.init` on new data: processors refitted to it (actions' q01/q99 bins, state normaliser), the word
-    vocabulary grown by its new words (old ids kept), the model sized by it (mcfg, fitted by Trainer). Weights load
-    by name where the shapes agree; a grown text embedding keeps its old rows; the rest is re-initialised, and
-    listed (model.init_report, saved in the checkpoint's config.json under "init")."""
+    vocabulary grown by its new words (old ids kept), the model sized by it (mcfg, resolve_model_config). Weights
+    load by name where the shapes agree; a grown text embedding keeps its old rows; the rest is re-initialised, and
+    listed (Components.init_report, saved in the checkpoint's config.json under "init")."""
     base = Policy.from_pretrained(cfg.init)
     text_tok = base.text_tokenizer
     if isinstance(text_tok, WordTokenizer):
@@ -122,15 +157,15 @@ def _refit_from(cfg: TrainConfig, train_demos, stats, mcfg: ModelConfig):
     model.load_state_dict(new, strict=True)
     dropped = sorted(k for k in old if k not in new)
     modules = sorted({k.rsplit(".", 1)[0] for k in reinit})
-    model.init_report = {"from": cfg.init, "refit": ["action_tokenizer", "state_normalizer"]
-                         + (["text_vocabulary"] if text_tok is not base.text_tokenizer else []),
-                         "reinitialized": modules, "grown": grown, "dropped": dropped,
-                         "new_words": [w for w in getattr(text_tok, "vocab", []) if w not in getattr(
-                             base.text_tokenizer, "index", {})]}
+    report = {"from": cfg.init, "refit": ["action_tokenizer", "state_normalizer"]
+              + (["text_vocabulary"] if text_tok is not base.text_tokenizer else []),
+              "reinitialized": modules, "grown": grown, "dropped": dropped,
+              "new_words": [w for w in getattr(text_tok, "vocab", []) if w not in getattr(
+                  base.text_tokenizer, "index", {})]}
     print(f"[vla train] --init {cfg.init}: processors refitted to the data; re-initialised modules: "
           f"{', '.join(modules) or 'none'}; grown: {', '.join(grown) or 'none'}; dropped: "
           f"{', '.join(dropped[:8]) or 'none'}{' ...' if len(dropped) > 8 else ''}", flush=True)
-    return model, action_tok, state_norm, text_tok
+    return Components(model, action_tok, state_norm, text_tok, report)
 
 
 def _vlm_backbone(base: Policy) -> dict | None:
@@ -149,11 +184,13 @@ def _param_groups(modules: list[torch.nn.Module], weight_decay: float):
 
 
 def lr_lambda(cfg: TrainConfig):
+    warmup, floor = cfg.optim.warmup_steps, cfg.optim.min_lr_ratio
+
     def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / max(1, cfg.warmup_steps)
-        prog = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        prog = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog))
 
     return f
 
@@ -195,19 +232,19 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         dims = data_dims(cfg.data)  # the first file's cameras, sizes and feature map, read once
-        data_mcfg = self._data_model_cfg(dims)
-        self.action_space = dims["features"].action_space_record(data_mcfg.action_dim)
-        train, valid, stats = load_training_data(cfg.data, data_mcfg, progress=progress and self.rank == 0)
-        self.stats = stats
-        model, self.action_tok, self.state_norm, self.text_tok = build_components(
-            cfg, train, stats, data_mcfg if (cfg.init_refit or not cfg.init) else None)
-        self.init_report = getattr(model, "init_report", None)
-        self.model = model.to(self.device)
-        self.mcfg: ModelConfig = model.cfg
+        self.mcfg: ModelConfig = resolve_model_config(cfg, dims)
+        self.action_space = dims["features"].action_space_record(self.mcfg.action_dim)
+        train, valid, stats = load_training_data(cfg.data, self.mcfg, progress=progress and self.rank == 0)
+        parts = build_components(cfg, self.mcfg, train, stats)
+        self.action_tok, self.state_norm, self.text_tok = parts.action_tokenizer, parts.state_normalizer, \
+            parts.text_tokenizer
+        self.init_report = parts.init_report
+        self.model = parts.model.to(self.device)
         if cfg.n_action_steps is not None:  # before any step, not when the first checkpoint builds the Policy
             check_n_action_steps(cfg.n_action_steps, self.mcfg.chunk_size)
         self.train_data = DemoBatches(train, self.mcfg, self.action_tok, self.state_norm, self.text_tok)
-        self.stats["object_pos_norm"] = self.train_data.object_stats
+        # the data's statistics, saved with the policy: the files' and the object positions' normalisation
+        self.stats = {**stats, "object_pos_norm": self.train_data.object_stats}
         self.valid_data = (
             DemoBatches(valid, self.mcfg, self.action_tok, self.state_norm, self.text_tok, self.train_data.object_stats)
             if valid else None
@@ -218,36 +255,37 @@ class Trainer:
         # objective pieces
         self.teacher = None
         if cfg.objective == "distill":
-            teacher = Policy.from_pretrained(cfg.teacher or cfg.init)
+            teacher = Policy.from_pretrained(cfg.distill.teacher or cfg.init)
             self.teacher = teacher.model.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.aux_head = None
-        if cfg.aux:
-            if not 1 <= cfg.aux_layer <= self.mcfg.num_layers:
-                raise ValueError(f"aux_layer: expected 1..{self.mcfg.num_layers} (the model's layers), "
-                                 f"got {cfg.aux_layer}")
-            out = 9 if cfg.aux == "spatial" else 3
-            self.aux_head = make_aux_head(cfg.aux_head, self.mcfg.n_vision_tokens, self.mcfg.hidden_size,
+        if cfg.aux.kind:
+            if not 1 <= cfg.aux.layer <= self.mcfg.num_layers:
+                raise ValueError(f"aux.layer: expected 1..{self.mcfg.num_layers} (the model's layers), "
+                                 f"got {cfg.aux.layer}")
+            out = 9 if cfg.aux.kind == "spatial" else 3
+            self.aux_head = make_aux_head(cfg.aux.head, self.mcfg.n_vision_tokens, self.mcfg.hidden_size,
                                           out).to(self.device)
         self.orth = None
-        if cfg.capvector:
+        if cfg.orth.capvector:
             from vla.capvector import OrthogonalPenalty, load_vector
 
-            gamma, _ = load_vector(cfg.capvector)
-            self.orth = OrthogonalPenalty(self.model, gamma, form=cfg.orth_form)
+            gamma, _ = load_vector(cfg.orth.capvector)
+            self.orth = OrthogonalPenalty(self.model, gamma, form=cfg.orth.form)
         # full finetune: train_step adds the penalty's gradient in closed form after backward (same value and
         # gradient as through autograd, cheaper); LoRA: through autograd in compute_loss
-        self._orth_direct = self.orth is not None and cfg.lora_rank == 0
-        if cfg.lora_rank > 0:
+        self._orth_direct = self.orth is not None and cfg.lora.rank == 0
+        if cfg.lora.rank > 0:
             from vla.lora import apply_lora
 
-            apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha)
+            apply_lora(self.model, cfg.lora.rank, cfg.lora.alpha)
         self.ddp_model = self.model
         if self.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
         mods = [self.model] + ([self.aux_head] if self.aux_head is not None else [])
-        self.opt = torch.optim.AdamW(_param_groups(mods, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.opt = torch.optim.AdamW(_param_groups(mods, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                     betas=tuple(cfg.optim.betas))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
         self.step = 0
@@ -259,33 +297,14 @@ class Trainer:
         if resume:
             self._load_latest()
 
-    def _data_model_cfg(self, dims: dict) -> ModelConfig:
-        """The model config the data must be prepared for (cameras, image size) before the model exists; dims: the
-        data's (vla.data.data_dims)."""
-        if self.cfg.init:
-            from vla.config import from_dict
-            from vla.policy import read_checkpoint_files
-
-            config, _, _ = read_checkpoint_files(self.cfg.init)
-            base = from_dict(ModelConfig, config["model"])
-            if not self.cfg.init_refit:
-                return base
-            base = replace(base, backbone_path=None, **(self.cfg.model_overrides or {}))
-            return fit_model_to_data(base, dims, self.cfg.data.paths[0],
-                                     explicit=set(self.cfg.model_overrides or {}))
-        mcfg = self.cfg.model if isinstance(self.cfg.model, ModelConfig) else load_model_config(self.cfg.model,
-                                                                                                  self.cfg.model_overrides)
-        # cameras, state/action sizes and block_size from the data unless model_overrides sets them
-        return fit_model_to_data(mcfg, dims, self.cfg.data.paths[0], explicit=set(self.cfg.model_overrides or {}))
-
     # ----- one step -----
     def compute_loss(self, batch: dict, gen: torch.Generator | None, train: bool = True) -> tuple[torch.Tensor, dict]:
         cfg, mcfg = self.cfg, self.mcfg
         target = batch["action_tokens"]
         noised, masked = noise(target, mcfg, cfg, gen)
         model = self.ddp_model if train else self.model
-        capture = cfg.aux_layer if (self.aux_head is not None and train) else None
-        logits, vis = model(batch["images"], batch["text_ids"], batch["text_valid"], batch["state"], noised,
+        capture = cfg.aux.layer if (self.aux_head is not None and train) else None
+        logits, out = model(batch["images"], batch["text_ids"], batch["text_valid"], batch["state"], noised,
                             capture_layer=capture)
         metrics = {}
         ce = masked_ce(logits, target, masked)
@@ -294,32 +313,32 @@ class Trainer:
             with torch.no_grad():
                 t_logits, _ = self.teacher(batch["images"], batch["text_ids"], batch["text_valid"], batch["state"],
                                            noised, mode="bidirectional")
-            kl = masked_kl(t_logits, logits, masked, cfg.distill_temperature)
+            kl = masked_kl(t_logits, logits, masked, cfg.distill.temperature)
             metrics["kl"] = float(kl.detach())
-            loss = kl + cfg.distill_ce_weight * ce
+            loss = kl + cfg.distill.ce_weight * ce
         else:
             loss = ce
         if mcfg.vision_target and cfg.target_weight > 0:
             # (B, 2n): x, y of the first n object rows (row 0 the named object; n = model.target_objects)
             xy = target_columns(mcfg.target_objects)
-            tl = masked_mse(self.model.last_target, batch["object_pos"][:, xy], batch["object_valid"][:, xy])
+            tl = masked_mse(out.target, batch["object_pos"][:, xy], batch["object_valid"][:, xy])
             metrics["target"] = float(tl.detach())
             loss = loss + cfg.target_weight * tl
         if capture is not None:
-            a = aux_loss(self.aux_head, vis, batch, cfg.aux, self.stats["state"])
+            a = aux_loss(self.aux_head, out.vision_hidden, batch, cfg.aux.kind, self.stats["state"])
             metrics["aux"] = float(a.detach())
-            loss = loss + cfg.aux_weight * a
-        if self.orth is not None and train and cfg.orth_weight > 0 and not self._orth_direct:
+            loss = loss + cfg.aux.weight * a
+        if self.orth is not None and train and cfg.orth.weight > 0 and not self._orth_direct:
             o = self.orth(self.model)  # LoRA: the penalty on the A matrices, through autograd
             metrics["orth"] = float(o.detach())
-            loss = loss + cfg.orth_weight * o
+            loss = loss + cfg.orth.weight * o
         metrics["loss"] = float(loss.detach())
         return loss, metrics
 
     def _batch(self, data: DemoBatches, gen: torch.Generator, augment: bool) -> dict:
         idx = data.sample(self.cfg.batch_size, gen, self.cfg.data.task_sampling if augment else "frames",
                           self.cfg.data.task_weights)
-        b = data.batch(idx, self.cfg.data.augment_shift if augment else 0, gen, self.cfg.aux_future_steps,
+        b = data.batch(idx, self.cfg.data.augment_shift if augment else 0, gen, self.cfg.aux.future_steps,
                        self.cfg.data.augment_color if augment else 0.0)
         return {k: v.to(self.device) for k, v in b.items()}
 
@@ -413,13 +432,14 @@ class Trainer:
                 (loss / cfg.grad_accum).backward()
             for k, v in m.items():
                 agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
-        if self._orth_direct and cfg.orth_weight > 0:
-            o = self.orth.add_grad_(self.model, cfg.orth_weight)
+        if self._orth_direct and cfg.orth.weight > 0:
+            o = self.orth.add_grad_(self.model, cfg.orth.weight)
             if o is not None:
                 agg["orth"] = o
-                agg["loss"] = agg["loss"] + cfg.orth_weight * o
+                agg["loss"] = agg["loss"] + cfg.orth.weight * o
         params = [p for g in self.opt.param_groups for p in g["params"]]
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+        clip = cfg.optim.grad_clip
+        gnorm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else torch.tensor(0.0)
         self.opt.step()
         self.sched.step()
         self.step += 1
@@ -428,7 +448,7 @@ class Trainer:
     # ----- checkpoints -----
     def policy(self) -> Policy:
         model = self.model
-        if self.cfg.lora_rank > 0:
+        if self.cfg.lora.rank > 0:
             from vla.lora import merged_copy
 
             model = merged_copy(self.model)
@@ -448,7 +468,7 @@ class Trainer:
             save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
             state = {"step": self.step, "scheduler": self.sched.state_dict(), "optimizer": meta, "world": self.world,
                      "train_seconds": self.train_seconds + (time.time() - self._t_start if self._t_start else 0.0)}
-            write_json_atomic(os.path.join(tmp, "train_state.json"), _jsonable(state))
+            write_json_atomic(os.path.join(tmp, "train_state.json"), jsonable(state))
             if self.aux_head is not None:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.aux_head.state_dict().items()},
                           os.path.join(tmp, "aux_head.safetensors"))
@@ -492,18 +512,6 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.rank == 0:
             print(f"[vla train] resumed from {d} at step {self.step}", flush=True)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if torch.is_tensor(x):
-        return x.item() if x.numel() == 1 else x.tolist()
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
 
 
 class _null:

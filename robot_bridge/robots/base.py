@@ -30,6 +30,8 @@ from robot_bridge.safety import SafetyConfig, SafetyFilter
 
 log = logging.getLogger("robot_bridge.robots")
 
+# the observation state's and the eef_delta action's per-dim names; the policy side keeps the same lists
+# (vla.features.STATE_NAMES, ACTION_NAMES: this package imports no vla), held equal by tests/test_lerobot.py
 STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "finger_left", "finger_right")
 ACTION_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
 EEF_ABSOLUTE_NAMES = ("x_m", "y_m", "z_m", "rx_rad", "ry_rad", "rz_rad", "gripper")

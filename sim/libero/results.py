@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-SETTINGS = ("suite", "conventions", "max_steps", "replan_every", "image_size", "seed", "wait_steps")
+# policy_weights: the served checkpoint's weights_id (a resumed folder must keep its policy)
+SETTINGS = ("suite", "conventions", "max_steps", "replan_every", "image_size", "seed", "wait_steps", "policy_weights")
 
 
 def read_episodes(dirs) -> list[dict]:

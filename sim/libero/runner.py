@@ -56,7 +56,10 @@ def check_out_dir(out: str, settings: dict) -> int:
         have = R.settings_of(old)
         for k, v in settings.items():
             if k in have and have[k] != v:
-                raise FileExistsError(f"{out} holds {len(old)} episodes run with {k}={have[k]!r}, not {v!r}: "
+                what = "another policy (weights" if k == "policy_weights" else f"{k}={have[k]!r}, not {v!r}"
+                if k == "policy_weights":
+                    what += f" {have[k] or 'not recorded'}, not {v or 'unknown'})"
+                raise FileExistsError(f"{out} holds {len(old)} episodes run with {what}: "
                                       f"pass another --out, or the same settings to resume")
     return len(old)
 
@@ -64,9 +67,13 @@ def check_out_dir(out: str, settings: dict) -> int:
 def run_suite(suite: str, server: str, out: str, conventions: str = "openpi", trials: int | None = None,
               tasks: str = "all", workers: int = 1, shard: str = "0/1", image_size: int | None = None,
               replan_every: int | None = None, max_steps: int | None = None, camera_map: str = "",
-              videos: int = 1, timeout_ms: float = 20_000.0, progress: bool = True) -> dict:
-    """Run (or resume) this machine's share of the suite; returns the summary of every episode in `out`."""
-    settings = C.episode_settings(suite, conventions, image_size, replan_every, max_steps)
+              videos: int = 1, timeout_ms: float = 20_000.0, progress: bool = True,
+              policy_weights: str | None = None) -> dict:
+    """Run (or resume) this machine's share of the suite; returns the summary of every episode in `out`.
+    policy_weights: the served policy's weights_id (its hello metadata): episodes of another policy in `out` are
+    refused, never resumed as this one's."""
+    settings = {**C.episode_settings(suite, conventions, image_size, replan_every, max_steps),
+                "policy_weights": policy_weights}
     conv = C.get_conventions(conventions)
     k, n = C.parse_shard(shard)
     if workers < 1:

@@ -128,6 +128,12 @@ def make_env(suite_obj, task_id: int, conv: C.Conventions, image_size: int):
     return env, task
 
 
+def weights_of(meta: dict) -> str | None:
+    """The served checkpoint's weights_id from a hello's metadata (our server puts the policy's own metadata under
+    "policy"); None for a server that does not say."""
+    return meta.get("weights_id") or (meta.get("policy") or {}).get("weights_id")
+
+
 def run_episode(env, client, init_state, cams, instruction, conv, max_steps, replan_every, episode_id,
                 frames: list | None = None) -> dict:
     client.reset()
@@ -220,6 +226,14 @@ def main(argv=None) -> int:
     except PolicyMismatch as e:
         print(f"error: policy does not fit LIBERO: {e}", file=sys.stderr)
         return EXIT_MISMATCH
+    settings["policy_weights"] = weights_of(meta)  # recorded in every episode (resuming checks it)
+    from sim.libero.runner import check_out_dir
+
+    try:
+        check_out_dir(a.out, settings)  # a shard run on its own resumes only its own policy's episodes
+    except (FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if replan > int(meta["chunk_size"]):
         print(f"error: replan_every {replan} exceeds the policy's chunk_size {meta['chunk_size']}; "
               f"pass --replan-every <= {meta['chunk_size']}", file=sys.stderr)

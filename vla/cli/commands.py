@@ -45,22 +45,37 @@ def add_train(sub) -> None:
     s.set_defaults(func=_cmd_train)
 
 
-def train_config_from_args(args, extra: dict | None = None):
-    """--config + --set + the flags + `extra` (a subcommand's own settings), merged by vla.config.merge_overrides."""
-    from vla.config import load_train_config, merge_overrides
+def train_config_from_args(args):
+    """`vla train`'s config: --config, then --set (nested or legacy flat keys), then the flags, merged by
+    vla.config.merge_overrides (a later one wins)."""
+    from vla.config import load_train_config, upgrade_legacy
 
-    over = parse_overrides(args.set)
-    for key, val in (("out_dir", args.out), ("steps", args.steps), ("init", getattr(args, "init", None)),
-                     ("threads", getattr(args, "threads", None)),
-                     ("capvector", getattr(args, "capvector", None)),
-                     ("orth_weight", getattr(args, "orth_weight", None))):
-        if val is not None:
+    over = upgrade_legacy(parse_overrides(args.set))
+    flags = {"out_dir": args.out, "steps": args.steps, "init": getattr(args, "init", None),
+             "threads": getattr(args, "threads", None), "orth": {"capvector": getattr(args, "capvector", None),
+                                                                 "weight": getattr(args, "orth_weight", None)}}
+    for key, val in flags.items():
+        if isinstance(val, dict):
+            val = {k: v for k, v in val.items() if v is not None}
+            if val:
+                over.setdefault(key, {}).update(val)
+        elif val is not None:
             over[key] = val
     if getattr(args, "data", None):
         over.setdefault("data", {})["paths"] = list(args.data)
-    if getattr(args, "init", None) and not getattr(args, "keep_processors", False) and extra is None:
-        over.setdefault("init_refit", True)  # `vla train --init`: finetune on new data (distill passes `extra`)
-    return load_train_config(args.config, merge_overrides(over, extra or {}))
+    if getattr(args, "init", None) and not getattr(args, "keep_processors", False):
+        over.setdefault("init_refit", True)  # `vla train --init`: finetune on new data
+    return load_train_config(args.config, over)
+
+
+def run_training(cfg, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 stop_after: int | None = None) -> str:
+    """The one way the commands train (`vla train`, `vla distill`): a config in, the final policy's folder out (or
+    the run's folder, paused at stop_after). The run's --out is checked first (check_run_dir)."""
+    from vla.train import train
+
+    check_run_dir(cfg.out_dir, resume, overwrite)
+    return train(cfg, resume=resume, progress=progress, stop_after=stop_after)
 
 
 def check_run_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
@@ -88,11 +103,9 @@ def check_run_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
 
 
 def _cmd_train(args) -> int:
-    from vla.train import train
-
     cfg = train_config_from_args(args)
-    check_run_dir(cfg.out_dir, args.resume, getattr(args, "overwrite", False))
-    out = train(cfg, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    out = run_training(cfg, resume=args.resume, overwrite=getattr(args, "overwrite", False),
+                       progress=not args.no_progress, stop_after=args.stop_after)
     if args.stop_after is None or args.stop_after >= cfg.steps:
         print(f"[vla train] policy written to {out}")
     else:

@@ -39,7 +39,7 @@ def add_data(sub) -> None:
 
 
 def _cmd_info(args) -> int:
-    from vla.dataset import describe
+    from vla.formats import describe
 
     d = describe(args.path)
     print(json.dumps(d, indent=1) if args.json else format_info(d))
@@ -68,8 +68,8 @@ def format_info(d: dict) -> str:
 
 
 def _cmd_export(args) -> int:
-    from vla.dataset import load_demos, peek_dims
-    from vla.lerobot import export_lerobot
+    from vla.formats import load_demos, peek_dims
+    from vla.formats.lerobot_v3_writer import export_lerobot
 
     fm = peek_dims(args.paths)["features"]
     demos = load_demos(args.paths, cameras=None, image_size=args.image_size, progress=True)
@@ -89,7 +89,7 @@ def _cmd_show(args) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from vla.dataset import load_demos
+    from vla.formats import load_demos
 
     demos = load_demos(args.path, cameras=None)  # frames at their recorded size (video decoded, not cached)
     if not 0 <= args.episode < len(demos):

@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     _say(f"training the tiny preset for {args.train_steps} steps (a demonstration of the loop; the served policy "
          "below was trained longer with the command in its config.json)")
     torch.set_num_threads(2)
-    tcfg = TrainConfig(model="tiny", data=DataConfig(paths=(data,)), out_dir=os.path.join(out, "train"),
-                       steps=args.train_steps, batch_size=32, lr=5e-4, warmup_steps=20, log_every=10,
-                       val_every=50, save_every=0)
+    tcfg = TrainConfig.build(model="tiny", data=DataConfig(paths=(data,)), out_dir=os.path.join(out, "train"),
+                             steps=args.train_steps, batch_size=32, optim={"lr": 5e-4, "warmup_steps": 20},
+                             log_every=10, val_every=50, save_every=0)
     t0 = time.time()
     train(tcfg)
     train_s = time.time() - t0

@@ -22,44 +22,53 @@ def add_distill(sub) -> None:
     s.set_defaults(func=_cmd_distill)
 
 
-def _cmd_distill(args) -> int:
-    from vla.cli.commands import check_run_dir, train_config_from_args
+def distill_config(args):
+    """`vla distill`'s config, built directly: --config (distill_tiny), --set, then the student's own settings (from the
+    teacher: init and teacher, block-causal attention, the pipelined decoder, its data and actions per chunk; those
+    win over --set, except the data fields and n_action_steps --set names)."""
+    from vla.cli.commands import parse_overrides
+    from vla.config import load_train_config, merge_overrides, upgrade_legacy
     from vla.policy import read_checkpoint_files
-    from vla.train import train
 
     config, _, _ = read_checkpoint_files(args.teacher)
     if config["model"].get("attention") != "bidirectional":
         raise ValueError(f"--teacher: {args.teacher} is not a bidirectional model "
                          f"(attention={config['model'].get('attention')})")
-    extra = {"objective": "distill", "teacher": args.teacher, "init": args.teacher,
-             "model_overrides": {"attention": "block_causal"},
-             "decode": {"decoder": "pipelined"}}
+    user = upgrade_legacy(parse_overrides(args.set))
+    user_data = user.get("data") if isinstance(user.get("data"), dict) else {}
+    own = {"objective": "distill", "distill": {"teacher": args.teacher}, "init": args.teacher,
+           "model": {"attention": "block_causal"}, "decode": {"decoder": "pipelined"}, "out_dir": args.out,
+           "data": {}}
+    if args.steps is not None:
+        own["steps"] = args.steps
     # the student sees the data as the teacher was trained on it: the same files, task mix and image augmentation
     # (what --data / --set give instead wins); the mix only with the teacher's own files, whose tasks it names
     teacher_data = (config.get("train") or {}).get("data") or {}
-    user_keys = {item.split("=", 1)[0] for item in (args.set or [])}
     carried = ["augment_shift", "augment_color"]
-    extra["data"] = {}
-    if not args.data:
+    if args.data:
+        own["data"]["paths"] = list(args.data)
+    else:
         paths = teacher_data.get("paths")
         if not paths:
             raise ValueError("--data: the teacher records no training data; pass --data <file.hdf5>")
-        extra["data"]["paths"] = list(paths)
+        own["data"]["paths"] = list(paths)
         carried += ["tasks", "max_demos_per_task", "task_sampling", "task_weights", "features", "frame_fit"]
     for key in carried:
-        if key in teacher_data and f"data.{key}" not in user_keys:
-            extra["data"][key] = teacher_data[key]
+        if key in teacher_data and key not in user_data:
+            own["data"][key] = teacher_data[key]
     # and it runs as the teacher does: the same actions executed per chunk
-    if config.get("n_action_steps") is not None and "n_action_steps" not in user_keys:
-        extra["n_action_steps"] = config["n_action_steps"]
+    if config.get("n_action_steps") is not None and "n_action_steps" not in user:
+        own["n_action_steps"] = config["n_action_steps"]
     if args.lora_rank:
-        extra["lora_rank"] = args.lora_rank
-    args.init = None
-    args.capvector = None
-    args.orth_weight = None
-    cfg = train_config_from_args(args, extra=extra)
-    check_run_dir(cfg.out_dir, args.resume, args.overwrite)
-    out = train(cfg, resume=args.resume, progress=not args.no_progress)
+        own["lora"] = {"rank": args.lora_rank}
+    return load_train_config(args.config, merge_overrides(user, own))
+
+
+def _cmd_distill(args) -> int:
+    from vla.cli.commands import run_training
+
+    out = run_training(distill_config(args), resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress)
     print(f"[vla distill] block-causal student written to {out}")
     return 0
 

@@ -114,7 +114,7 @@ def _cmd_eval(args) -> int:
 
     from sim.libero.conventions import episode_settings
     from sim.libero.runner import check_out_dir
-    from sim.libero.worker import PolicyMismatch, camera_mapping, check_policy, parse_camera_map
+    from sim.libero.worker import PolicyMismatch, camera_mapping, check_policy, parse_camera_map, weights_of
 
     libero_venv()  # says `make libero` before anything starts
     settings = episode_settings(args.suite, args.conventions, args.image_size, args.replan_every, args.max_steps)
@@ -148,7 +148,8 @@ def _cmd_eval(args) -> int:
             summary = run_suite(args.suite, address, out, conventions=args.conventions, trials=args.trials,
                                 tasks=args.tasks, workers=args.workers, shard=args.shard, image_size=args.image_size,
                                 replan_every=args.replan_every, max_steps=args.max_steps, camera_map=args.camera_map,
-                                videos=args.videos, timeout_ms=args.timeout_ms)
+                                videos=args.videos, timeout_ms=args.timeout_ms,
+                                policy_weights=weights_of(meta))
         except LiberoError as e:
             print(f"vla libero eval: error: {e}", file=sys.stderr)
             return e.code

@@ -2,8 +2,9 @@
 
 A reader claims a path (`sniff`: a file, or a folder it reads as one dataset) and reads it the one way the training
 path needs: its detected feature map, its dimensions before loading (the model is sized by them), its demos
-(vla.features.Demo, frames squared and resized by `fit_frames`, through the shared on-disk FrameCache where the
-reader has one), and what `vla data info` prints. vla.formats keeps the registry and picks the reader.
+(vla.features.Demo, frames squared and resized by `fit_frames`, through the shared on-disk FrameCache of
+vla.formats.frames where the reader has one), and what `vla data info` prints. vla.formats keeps the registry and
+picks the reader.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ HDF5_SUFFIXES = (".hdf5", ".h5")
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """What vla.dataset.load_demos asks of every reader (its arguments, less the paths and the per-task cap)."""
+    """What vla.formats.load_demos asks of every reader (its arguments, less the paths and the per-task cap)."""
 
     split: str | None = None  # None (all), "train" or "valid"
     cameras: tuple | None = ("agentview", "wrist")  # policy camera names to read; None: every camera of the feature map
@@ -73,7 +74,9 @@ def open_hdf5(path: str) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from e
+        what = "not an HDF5 file" if "signature" in str(e) else \
+            f"not a readable HDF5 file ({str(e).split(' (')[0].split(', errno')[0]})"  # h5py's internals cut off
+        raise DatasetError(f"{path}: {what}") from e
 
 
 def is_hdf5(path: str) -> bool:

@@ -16,7 +16,7 @@ ee_pos + ee_ori + gripper_states, the layout both peers feed LIBERO policies (co
 eef_delta (7); the instruction is the one LIBERO's benchmark gives the task (from the .bddl file name, as evaluation
 sends it; problem_info's language_instruction only without a bddl_file_name); the control rate is env_args'
 control_freq (20 Hz). Without mask/, every 10th demo of a file is "valid". With an image size, frames go through the
-shared on-disk FrameCache (vla.lerobot), as LeRobot's do.
+shared on-disk FrameCache (vla.formats.frames), as LeRobot's do.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from vla.features import DatasetError, Demo, FeatureMap
 from vla.formats.base import (LoadOptions, Reader, check_cameras, demo_index, demo_lowdim, first_demo_dims,
                               hdf5_files, is_hdf5, open_hdf5, split_names)
+from vla.formats.frames import FrameCache
 
 CAMERAS = {"agentview": "agentview_rgb", "wrist": "eye_in_hand_rgb"}  # policy name -> obs key
 STATE_KEYS = ("ee_pos", "ee_ori", "gripper_states")
@@ -128,8 +129,6 @@ class LiberoHDF5(Reader):
         source = _FrameSource(path, self.files(path)) if (opts.image_size and cams) else None
         cached = {}
         if source is not None:
-            from vla.lerobot import FrameCache
-
             cached = {c: FrameCache(source, fm.cameras[c], opts.image_size, opts.frame_fit, opts.frame_cache)
                       .open(opts.progress) for c in cams}
         demos = []
@@ -189,8 +188,8 @@ def _frames(g, key: str, T: int, path: str, name: str) -> np.ndarray:
 
 
 class _FrameSource:
-    """LIBERO files as a vla.lerobot.FrameCache source: every demo of every file (all splits), in file then demo
-    order, one global frame index; frames come out upright."""
+    """LIBERO files as a FrameCache source (vla.formats.frames.FrameSource): every demo of every file (all splits),
+    in file then demo order, one global frame index; frames come out upright."""
 
     def __init__(self, path: str, files: list[str]):
         self.root = os.path.abspath(path).rstrip("/")
