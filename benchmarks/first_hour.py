@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, command, write_json
+from common import ROOT, VlaServe, command, write_json
 
 from robot_bridge.net import free_port
 
@@ -55,28 +55,13 @@ def wait_up(ready, timeout_s: float = 120) -> None:
     raise RuntimeError("server did not come up")
 
 
-def serve(policy: str) -> tuple[str, subprocess.Popen]:
-    from robot_bridge.client import PolicyClient
-
-    address = f"tcp://127.0.0.1:{free_port()}"
-    p = subprocess.Popen(VLA + ["serve", "--policy", policy, "--bind", address, "--threads", "1"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
-
-    def up():
-        with PolicyClient(address, timeout_ms=500, retries=0) as c:
-            return bool(c.hello())
-
-    wait_up(up)
-    return address, p
-
-
 def killed_mid_run(robot: str, policy: str, sig: int, episodes: int, mode: str) -> dict:
     """`vla run` whose policy server gets `sig` once 10 commands were applied: seconds from the signal to the exit."""
     from robot_bridge.robot_client import RobotClient
 
-    paddress, server = serve(policy)
+    server = VlaServe(policy, threads=1)
     rc = RobotClient(robot, timeout_ms=5000)
-    args = ["run", "--policy-server", paddress, "--robot-server", robot, "--mode", mode, "--steps", "400",
+    args = ["run", "--policy-server", server.address, "--robot-server", robot, "--mode", mode, "--steps", "400",
             "--episodes", str(episodes)]
     try:
         applied0 = rc.status()["counters"].get("applied", 0)
@@ -85,14 +70,13 @@ def killed_mid_run(robot: str, policy: str, sig: int, episodes: int, mode: str) 
                                cwd=ROOT)
         while rc.status()["counters"].get("applied", 0) < applied0 + 10 and run.poll() is None:
             time.sleep(0.05)
-        server.send_signal(sig)
+        server.proc.send_signal(sig)
         t_kill = time.monotonic()
         _, err = run.communicate(timeout=600)
         t_end = time.monotonic()
     finally:
         rc.close()
-        server.kill()
-        server.wait()
+        server.stop()
     row = {"name": f"run_policy_server_{signal.Signals(sig).name}_episodes{episodes}_{mode}",
            "command": "vla " + " ".join(args) + f"  (policy server sent {signal.Signals(sig).name} mid-episode)",
            "exit_code": run.returncode, "seconds": round(t_end - t0, 2),
@@ -130,13 +114,9 @@ def main(argv=None) -> int:
 
         wait_up(robot_up)
         rows.append(timed("run_policy_server_absent", ["run", "--policy-server", dead, "--robot-server", robot]))
-        paddress, pserver = serve(untrained)
-        try:
-            rows.append(timed("run_robot_server_absent", ["run", "--policy-server", paddress, "--robot-server",
+        with VlaServe(untrained, threads=1) as pserver:
+            rows.append(timed("run_robot_server_absent", ["run", "--policy-server", pserver.address, "--robot-server",
                                                           f"tcp://127.0.0.1:{free_port()}"]))
-        finally:
-            pserver.kill()
-            pserver.wait()
         rows.append(killed_mid_run(robot, untrained, signal.SIGTERM, 1, "auto"))
         rows.append(killed_mid_run(robot, untrained, signal.SIGKILL, 2, "async"))
     finally:

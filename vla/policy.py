@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import json
-import hashlib
 import os
 import time
 from dataclasses import replace
@@ -88,9 +87,7 @@ class Policy:
         self.device = torch.device(device)
         self.model.to(self.device)
         self.tasks = list(tasks) if tasks else None
-        # sha256 (16 hex) of the model.safetensors this policy was loaded from: tells runs of one checkpoint from
-        # another's in served metadata (None for a policy built in memory)
-        self.weights_id: str | None = None
+        self.weights_file: str | None = None  # the model.safetensors this policy was loaded from (from_pretrained)
         self.seed = seed
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self._queue: collections.deque = collections.deque()
@@ -116,6 +113,16 @@ class Policy:
             **({"tasks": list(self.tasks)} if self.tasks else {}),
             **({"vocabulary": self.vocabulary()} if self.vocabulary() is not None else {}),
         }
+
+    @property
+    def weights_id(self) -> str | None:
+        """sha256 (16 hex) of the weights file this policy was loaded from, hashed when first asked for: tells runs of
+        one checkpoint from another's in served metadata (None for a policy built in memory)."""
+        if self.weights_file is None:
+            return None
+        from vla.text_encoder import sha256_of
+
+        return sha256_of(self.weights_file)[:16]
 
     def vocabulary(self) -> list[str] | None:
         """The words a word tokenizer reads (others become <unk>); None for byte / Hugging Face tokenizers."""
@@ -371,16 +378,8 @@ class Policy:
             tasks=config.get("tasks"),
             **kw,
         )
-        policy.weights_id = file_sha256(os.path.join(path, "model.safetensors"))[:16]
+        policy.weights_file = os.path.join(path, "model.safetensors")
         return policy
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")  # the shipped checkpoints

@@ -56,9 +56,10 @@ def check_out_dir(out: str, settings: dict) -> int:
         have = R.settings_of(old)
         for k, v in settings.items():
             if k in have and have[k] != v:
-                what = "another policy (weights" if k == "policy_weights" else f"{k}={have[k]!r}, not {v!r}"
                 if k == "policy_weights":
-                    what += f" {have[k] or 'not recorded'}, not {v or 'unknown'})"
+                    what = f"another policy (weights {have[k] or 'not recorded'}, not {v or 'unknown'})"
+                else:
+                    what = f"{k}={have[k]!r}, not {v!r}"
                 raise FileExistsError(f"{out} holds {len(old)} episodes run with {what}: "
                                       f"pass another --out, or the same settings to resume")
     return len(old)
