@@ -405,17 +405,24 @@ class PrefixConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """`distill`: the distill objective, KL(teacher || student) on the masked positions."""
+    """`distill`: the distill objective, KL(teacher || student) on the masked positions; the fewstep objective, CE
+    against the chunk the teacher decodes (vla/objectives.py)."""
 
     teacher: str | None = None  # the frozen bidirectional teacher's checkpoint (None: the init checkpoint)
-    ce_weight: float = 0.0  # optional CE on ground truth beside the KL
+    ce_weight: float = 0.0  # optional CE on ground truth beside the KL (fewstep: beside the CE on the teacher's chunk)
     temperature: float = 1.0
+    full_mask_prob: float = 0.5  # fewstep: samples that start fully masked, the one-pass case
+    teacher_steps: int | None = None  # fewstep: the teacher's passes per chunk (None: its saved decode.steps)
 
     def __post_init__(self):
         if self.ce_weight < 0:
             raise ValueError(f"distill.ce_weight: expected >= 0, got {self.ce_weight}")
         if self.temperature <= 0:
             raise ValueError(f"distill.temperature: expected > 0, got {self.temperature}")
+        if not 0.0 <= self.full_mask_prob <= 1.0:
+            raise ValueError(f"distill.full_mask_prob: expected a probability in [0, 1], got {self.full_mask_prob}")
+        if self.teacher_steps is not None and self.teacher_steps < 1:
+            raise ValueError(f"distill.teacher_steps: expected >= 1 or null, got {self.teacher_steps}")
 
 
 @dataclass(frozen=True)
@@ -494,7 +501,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. `objective`: diffusion | diffusion_forcing | distill (see vla/objectives.py); each
+    """One training run. `objective`: diffusion | diffusion_forcing | distill | fewstep (see vla/objectives.py); each
     objective's knobs live in their own section (df, prefix, distill, aux, orth, lora, optim).
 
     Written in recipes and `--set` as nested keys (`optim.lr`, `df.first`); the flat names of earlier versions
@@ -541,8 +548,8 @@ class TrainConfig:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, "
                              f"got {self.objective!r}.{_closest(self.objective, OBJECTIVES)}")
-        if self.objective == "distill" and not (self.distill.teacher or self.init):
-            raise ValueError("distill.teacher: the distill objective needs a teacher checkpoint")
+        if self.objective in ("distill", "fewstep") and not (self.distill.teacher or self.init):
+            raise ValueError(f"distill.teacher: the {self.objective} objective needs a teacher checkpoint")
         if self.grad_accum < 1 or self.batch_size < 1:
             raise ValueError("batch_size and grad_accum: expected >= 1")
         if self.n_action_steps is not None and self.n_action_steps < 1:
@@ -555,7 +562,7 @@ class TrainConfig:
         return from_dict(cls, upgrade_legacy(settings))
 
 
-OBJECTIVES = ("diffusion", "diffusion_forcing", "distill")
+OBJECTIVES = ("diffusion", "diffusion_forcing", "distill", "fewstep")
 BACKBONES = ("llama", "qwen2", "idefics3", "smolvlm", "paligemma")
 _NESTED = {c.__name__: c for c in (DataConfig, DecodeConfig, ModelConfig, DiffusionForcingConfig, PrefixConfig,
                                      DistillConfig, AuxConfig, OrthConfig, LoraConfig, OptimConfig)}

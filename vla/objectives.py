@@ -6,6 +6,10 @@ diffusion_forcing  one mask ratio per block, non-decreasing along the chunk (t1 
                    random block j clean, block j partly masked, blocks after j fully masked.
 distill            the same noised input to a frozen bidirectional teacher and the block-causal student; KL(teacher
                    || student) on masked positions (optionally plus CE on the ground truth).
+fewstep            few-step distillation: the frozen teacher decodes each sample with its own K passes (greedy, the
+                   given prefix inpainted); the student, from the teacher's weights, learns to reach that decoded
+                   chunk from any subset of it, the fully masked one with prob `distill.full_mask_prob`: CE
+                   against the teacher's tokens. One or two passes then decode what the teacher's K do.
 aux                an MLP head on vision-token hidden states of one layer: object positions ("spatial") or the end
                    effector's position k steps ahead ("eef_future"); MSE, weight `aux.weight`.
 """
@@ -69,23 +73,53 @@ def noise(tokens: torch.Tensor, model_cfg: ModelConfig, cfg: TrainConfig, g):
     return noised, masked
 
 
-def give_prefix(tokens, noised, masked, model_cfg: ModelConfig, cfg: TrainConfig, g):
+def prefix_given(B: int, model_cfg: ModelConfig, cfg: TrainConfig, g, device=None) -> torch.Tensor:
     """Training-time prefix conditioning (real-time chunking): with probability cfg.prefix.prob per sample, the first
-    d ~ U{0..d_max} action steps are clean (their true tokens, no loss), as when the actions that run during
-    decoding are inpainted. At least one token stays masked. All (B, A); draws from the CPU generator."""
-    B, A = tokens.shape
+    d ~ U{0..d_max} action steps are given, as when the actions that run during decoding are inpainted. Returns the
+    given flags (B, A) bool; draws from the CPU generator."""
     D, H = model_cfg.action_dim, model_cfg.chunk_size
+    A = model_cfg.n_action_tokens
     d_max = min(H - 1, cfg.prefix.max_steps if cfg.prefix.max_steps is not None else H // 2)
     use = torch.rand(B, generator=g) < cfg.prefix.prob
     d = torch.randint(0, d_max + 1, (B,), generator=g) * use  # (B,) steps given
-    given = (torch.arange(A)[None] < (d * D)[:, None]).to(tokens.device)  # (B, A)
+    return (torch.arange(A)[None] < (d * D)[:, None]).to(device)  # (B, A)
+
+
+def apply_given(tokens, noised, masked, given, mask_id: int):
+    """Given positions hold their clean tokens and carry no loss; at least one token stays masked. All (B, A)."""
     noised = torch.where(given, tokens, noised)
     masked = masked & ~given
     none = ~masked.any(dim=1)
     if bool(none.any()):  # everything after the prefix happened to be clean: mask the last token
         masked[none, -1] = True
-        noised[none, -1] = model_cfg.mask_id
+        noised[none, -1] = mask_id
     return noised, masked
+
+
+def give_prefix(tokens, noised, masked, model_cfg: ModelConfig, cfg: TrainConfig, g):
+    """prefix_given + apply_given: the first d steps of some samples clean, with no loss. All (B, A)."""
+    given = prefix_given(tokens.shape[0], model_cfg, cfg, g, tokens.device)
+    return apply_given(tokens, noised, masked, given, model_cfg.mask_id)
+
+
+@torch.no_grad()
+def teacher_chunks(teacher, batch: dict, dcfg, known: torch.Tensor | None = None) -> torch.Tensor:
+    """The teacher's own decode of every sample in the batch, as at inference (its cached prefix, its decoder and
+    passes; `known` (B, A) ids or -1 inpainted): the few-step student's targets (B, A)."""
+    from vla.decoding import decode
+
+    cache = teacher.encode_prefix(batch["images"], batch["text_ids"], batch["text_valid"], batch["state"])
+    tokens, _ = decode(teacher, cache, dcfg, known=known)
+    return tokens
+
+
+def mask_fewstep(tokens: torch.Tensor, mask_id: int, full_prob: float, eps: float, g):
+    """The few-step student's inputs: each sample fully masked with prob `full_prob` (the one-pass case), else masked
+    uniformly at a random ratio (the states a later pass starts from). tokens (B, A) -> (noised, masked)."""
+    noised, masked = mask_uniform(tokens, mask_id, eps, g)
+    full = (torch.rand(tokens.shape[0], generator=g) < full_prob).to(tokens.device)  # (B,)
+    masked = masked | full[:, None]
+    return tokens.masked_fill(masked, mask_id), masked
 
 
 def masked_ce(logits: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

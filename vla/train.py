@@ -29,7 +29,10 @@ from vla.config import ModelConfig, TrainConfig, from_dict, model_fields, preset
 from vla.data import DemoBatches, data_dims, fit_model_to_data, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
-from vla.objectives import aux_loss, make_aux_head, masked_ce, masked_kl, masked_mse, noise, target_columns
+from vla.objectives import (
+    apply_given, aux_loss, make_aux_head, mask_fewstep, masked_ce, masked_kl, masked_mse, noise, prefix_given,
+    target_columns, teacher_chunks,
+)
 from vla.atomic import write_atomic, write_json_atomic
 from vla.jsonio import jsonable
 from vla.policy import Policy, check_n_action_steps
@@ -254,11 +257,14 @@ class Trainer:
             self.train_data.task_probs(cfg.data.task_weights)  # a task without a weight fails here, not mid-run
         # objective pieces
         self.teacher = None
-        if cfg.objective == "distill":
+        if cfg.objective in ("distill", "fewstep"):
             teacher = Policy.from_pretrained(cfg.distill.teacher or cfg.init)
             self.teacher = teacher.model.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+            # fewstep: the teacher decodes as it is served, greedily, with distill.teacher_steps passes if given
+            self.teacher_decode = replace(teacher.decode_cfg, temperature=0.0,
+                                          steps=cfg.distill.teacher_steps or teacher.decode_cfg.steps)
         self.aux_head = None
         if cfg.aux.kind:
             if not 1 <= cfg.aux.layer <= self.mcfg.num_layers:
@@ -301,7 +307,10 @@ class Trainer:
     def compute_loss(self, batch: dict, gen: torch.Generator | None, train: bool = True) -> tuple[torch.Tensor, dict]:
         cfg, mcfg = self.cfg, self.mcfg
         target = batch["action_tokens"]
-        noised, masked = noise(target, mcfg, cfg, gen)
+        if cfg.objective == "fewstep":
+            noised, masked, chunk = self._fewstep_inputs(batch, gen)
+        else:
+            noised, masked = noise(target, mcfg, cfg, gen)
         model = self.ddp_model if train else self.model
         capture = cfg.aux.layer if (self.aux_head is not None and train) else None
         logits, out = model(batch["images"], batch["text_ids"], batch["text_valid"], batch["state"], noised,
@@ -309,7 +318,13 @@ class Trainer:
         metrics = {}
         ce = masked_ce(logits, target, masked)
         metrics["ce"] = float(ce.detach())
-        if cfg.objective == "distill" and train:
+        if cfg.objective == "fewstep":
+            # CE against the teacher's decoded chunk (the ground-truth CE only as an optional extra)
+            fs = masked_ce(logits, chunk, masked)
+            metrics["fewstep_ce"] = float(fs.detach())
+            metrics["agree_teacher"] = float((logits.argmax(-1) == chunk)[masked].float().mean())
+            loss = fs + cfg.distill.ce_weight * ce
+        elif cfg.objective == "distill" and train:
             with torch.no_grad():
                 t_logits, _ = self.teacher(batch["images"], batch["text_ids"], batch["text_valid"], batch["state"],
                                            noised, mode="bidirectional")
@@ -334,6 +349,19 @@ class Trainer:
             loss = loss + cfg.orth.weight * o
         metrics["loss"] = float(loss.detach())
         return loss, metrics
+
+    def _fewstep_inputs(self, batch: dict, gen: torch.Generator | None):
+        """The fewstep objective's student input (B, A), its loss positions (B, A) and the teacher's decoded chunk
+        (B, A): with prefix conditioning the teacher inpaints the given ground-truth steps, and they stay given."""
+        cfg, mcfg = self.cfg, self.mcfg
+        target = batch["action_tokens"]  # (B, A)
+        given = prefix_given(target.shape[0], mcfg, cfg, gen, target.device) if cfg.prefix.prob > 0 else None
+        known = torch.where(given, target, -1) if given is not None else None
+        chunk = teacher_chunks(self.teacher, batch, self.teacher_decode, known)  # (B, A)
+        noised, masked = mask_fewstep(chunk, mcfg.mask_id, cfg.distill.full_mask_prob, cfg.eps, gen)
+        if given is not None:
+            noised, masked = apply_given(chunk, noised, masked, given, mcfg.mask_id)
+        return noised, masked, chunk
 
     def _batch(self, data: DemoBatches, gen: torch.Generator, augment: bool) -> dict:
         idx = data.sample(self.cfg.batch_size, gen, self.cfg.data.task_sampling if augment else "frames",

@@ -7,10 +7,17 @@ import json
 
 def add_distill(sub) -> None:
     s = sub.add_parser("distill",
-                       help="asymmetric distillation: bidirectional teacher -> block-causal student (Fast-dVLA)")
+                       help="asymmetric distillation: bidirectional teacher -> block-causal student (Fast-dVLA); "
+                            "with --few-step, a student that decodes a chunk in --passes passes")
     s.add_argument("--teacher", required=True, help="finetuned bidirectional policy checkpoint")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--config", default="distill_tiny", help="training config (configs/train/<name>.yaml)")
+    s.add_argument("--config", default=None,
+                   help="training config (configs/train/<name>.yaml); default distill_tiny "
+                        "(fewstep_tiny with --few-step)")
+    s.add_argument("--few-step", action="store_true",
+                   help="few-step distillation: a bidirectional student learns to reach the teacher's decoded chunk "
+                        "in --passes passes (the fewstep objective)")
+    s.add_argument("--passes", type=int, default=1, help="--few-step: the student's passes per chunk (default 1)")
     s.add_argument("--data", action="append", help="dataset file(s); default: the teacher's training data")
     s.add_argument("--steps", type=int)
     s.add_argument("--lora-rank", type=int, default=None,
@@ -23,9 +30,10 @@ def add_distill(sub) -> None:
 
 
 def distill_config(args):
-    """`vla distill`'s config, built directly: --config (distill_tiny), --set, then the student's own settings (from the
-    teacher: init and teacher, block-causal attention, the pipelined decoder, its data and actions per chunk; those
-    win over --set, except the data fields and n_action_steps --set names)."""
+    """`vla distill`'s config, built directly: --config (distill_tiny; fewstep_tiny with --few-step), --set, then the
+    student's own settings (from the teacher: init and teacher, its data and actions per chunk; the Fast-dVLA student
+    block-causal attention and the pipelined decoder, the few-step student the teacher's attention and the parallel
+    decoder with --passes passes; those win over --set, except the data fields and n_action_steps --set names)."""
     from vla.cli.commands import parse_overrides
     from vla.config import load_train_config, merge_overrides, upgrade_legacy
     from vla.policy import read_checkpoint_files
@@ -36,9 +44,15 @@ def distill_config(args):
                          f"(attention={config['model'].get('attention')})")
     user = upgrade_legacy(parse_overrides(args.set))
     user_data = user.get("data") if isinstance(user.get("data"), dict) else {}
-    own = {"objective": "distill", "distill": {"teacher": args.teacher}, "init": args.teacher,
-           "model": {"attention": "block_causal"}, "decode": {"decoder": "pipelined"}, "out_dir": args.out,
-           "data": {}}
+    few = bool(getattr(args, "few_step", False))
+    if few:
+        passes = int(getattr(args, "passes", 1))
+        if passes < 1:
+            raise ValueError(f"--passes: expected >= 1, got {passes}")
+        own = {"objective": "fewstep", "decode": {"decoder": "parallel", "steps": passes}}
+    else:
+        own = {"objective": "distill", "model": {"attention": "block_causal"}, "decode": {"decoder": "pipelined"}}
+    own.update({"distill": {"teacher": args.teacher}, "init": args.teacher, "out_dir": args.out, "data": {}})
     if args.steps is not None:
         own["steps"] = args.steps
     # the student sees the data as the teacher was trained on it: the same files, task mix and image augmentation
@@ -61,7 +75,8 @@ def distill_config(args):
         own["n_action_steps"] = config["n_action_steps"]
     if args.lora_rank:
         own["lora"] = {"rank": args.lora_rank}
-    return load_train_config(args.config, merge_overrides(user, own))
+    recipe = args.config or ("fewstep_tiny" if few else "distill_tiny")
+    return load_train_config(recipe, merge_overrides(user, own))
 
 
 def _cmd_distill(args) -> int:
@@ -69,7 +84,8 @@ def _cmd_distill(args) -> int:
 
     out = run_training(distill_config(args), resume=args.resume, overwrite=args.overwrite,
                        progress=not args.no_progress)
-    print(f"[vla distill] block-causal student written to {out}")
+    kind = "few-step" if getattr(args, "few_step", False) else "block-causal"
+    print(f"[vla distill] {kind} student written to {out}")
     return 0
 
 

@@ -1,0 +1,194 @@
+"""Few-step decoding of the five-task release: success against passes per chunk, and served chunk latency.
+
+    python benchmarks/fewstep.py                   # every stage; each skips what is already there
+    python benchmarks/fewstep.py --stages latency  # the latency only (the shipped checkpoints)
+
+Stages:
+  distill  `vla distill --few-step` from the shipped teacher (vla/pretrained/multitask_tiny) on its own five-task
+           data (`python benchmarks/multitask.py --stages collect` makes it), shipped fp16 as
+           vla/pretrained/multitask_tiny_1step
+  eval     the five tasks x --episodes seeds, as benchmarks/multitask.py evaluates the release (replan every 4, 2
+           workers), for the teacher at 1, 2 and its own 8 passes (the 8-pass folder is multitask.py's, reused when it
+           holds this checkpoint's episodes) and the student at its 1 pass
+  latency  each contender served by `vla serve --threads 1` (the default on <= 2 cores), chunk wall time over the same
+           --latency-obs demo frames, interleaved (benchmarks/peers.py, measure_latency)
+
+Results: benchmarks/results/fewstep.json and fewstep.png (success and chunk latency against passes); per-episode
+JSONL under benchmarks/results/multitask_eval/<name>/.
+
+ACT-small is not served here (its checkpoints come from `python benchmarks/peers.py`, a 40-minute training run with
+the peers venv). `act_ratio` chains two same-run ratios through the K-pass teacher, served in both runs:
+(contender / teacher, this run) x (teacher / ACT-small, peers.json's run, 1 thread, no load), on the tasks where
+peers.json served this teacher (Stack, PickPlaceCan, PickColor; its Lift row served lift_tiny).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from common import ROOT, VLA, VlaServe, command, sample_observations, ship, train_record, train_run, write_json
+from multitask import SHIPPED, TASKS, evaluate
+from peers import measure_latency
+
+STUDENT_RUN = "runs/multitask_tiny_1step"
+STUDENT = "vla/pretrained/multitask_tiny_1step"
+OUT = "benchmarks/results/fewstep.json"
+PNG = "benchmarks/results/fewstep.png"
+PEERS = "benchmarks/results/peers.json"
+STAGES = ["distill", "eval", "latency"]
+# (name, policy, passes per chunk, the eval folder under multitask_eval/): the teacher's own 8 is its saved decode
+CONTENDERS = [
+    ("teacher_k8", SHIPPED, 8, "teacher"),
+    ("teacher_k2", SHIPPED, 2, "teacher_k2"),
+    ("student_k1", STUDENT, 1, "fewstep_k1"),
+    ("teacher_k1", SHIPPED, 1, "teacher_k1"),
+]
+
+
+def distill(log: list[str], steps: int) -> dict:
+    train_run([VLA, "distill", "--few-step", "--teacher", SHIPPED, "--out", STUDENT_RUN, "--steps", str(steps),
+               "--no-progress"], STUDENT_RUN, log)
+    ship(log, f"{STUDENT_RUN}/policy", STUDENT, f"python benchmarks/fewstep.py --stages distill --steps {steps}")
+    return train_record(STUDENT_RUN)
+
+
+def latency(log: list[str], n_obs: int) -> dict:
+    """Served chunk latency of every contender, 1 thread each, interleaved over the same demo frames (every task)."""
+    obs = []
+    for i, task in enumerate(TASKS):
+        path = {"Lift": "data/lift.hdf5", "PickColor": "data/pickcolor.hdf5", "Stack": "data/stack_release.hdf5",
+                "StackColor": "data/stackcolor_release.hdf5",
+                "PickPlaceCan": "data/pickplacecan_release_a.hdf5"}[task]
+        obs += sample_observations(os.path.join(ROOT, path), max(1, n_obs // len(TASKS)), seed=i, task=task)
+    servers = {}
+    try:
+        for name, policy, k, _ in CONTENDERS:
+            extra = ["--steps-k", str(k)]
+            log.append(f"vla serve --policy {policy} --threads 1 {' '.join(extra)}")
+            servers[name] = VlaServe(policy, threads=1, extra=extra)
+        lat = measure_latency({n: s.address for n, s in servers.items()}, obs)
+    finally:
+        for s in servers.values():
+            s.stop()
+    for name, policy, _, _ in CONTENDERS:  # the cost of one executed action: a chunk serves n_action_steps of them
+        n = json.load(open(os.path.join(ROOT, policy, "config.json")))["n_action_steps"]
+        lat[name].update(n_action_steps=n, action_ms_p50=round(lat[name]["chunk_ms_p50"] / n, 3))
+    return lat
+
+
+def act_ratio(res: dict) -> dict | None:
+    """(contender / teacher_k8, this run) x (ours / ACT-small in peers.json, 1 thread, no load), per peer task; and
+    ACT-small's cost per executed action there (its chunk runs 100 actions open loop)."""
+    if not os.path.exists(os.path.join(ROOT, PEERS)) or "latency" not in res:
+        return None
+    peers = json.load(open(os.path.join(ROOT, PEERS)))
+    lat = res["latency"]
+    out = {}
+    for task, d in (peers.get("per_task") or {}).items():
+        ours = next((x for x in peers["rows"] if x["task"] == task and x["policy"] == "ours"), None)
+        if ours is None or not str(ours.get("checkpoint", "")).endswith(SHIPPED):
+            continue  # that run served another policy on this task (Lift: lift_tiny): no common anchor
+        r = next((x for x in d.get("latency_vs_act", []) if x["threads"] == 1 and x["load"] == 0), None)
+        if r is None:
+            continue
+        out[task] = {n: round(lat[n]["chunk_ms_p50"] / lat["teacher_k8"]["chunk_ms_p50"] * r["chunk_ms_p50_ratio"], 3)
+                     for n in lat}
+        act = next((x for x in peers["rows"] if x["task"] == task and x["policy"] == "ACT-small"), None)
+        if act is not None:
+            one = next(x for x in act["latency"] if x["threads"] == 1 and x["load"] == 0)
+            out[task]["act_action_ms_p50"] = round(one["action_ms_p50"], 3)
+            out[task]["act_n_action_steps"] = act["n_action_steps"]
+    return out
+
+
+def plot(res: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for who, marker in (("teacher", "o"), ("student", "s")):
+        rows = sorted((c[2], c[0]) for c in CONTENDERS if c[0].startswith(who) and c[0] in res.get("eval", {}))
+        if rows:
+            ax[0].plot([k for k, _ in rows], [res["eval"][n]["average"] for _, n in rows], marker=marker,
+                       label={"teacher": "teacher (multitask_tiny)", "student": "few-step student"}[who])
+        lat = res.get("latency", {})
+        rows = [(k, n) for k, n in rows if n in lat] or sorted(
+            (c[2], c[0]) for c in CONTENDERS if c[0].startswith(who) and c[0] in lat)
+        if rows:
+            ax[1].plot([k for k, _ in rows], [lat[n]["chunk_ms_p50"] for _, n in rows], marker=marker, label=who)
+    ax[0].set_xlabel("passes per chunk")
+    ax[0].set_ylabel("success, 5 tasks x 50 episodes")
+    ax[0].set_title("success against passes")
+    ax[1].set_xlabel("passes per chunk")
+    ax[1].set_ylabel("served chunk p50 (ms), 1 thread")
+    ax[1].set_title("latency against passes")
+    for a in ax:
+        a.set_xticks([1, 2, 8])
+        if a.get_legend_handles_labels()[0]:
+            a.legend()
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, PNG), dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=1000, help="few-step distillation steps")
+    ap.add_argument("--latency-obs", type=int, default=100)
+    ap.add_argument("--fresh-eval", action="store_true", help="evaluate again even where the summaries exist")
+    args = ap.parse_args()
+    stages = args.stages.split(",")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        sys.exit(f"--stages: unknown {unknown}; expected a subset of {STAGES}")
+    res = json.load(open(os.path.join(ROOT, OUT))) if os.path.exists(os.path.join(ROOT, OUT)) else {}
+    cmds = res.setdefault("commands", {})
+    t0 = time.time()
+    if "distill" in stages:
+        cmds["distill"] = []
+        res["student_training"] = distill(cmds["distill"], args.steps)
+        write_json(os.path.join(ROOT, OUT), res)
+    if "eval" in stages:
+        cmds["eval"] = []
+        ev = res.setdefault("eval", {})
+        for name, policy, k, folder in CONTENDERS:
+            extra = [] if folder == "teacher" else ["--steps-k", str(k)]
+            ev[name] = {**evaluate(cmds["eval"], policy, folder, args.episodes, extra, args.fresh_eval), "passes": k}
+            write_json(os.path.join(ROOT, OUT), res)
+        t8 = ev["teacher_k8"]
+        res["success_vs_teacher_k8"] = {
+            n: {"average": round(e["average"] - t8["average"], 4),
+                "peer_tasks": round(float(np.mean([e["success"][t] - t8["success"][t]
+                                                   for t in ("Lift", "Stack", "PickPlaceCan", "PickColor")])), 4)}
+            for n, e in ev.items()}
+    if "latency" in stages:
+        cmds["latency"] = []
+        res["latency"] = latency(cmds["latency"], args.latency_obs)
+        res["latency_vs_teacher_k8"] = {n: round(v["chunk_ms_p50"] / res["latency"]["teacher_k8"]["chunk_ms_p50"], 3)
+                                        for n, v in res["latency"].items()}
+        res["cpu_count"] = os.cpu_count()
+    res["ours_over_act_latency_chained"] = act_ratio(res)
+    res["command"] = "python benchmarks/fewstep.py"
+    res.setdefault("invocations", []).append({"command": command(__file__), "stages": stages,
+                                              "seconds": round(time.time() - t0, 1),
+                                              "finished": time.strftime("%Y-%m-%d %H:%M")})
+    write_json(os.path.join(ROOT, OUT), res)
+    plot(res)
+    for n, e in res.get("eval", {}).items():
+        print(n, e["success"], "average", e["average"], flush=True)
+    for n, v in res.get("latency", {}).items():
+        print(n, "chunk p50", round(v["chunk_ms_p50"], 1), "ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
