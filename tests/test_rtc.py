@@ -139,16 +139,18 @@ def test_protocol_carries_the_prefix_and_old_clients_are_unchanged(student):
 
 @pytest.mark.slow
 def test_async_loop_estimates_the_delay_and_executes_the_prefix_it_sent(student):
-    """With 0 and 200 ms injected per chunk at 20 Hz: the estimated delay follows the injected one, and every prefix
-    the loop sent is exactly what it then executed at those steps."""
+    """With 0 and 4 periods injected per chunk: the estimated delay follows the injected one, and every prefix the
+    loop sent is exactly what it then executed at those steps. At 10 Hz: the env's step (physics and two camera
+    renders in software) and the in-process decode share two cores, and on a slow one a 20 Hz loop starves the
+    decode thread of time, which is a property of the machine, not of the loop under test."""
     from sim.env import VLAEnv
 
     env = VLAEnv("Lift", image_size=64)
     student.set_decode(decoder="pipelined")
     est = {}
     try:
-        for inject in (0.0, 200.0):
-            loop = ControlLoop(student, EnvRobot(env), LoopConfig(rate_hz=20, blend="inpaint", inject_delay_ms=inject))
+        for inject in (0.0, 400.0):
+            loop = ControlLoop(student, EnvRobot(env), LoopConfig(rate_hz=10, blend="inpaint", inject_delay_ms=inject))
             try:
                 log = loop.run_episode(seed=1, max_steps=60, keep_actions=True)
             finally:
@@ -166,7 +168,7 @@ def test_async_loop_estimates_the_delay_and_executes_the_prefix_it_sent(student)
             assert checked >= 5
     finally:
         env.close()
-    assert est[200.0] >= est[0.0] + 3, est  # 200 ms = 4 periods more
+    assert est[400.0] >= est[0.0] + 3, est  # 400 ms = 4 periods more
 
 
 def test_loop_without_prefix_support_switches_as_before(student, caplog):
