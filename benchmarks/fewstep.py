@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from common import ROOT, VLA, VlaServe, command, sample_observations, ship, train_record, train_run, write_json
-from multitask import SHIPPED, TASKS, evaluate
+from multitask import DATA, SHIPPED, TASKS, evaluate
 from peers import measure_latency
 
 STUDENT_RUN = "runs/multitask_tiny_1step"
@@ -61,11 +61,12 @@ def distill(log: list[str], steps: int) -> dict:
 def latency(log: list[str], n_obs: int) -> dict:
     """Served chunk latency of every contender, 1 thread each, interleaved over the same demo frames (every task)."""
     obs = []
+    first_file = {}
+    for task, _, _, path in DATA:  # the release's data files: each task's first
+        first_file.setdefault(task, path)
     for i, task in enumerate(TASKS):
-        path = {"Lift": "data/lift.hdf5", "PickColor": "data/pickcolor.hdf5", "Stack": "data/stack_release.hdf5",
-                "StackColor": "data/stackcolor_release.hdf5",
-                "PickPlaceCan": "data/pickplacecan_release_a.hdf5"}[task]
-        obs += sample_observations(os.path.join(ROOT, path), max(1, n_obs // len(TASKS)), seed=i, task=task)
+        obs += sample_observations(os.path.join(ROOT, first_file[task]), max(1, n_obs // len(TASKS)), seed=i,
+                                   task=task)
     servers = {}
     try:
         for name, policy, k, _ in CONTENDERS:
