@@ -45,7 +45,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check vla sim robot_bridge benchmarks tests
 
 test: setup lint
-	$(PY) -m pytest -q -x --timeout=900 tests
+	$(PY) -m pytest -q -x --timeout=900 --durations=15 tests
 
 # the tests without the `slow` marker (training, evaluation episodes, the robot package's fresh venv): ~4 min here
 test-fast: setup lint

@@ -40,6 +40,20 @@ def command(script: str, argv: list[str] | None = None) -> str:
     return " ".join([f"python benchmarks/{os.path.basename(script)}", *(shlex.quote(str(a)) for a in args)])
 
 
+def add_stages(ap, stages: list[str]) -> None:
+    """--stages on a staged script's parser: every stage by default, in the script's order."""
+    ap.add_argument("--stages", default=",".join(stages), help="comma-separated subset of " + ",".join(stages))
+
+
+def parse_stages(text: str, stages: list[str]) -> list[str]:
+    """--stages "a,b" -> ["a", "b"]; an unknown stage exits naming it and the known ones."""
+    chosen = [s for s in text.split(",") if s]
+    unknown = sorted(set(chosen) - set(stages))
+    if unknown:
+        sys.exit(f"--stages: unknown {unknown}; expected a subset of {stages}")
+    return chosen
+
+
 def pct(x, q: float) -> float | None:
     """The q-th percentile of x as a float; None for no values."""
     return float(np.percentile(np.asarray(x, np.float64), q)) if len(x) else None
@@ -84,12 +98,13 @@ def train_record(run_dir: str) -> dict:
             "threads": s.get("threads")}
 
 
-def ship(log: list[str], src: str, dst: str, reproduce: str) -> None:
-    """src -> dst in fp16 (written to dst.tmp, then renamed), with the command that reproduces it in config.json's
-    "reproduce" field."""
+def ship(log: list[str], src: str, dst: str, reproduce: str, extra: list[str] = ()) -> None:
+    """src -> dst in fp16 (written to dst.tmp, then renamed; src may be dst), with the command that reproduces it in
+    config.json's "reproduce" field; extra: more `vla export` flags (--steps-k, --note)."""
     tmp = dst + ".tmp"
     shutil.rmtree(os.path.join(ROOT, tmp), ignore_errors=True)
-    run([VLA, "export", "--policy", src, "--out", tmp, "--dtype", "float16", "--note", f"reproduce={reproduce}"], log)
+    run([VLA, "export", "--policy", src, "--out", tmp, "--dtype", "float16", "--note", f"reproduce={reproduce}",
+         *extra], log)
     shutil.rmtree(os.path.join(ROOT, dst), ignore_errors=True)
     os.replace(os.path.join(ROOT, tmp), os.path.join(ROOT, dst))
     log[-1] = log[-1].replace(tmp, dst)

@@ -21,7 +21,9 @@ import os
 import re
 import time
 
-from common import ROOT, VLA, command, policy_done, train_record, train_run, write_json
+from common import ROOT, VLA, add_stages, command, parse_stages, policy_done, train_record, train_run, write_json
+
+STAGES = ["train", "eval"]
 
 TASKS = ("PickColor", "StackColor")
 WORDS_POLICY = "vla/pretrained/multitask_tiny"
@@ -143,7 +145,7 @@ def evaluate(policies: dict[str, str], episodes: int, workers: int, max_steps: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stages", default="train,eval")
+    add_stages(ap, STAGES)
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-steps", type=int, default=None, help="cut episodes short (smoke runs only)")
@@ -151,7 +153,7 @@ def main() -> None:
     ap.add_argument("--minilm-policy", default=None, help="an already trained MiniLM policy (skips the train stage)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/language.json"))
     args = ap.parse_args()
-    stages = args.stages.split(",")
+    stages = parse_stages(args.stages, STAGES)
     log: list[str] = []
     minilm = args.minilm_policy or f"{MINILM_RUN}/policy"
     record: dict = {"held_out": HELD_OUT, "templates": {k: v.pattern for k, v in TEMPLATE.items()}}

@@ -20,8 +20,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import write_json  # noqa: E402
-from vla_runs import ROOT, VLA, cmd_str, run, ship, train_record, train_run  # noqa: E402
+from common import (ROOT, VLA, add_stages, cmd_str, parse_stages, run, ship, train_record, train_run,  # noqa: E402
+                    write_json)
 
 SUITE = "libero_object"
 CONFIG = "libero_object_tiny"
@@ -100,7 +100,7 @@ def evaluate(log: list[str], trials: int, workers: int, conventions: str, image_
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stages", default=",".join(STAGES))
+    add_stages(ap, STAGES)
     ap.add_argument("--attempts", type=int, default=20, help="expert episodes per task (successful ones are kept)")
     ap.add_argument("--image-size", type=int, default=128, help="render size of the collected demos")
     ap.add_argument("--trials", type=int, default=10, help="trials per task (the suite's first init states)")
@@ -108,10 +108,7 @@ def main() -> None:
     ap.add_argument("--conventions", default="openpi")
     ap.add_argument("--eval-image-size", type=int, help="render size for evaluation (default the conventions' 256)")
     a = ap.parse_args()
-    stages = a.stages.split(",")
-    for s in stages:
-        if s not in STAGES:
-            sys.exit(f"--stages: unknown stage {s!r} (expected some of {STAGES})")
+    stages = parse_stages(a.stages, STAGES)
     logs: dict[str, list[str]] = {stage: [] for stage in stages}
     if "collect" in stages:
         collect(logs["collect"], a.attempts, a.image_size)

@@ -15,7 +15,9 @@ Per task (default Lift, Stack, PickPlaceCan, PickColor):
     split by its sampling weights; --minutes TASK=MIN overrides);
  3. serve each checkpoint with benchmarks/peers/serve_lerobot.py (peer venv) and ours (--ours; DEFAULT_OURS:
     lift_tiny for Lift, multitask_tiny for the rest) with `vla serve`, --threads torch threads, each in its own process;
- 4. evaluate each server with our harness (`vla eval --server ... --mode sync`: the same episode seeds for all);
+ 4. evaluate each server with our harness (`vla eval --server ... --mode sync`: the same episode seeds for all;
+    --episodes 0 skips it: a latency-only run, where a peer trained a few --train-steps costs what a trained one
+    does);
  5. measure chunk latency over the same observations (--latency-obs frames of the task's demos), interleaved: every
     observation goes to every policy in turn (the order rotates), so background load hits all alike; once per
     --latency-threads value (servers restarted) and per --latency-load (busy processes beside them). chunk_ms is the
@@ -314,18 +316,29 @@ def plot(result: dict, png: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     w = 0.8 / max(1, len(policies))
     x = np.arange(len(tasks))
+    # a latency-only run (--episodes 0): the left panel shows the loaded p99 (2 threads, one busy process) instead
+    loaded = not any(r.get("success") is not None for r in rows)
     for j, p in enumerate(policies):
         get = {r["task"]: r for r in rows if r["policy"] == p}
+        if loaded:
+            busy = {t: next((x for x in get[t].get("latency", []) if (x["threads"], x["load"]) == (2, 1)), None)
+                    for t in get}
+            xs = x + (j - (len(policies) - 1) / 2) * w
+            v = [busy[t]["chunk_ms_p99"] if busy.get(t) else 0 for t in tasks]
+            axes[0].bar(xs, v, w, label=p)
+            for xi, vi in zip(xs, v):
+                axes[0].text(xi, vi + 1, f"{vi:.0f}" if vi else "n/a", ha="center", va="bottom", fontsize=7)
         have = [t in get and get[t].get("success") is not None for t in tasks]
         succ = [100 * get[t]["success"] if h else 0 for t, h in zip(tasks, have)]
         p50 = [get[t].get("chunk_ms_p50") or 0 if t in get else 0 for t in tasks]
         p99 = [get[t].get("chunk_ms_p99") or 0 if t in get else 0 for t in tasks]
         xs = x + (j - (len(policies) - 1) / 2) * w
-        b = axes[0].bar(xs, succ, w, label=p)
-        for xi, s, t, h in zip(xs, succ, tasks, have):
-            n = get.get(t, {}).get("episodes")
-            axes[0].text(xi, s + 1, f"{s:.0f}%\nn={n}" if h else "n/a", ha="center", va="bottom", fontsize=7)
-        axes[1].bar(xs, p50, w, color=b.patches[0].get_facecolor(), label=p)
+        if not loaded:
+            axes[0].bar(xs, succ, w, label=p)
+            for xi, s, t, h in zip(xs, succ, tasks, have):
+                n = get.get(t, {}).get("episodes")
+                axes[0].text(xi, s + 1, f"{s:.0f}%\nn={n}" if h else "n/a", ha="center", va="bottom", fontsize=7)
+        axes[1].bar(xs, p50, w, color=f"C{j}", label=p)
         axes[1].errorbar(xs, p50, yerr=[np.zeros(len(p50)), np.maximum(0, np.subtract(p99, p50))], fmt="none",
                          ecolor="k", capsize=3, lw=1)
         for xi, v, v99 in zip(xs, p50, p99):
@@ -335,10 +348,14 @@ def plot(result: dict, png: str) -> None:
                 axes[1].text(xi, 0, "n/a", ha="center", va="bottom", fontsize=7)
     for ax in axes:
         ax.set_xticks(x, tasks)
-    axes[0].set_ylabel("success (%)")
-    axes[0].set_ylim(0, 115)
-    axes[0].set_title("closed-loop success (same seeds, our harness)")
-    threads = sorted({r.get("threads") for r in rows if r.get("threads")})
+    if loaded:
+        axes[0].set_ylabel("chunk latency p99 (ms)")
+        axes[0].set_title("2 threads, one busy process beside (no evaluation in this run)")
+    else:
+        axes[0].set_ylabel("success (%)")
+        axes[0].set_ylim(0, 115)
+        axes[0].set_title("closed-loop success (same seeds, our harness)")
+    threads = sorted({r.get("threads") for r in rows if r.get("threads")}) or [result["settings"]["threads"]]
     axes[1].set_ylabel("chunk latency (ms): p50, whisker to p99")
     axes[1].set_title(f"chunk latency, CPU, {','.join(map(str, threads))} thread(s)")
     axes[0].legend(fontsize=8)
@@ -379,7 +396,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--diffusion-args", default="", help="extra lerobot-train flags for Diffusion (one string)")
     ap.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     ap.add_argument("--skip-train", action="store_true", help="use existing runs only")
-    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--episodes", type=int, default=50,
+                    help="evaluation episodes per policy and task; 0: latency only (a peer trained for --train-steps "
+                         "has the compute of a fully trained one)")
     ap.add_argument("--seed-base", type=int, help="first evaluation seed (default: the harness's EVAL_SEED_BASE)")
     ap.add_argument("--image-size", type=int, default=128, help="rendered camera size (the servers resize)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every policy server in the evaluation")
@@ -607,6 +626,20 @@ class PeersRun:
                 "replan_every": s.get("replan_every"), "eval_chunk_ms_p50": s.get("chunk_ms_p50"),
                 "eval_seconds": s.get("seconds"), "threads": args.threads}
 
+    def evaluate_all(self, task: str, rows: dict, cmds: dict) -> None:
+        servers, addrs = self.start(task, rows, cmds, self.args.threads)
+        try:  # one policy at a time
+            for n, addr in addrs.items():
+                try:
+                    rows[n].update(self.evaluate(task, n, addr))
+                except Exception as e:  # noqa: BLE001
+                    rows[n]["threads"] = self.args.threads
+                    self.error(f"{task}/{n}: eval", e)
+                self.publish(task, rows)
+        finally:
+            for srv in servers.values():
+                srv.stop()
+
     def latency_observations(self, task: str, ds: str) -> tuple[str, list[dict]]:
         src = self.data[task][0] if os.path.isfile(self.data[task][0]) else ds
         try:
@@ -651,18 +684,8 @@ class PeersRun:
             except Exception as e:  # noqa: BLE001
                 self.error(f"{task}/{PEERS[p]}: train", e)
         rows, cmds = self.contenders(task, trained)
-        servers, addrs = self.start(task, rows, cmds, self.args.threads)
-        try:  # one policy at a time
-            for n, addr in addrs.items():
-                try:
-                    rows[n].update(self.evaluate(task, n, addr))
-                except Exception as e:  # noqa: BLE001
-                    rows[n]["threads"] = self.args.threads
-                    self.error(f"{task}/{n}: eval", e)
-                self.publish(task, rows)
-        finally:
-            for srv in servers.values():
-                srv.stop()
+        if self.args.episodes > 0:
+            self.evaluate_all(task, rows, cmds)
         if self.args.latency_obs <= 0 or not cmds:
             return
         try:

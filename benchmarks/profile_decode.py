@@ -52,7 +52,8 @@ def group_of(name: str) -> str:
     return "elementwise/other"
 
 
-def profile_policy(path: str, obs: list[dict], threads: int, variant: str = "served") -> dict:
+def profile_policy(path: str, obs: list[dict], threads: int, variant: str = "served",
+                   steps_k: int | None = None) -> dict:
     """variant: "served" (as `vla serve` runs it: the fused fast path), "layers" (transformers' own layers, fast path
     off), "int8" (transformers' layers with every nn.Linear dynamically quantized to int8: the fused path reads fp32
     weights, so int8 compares with "layers")."""
@@ -62,7 +63,7 @@ def profile_policy(path: str, obs: list[dict], threads: int, variant: str = "ser
     from vla.policy import Policy
 
     torch.set_num_threads(threads)
-    pol = Policy.from_pretrained(path)
+    pol = Policy.from_pretrained(path, decode={"steps": steps_k} if steps_k else None)  # None: its saved decode
     if variant in ("layers", "int8"):
         pol.model.fast_inference = False
     if variant == "int8":  # what-if: dynamic int8 quantization of every nn.Linear (latency only; success not measured)
@@ -138,6 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--int8", action="store_true", help="also each policy on transformers' layers, fp32 and with its "
                                                          "nn.Linear layers quantized to int8 (torch dynamic "
                                                          "quantization; a latency what-if)")
+    ap.add_argument("--steps-k", type=int, help="passes of the parallel decoder (default: each checkpoint's saved one)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "profile_decode.json"))
     args = ap.parse_args(argv)
     from common import sample_observations
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
     for path in policies:
         variants = ["served", "layers", "int8"] if args.int8 else ["served"]
         for t, q in [(int(x), v) for x in args.threads.split(",") if x for v in variants]:
-            r = profile_policy(os.path.abspath(path), obs, t, variant=q)
+            r = profile_policy(os.path.abspath(path), obs, t, variant=q, steps_k=args.steps_k)
             rows.append(r)
             g = ", ".join(f"{k} {v['self_ms_per_chunk']:.1f}" for k, v in r["groups"].items())
             print(f"{r['policy']} {t}T {q}: wall {r['wall_ms_p50']} ms ({r['nfe']:.0f} passes, {r['per_pass_ms']} ms "

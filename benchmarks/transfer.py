@@ -22,7 +22,9 @@ import json
 import os
 import sys
 
-from common import ROOT, VLA, run, train_record, train_run, write_json
+from common import ROOT, VLA, add_stages, parse_stages, run, train_record, train_run, write_json
+
+STAGES = ["base", "train", "eval"]
 
 RELEASE = "multitask_tiny_release"
 FILES = {"Lift": ["data/lift.hdf5"], "PickColor": ["data/pickcolor.hdf5"], "Stack": ["data/stack_release.hdf5"],
@@ -63,7 +65,7 @@ def _summary(out: str, task: str) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stages", default="base,train,eval")
+    add_stages(ap, STAGES)
     ap.add_argument("--held-out", default="PickPlaceCan", choices=sorted(FILES))
     ap.add_argument("--demos", default="10,20,50")
     ap.add_argument("--steps", type=int, default=1200, help="finetuning / from-scratch steps (the same for both)")
@@ -71,7 +73,7 @@ def main() -> None:
     ap.add_argument("--text-encoder", default="words", choices=["words", "minilm"])
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/transfer.json"))
     args = ap.parse_args()
-    stages = args.stages.split(",")
+    stages = parse_stages(args.stages, STAGES)
     held = args.held_out
     demos = [int(n) for n in args.demos.split(",")]
     work = f"runs/transfer/{args.text_encoder}_without_{held}"

@@ -55,11 +55,30 @@ def test_export_half_precision_keeps_notes(tmp_path):
     assert r.returncode == 2 and "--note" in r.stderr
 
 
+def test_export_sets_the_saved_decode_and_keeps_the_weights(tmp_path):
+    """`vla export --steps-k 1` changes what the copy decodes with when served without flags (a release's default
+    serving path), and nothing else: the fp16 weights of an fp16 checkpoint come back bit for bit."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from vla.policy import Policy
+
+    Policy.untrained("tiny").save_pretrained(str(tmp_path / "p"), dtype="float16")
+    r = _vla("export", "--policy", str(tmp_path / "p"), "--out", str(tmp_path / "q"), "--steps-k", "1")
+    assert r.returncode == 0, r.stderr
+    src, dst = (json.load(open(tmp_path / d / "config.json")) for d in ("p", "q"))
+    assert src["decode"]["steps"] != 1 and dst["decode"] == {**src["decode"], "steps": 1}
+    assert Policy.from_pretrained(str(tmp_path / "q")).decode_cfg.steps == 1
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("p", "q"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
 def test_decode_flags_reach_the_decode_config():
     """`vla eval` and `vla serve` share the decode flags; they become DecodeConfig fields, and a bad value is a
     clear error naming the field."""
     from vla.cli import _load_extra_commands, build_parser
-    from vla.cli.commands import decode_overrides
+    from vla.cli.decode_args import decode_overrides
 
     _load_extra_commands()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from vla.cli.decode_args import add_decode_args, decode_overrides
+
 
 def parse_overrides(items: list[str] | None) -> dict:
     """["steps=100", "data.paths=[a.hdf5]"] -> nested dict, values parsed as YAML."""
@@ -123,10 +125,7 @@ def add_eval(sub) -> None:
     s.add_argument("--task", action="append", required=True, help="task name; repeat or comma-separate")
     s.add_argument("--episodes", type=int, default=50)
     s.add_argument("--replan-every", type=int, help="actions executed per chunk (default: the policy's n_action_steps)")
-    s.add_argument("--decoder", help="parallel | parallel-cached | block | pipelined")
-    s.add_argument("--decode-steps", type=int, help="decode only the first m timesteps (block-causal models)")
-    s.add_argument("--steps-k", type=int, dest="k", help="forward passes of the parallel decoder")
-    s.add_argument("--start-blocks", type=int, help="pipelined decoder: blocks in flight at the first pass (default 1)")
+    add_decode_args(s)
     s.add_argument("--ensemble", type=float, default=None, metavar="COEFF",
                    help="temporal ensembling of overlapping chunks (ACT), weights exp(-COEFF * i), i = 0 the "
                         "oldest (with --server: the coefficient of --blend ensemble)")
@@ -156,19 +155,6 @@ def add_eval(sub) -> None:
                    help="async mode: add this latency to every chunk (study delays of several control steps)")
     s.add_argument("--json", action="store_true", help="also print the summaries as JSON")
     s.set_defaults(func=_cmd_eval)
-
-
-def decode_overrides(args) -> dict:
-    d = {}
-    if getattr(args, "decoder", None):
-        d["decoder"] = args.decoder
-    if getattr(args, "decode_steps", None):
-        d["decode_steps"] = args.decode_steps
-    if getattr(args, "k", None):
-        d["steps"] = args.k
-    if getattr(args, "start_blocks", None):
-        d["start_blocks"] = args.start_blocks
-    return d
 
 
 def _cmd_eval(args) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from vla.cli.decode_args import add_decode_args, decode_overrides
+
 
 def add_distill(sub) -> None:
     s = sub.add_parser("distill",
@@ -143,6 +145,7 @@ def add_export(sub) -> None:
                         "name (lift_tiny, ...)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    add_decode_args(s)  # the copy's saved decode: what `vla serve` and `vla eval` use when given no flag
     s.add_argument("--note", action="append", default=[],
                    help="KEY=VALUE written into config.json (e.g. reproduce=...)")
     s.set_defaults(func=_cmd_export)
@@ -151,6 +154,7 @@ def add_export(sub) -> None:
 def _cmd_export(args) -> int:
     import os
 
+    from vla.config import to_dict
     from vla.policy import Policy, read_checkpoint_files
 
     config, _, _ = read_checkpoint_files(args.policy)
@@ -165,7 +169,9 @@ def _cmd_export(args) -> int:
     if "train_summary" not in keep and os.path.isfile(summary):  # a run's <out_dir>/policy: how long it trained
         with open(summary) as f:
             keep["train_summary"] = json.load(f)
-    Policy.from_pretrained(args.policy).save_pretrained(args.out, extra=keep, dtype=args.dtype)
+    policy = Policy.from_pretrained(args.policy, decode=decode_overrides(args) or None)
+    policy.save_pretrained(args.out, extra=keep, dtype=args.dtype)
     size = os.path.getsize(os.path.join(args.out, "model.safetensors"))
-    print(json.dumps({"out": args.out, "dtype": args.dtype, "model_bytes": size}, indent=2))
+    print(json.dumps({"out": args.out, "dtype": args.dtype, "model_bytes": size,
+                      "decode": to_dict(policy.decode_cfg)}, indent=2))
     return 0

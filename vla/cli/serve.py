@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from vla.cli.decode_args import add_decode_args, decode_overrides
+
 
 def add_serve(sub) -> None:
     s = sub.add_parser("serve", help="serve a policy over ZeroMQ (and optionally openpi's websocket protocol)")
@@ -12,10 +14,7 @@ def add_serve(sub) -> None:
                         "name (lift_tiny, ...)")
     s.add_argument("--bind", default="tcp://127.0.0.1:5555",
                    help="ZeroMQ endpoint (default loopback only; another address needs --server-key or --insecure)")
-    s.add_argument("--decoder", help="parallel | parallel-cached | block | pipelined")
-    s.add_argument("--decode-steps", type=int, help="decode only the first m timesteps (block-causal models)")
-    s.add_argument("--steps-k", type=int, dest="k", help="forward passes of the parallel decoder")
-    s.add_argument("--start-blocks", type=int, help="pipelined decoder: blocks in flight at the first pass (default 1)")
+    add_decode_args(s)
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int,
                    help="torch CPU threads (default: 1 on a machine with <= 2 cores, where the server's socket and "
@@ -50,7 +49,6 @@ def _cmd_serve(args) -> int:
     from robot_bridge.robot_cli import start_error
     from robot_bridge.security import ServerKeys, check_bind
     from robot_bridge.serving.server import PolicyServer, ServerConfig
-    from vla.cli.commands import decode_overrides
     from vla.policy import Policy, checkpoint_name, read_checkpoint_files, resolve_checkpoint
 
     path = resolve_checkpoint(args.policy)
