@@ -271,6 +271,12 @@ def test_rotation_then_zeros_stops_within_the_orientation_lead(franky_sim):
         a = np.zeros(7, np.float32)
         a[5] = 0.1  # 0.05 rad per command, 1 rad/s at 20 Hz (the default safety cuts it to 0.03)
         stream(rig.client, a, steps=30)
+        # where it was when the last rotation command was applied: a server stalled by a recovered planner error
+        # (CI) applies its backlog after stream() returns, so wait for the count before reading the pose
+        end = time.monotonic() + 5.0
+        while rig.server.counts["applied"] + rig.server.counts["dropped_superseded"] < 30 and time.monotonic() < end:
+            time.sleep(0.005)
+        rig.client.latest_state()  # drop a publication queued before that: the next one is newer
         q1 = np.asarray(rig.client.latest_state(200)["state"][3:7], np.float64)
         stream(rig.client, np.zeros(7, np.float32), steps=60)
         q2 = np.asarray(rig.client.latest_state(200)["state"][3:7], np.float64)
