@@ -11,11 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from bridge_helpers import free_port
+from robot_helpers import wait_at_rest
 
 pytest.importorskip("franky_sim", reason="franky-sim is in the `test` extra: pip install -e '.[test]'")
 
@@ -88,7 +88,10 @@ def test_robot_package_alone_serves_franky_sim_and_runs_the_control_loop(robot_v
     with FrankySim("127.0.0.1"):
         server = subprocess.Popen([str(venv / "bin" / "vla-robot"), "robot-server", "--robot", "franka",
                                    "--robot-ip", "127.0.0.1", "--no-realtime", "--dynamics", "1.0",
-                                   "--bind", f"tcp://127.0.0.1:{port}"], cwd=str(workdir), env=env,
+                                   # not a watchdog test: on a loaded runner the default one held the arm
+                                   # mid-episode, and each hold restarts the deltas from the braking arm
+                                   "--watchdog-ms", "2000", "--bind", f"tcp://127.0.0.1:{port}"],
+                                  cwd=str(workdir), env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         client = RobotClient(f"tcp://127.0.0.1:{port}", timeout_ms=2000)
         try:
@@ -104,8 +107,7 @@ def test_robot_package_alone_serves_franky_sim_and_runs_the_control_loop(robot_v
                                   "--robot-server", f"tcp://127.0.0.1:{port}", "--instruction", "move forward",
                                   "--steps", "30", "--out", str(out)], capture_output=True, text=True, timeout=120,
                                  cwd=str(workdir), env=env)
-            time.sleep(1.0)
-            end = np.asarray(client.latest_state(1000)["state"][:3])
+            end = wait_at_rest(client)  # the arm catches up with its last target
         finally:
             client.close()
             server.terminate()
