@@ -13,6 +13,13 @@ Per policy and thread count, over --obs observations of --data (warm-up first; n
               self time (Python between ops, module calls, thread hand-off). The profiler adds about a microsecond
               per op call, so op times are upper bounds and the unaccounted time a lower bound
 Writes --out (default benchmarks/results/profile_decode.json).
+
+--compare-compile instead times each policy eager against Policy.compile_model (torch.compile of the prefix and the
+layer stack, as `vla serve --compile` runs it), two copies in one process, interleaved per observation (the order
+alternates), and counts the observations whose chunks are identical:
+
+    .venv/bin/python benchmarks/profile_decode.py --compare-compile --policy vla/pretrained/multitask_tiny \
+        --data data/latency/pickcolor.hdf5 --task PickColor --obs 100 --threads 1 --out benchmarks/results/compile.json
 """
 
 from __future__ import annotations
@@ -128,6 +135,38 @@ def profile_policy(path: str, obs: list[dict], threads: int, variant: str = "ser
     }
 
 
+def compare_compile(path: str, obs: list[dict], threads: int, steps_k: int | None) -> dict:
+    """Eager against compiled, interleaved over the same observations -> p50/p99 ms of infer() and the ratio."""
+    import torch
+
+    from vla.policy import Policy
+
+    torch.set_num_threads(threads)
+    decode = {"steps": steps_k} if steps_k else None
+    pols = {n: Policy.from_pretrained(path, decode=decode) for n in ("eager", "compiled")}
+    compile_s = pols["compiled"].compile_model()
+    for o in obs[:3]:
+        for p in pols.values():
+            p.reset()
+            p.infer(o)
+    ms: dict[str, list[float]] = {n: [] for n in pols}
+    same = 0
+    for i, o in enumerate(obs):
+        chunks = {}
+        for n in (["eager", "compiled"] if i % 2 == 0 else ["compiled", "eager"]):
+            pols[n].reset()
+            t0 = time.perf_counter()
+            chunks[n] = pols[n].infer(o)["actions"]
+            ms[n].append((time.perf_counter() - t0) * 1e3)
+        same += int(np.array_equal(chunks["eager"], chunks["compiled"]))
+    out = {n: {"ms_p50": round(float(np.median(v)), 2), "ms_p99": round(float(np.percentile(v, 99)), 2)}
+           for n, v in ms.items()}
+    return {"policy": os.path.relpath(path, ROOT), "threads": threads, "observations": len(obs),
+            "passes": pols["eager"].decode_cfg.steps, **out, "compile_and_warmup_s": round(compile_s, 1),
+            "compiled_over_eager_p50": round(out["compiled"]["ms_p50"] / out["eager"]["ms_p50"], 3),
+            "identical_chunks": same}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--policy", action="append", help="checkpoint directory (repeat; default lift_tiny and "
@@ -139,6 +178,8 @@ def main(argv=None) -> int:
     ap.add_argument("--int8", action="store_true", help="also each policy on transformers' layers, fp32 and with its "
                                                          "nn.Linear layers quantized to int8 (torch dynamic "
                                                          "quantization; a latency what-if)")
+    ap.add_argument("--compare-compile", action="store_true",
+                    help="time eager against torch.compile (interleaved) instead of profiling")
     ap.add_argument("--steps-k", type=int, help="passes of the parallel decoder (default: each checkpoint's saved one)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "profile_decode.json"))
     args = ap.parse_args(argv)
@@ -146,6 +187,17 @@ def main(argv=None) -> int:
 
     policies = args.policy or [os.path.join(ROOT, "vla", "pretrained", n) for n in ("lift_tiny", "multitask_tiny")]
     obs = sample_observations(args.data, n=args.obs, seed=0, task=args.task)
+    cmd = "python benchmarks/profile_decode.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.compare_compile:
+        rows = [compare_compile(os.path.abspath(p), obs, int(t), args.steps_k)
+                for p in policies for t in args.threads.split(",") if t]
+        for r in rows:
+            print(r, flush=True)
+        write_json(args.out, {"rows": rows, "command": cmd, "data": os.path.relpath(os.path.abspath(args.data), ROOT),
+                              "torch": __import__("torch").__version__, "cpu_count": os.cpu_count(),
+                              "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
+        print(f"wrote {args.out}")
+        return 0
     rows = []
     for path in policies:
         variants = ["served", "layers", "int8"] if args.int8 else ["served"]
@@ -158,8 +210,7 @@ def main(argv=None) -> int:
                   f"{r['aten_self_ms_per_chunk']} ms (compute {r['compute_ms_per_chunk']}, "
                   f"small ops {r['small_ops_ms_per_chunk']}), "
                   f"unaccounted {r['unaccounted_ms_per_chunk']} ms; {g}", flush=True)
-    write_json(args.out, {"rows": rows, "command": "python benchmarks/profile_decode.py "
-                          + " ".join(sys.argv[1:] if argv is None else argv),
+    write_json(args.out, {"rows": rows, "command": cmd,
                           "data": os.path.relpath(args.data, ROOT), "cpu_count": os.cpu_count(),
                           "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
     print(f"wrote {args.out}")

@@ -247,6 +247,26 @@ class Policy:
     def infer(self, obs: dict) -> dict:
         return self.infer_batch([obs])[0]
 
+    def example_observation(self) -> dict:
+        """A blank observation of this policy's shape (black images, zero state, no instruction): a warm-up input."""
+        S = self.cfg.image_size
+        return {"images": {c: np.zeros((S, S, 3), np.uint8) for c in self.cfg.cameras},
+                "state": np.zeros(self.cfg.state_dim, np.float32), "instruction": ""}
+
+    def compile_model(self, warmup: bool = True) -> float:
+        """torch.compile (inductor) the prefix embedding and the layer stack; the decoders' loop, the KV cache and the
+        pre/post-processing stay eager. Chunks are unchanged (tests/test_model.py compares them). Each new input shape
+        compiles on first use (seconds to a minute on a CPU; inductor caches its kernels on disk): `warmup` runs one
+        blank observation now, so a server pays that before its first client. Returns the seconds spent."""
+        t0 = time.perf_counter()
+        m = self.model
+        m.embed_prefix = torch.compile(m.embed_prefix)  # an instance attribute: only this policy's model
+        m.run_layers = torch.compile(m.run_layers)
+        if warmup:
+            self.infer(self.example_observation())
+            self.reset()
+        return time.perf_counter() - t0
+
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
         """-> float32 (H, D) (or (m, D) with decode_steps m)."""
         return self.infer(obs)["actions"]

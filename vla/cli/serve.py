@@ -15,6 +15,9 @@ def add_serve(sub) -> None:
     s.add_argument("--bind", default="tcp://127.0.0.1:5555",
                    help="ZeroMQ endpoint (default loopback only; another address needs --server-key or --insecure)")
     add_decode_args(s)
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's prefix and layers before serving (compiles at start-up, "
+                        "seconds to a minute; benchmarks/profile_decode.py --compare-compile measures the gain)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int,
                    help="torch CPU threads (default: 1 on a machine with <= 2 cores, where the server's socket and "
@@ -65,6 +68,9 @@ def _cmd_serve(args) -> int:
     if threads:
         torch.set_num_threads(threads)
     policy = Policy.from_pretrained(path, device=args.device, decode=decode_overrides(args) or None)
+    if args.compile:
+        print("[vla serve] compiling the model (torch.compile; seconds to a minute the first time)", flush=True)
+        print(f"[vla serve] compiled in {policy.compile_model():.1f} s", flush=True)
     cfg = ServerConfig(bind=args.bind, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                        max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_queue=args.max_queue,
                        suggested_rate_hz=args.rate, name=checkpoint_name(path),
