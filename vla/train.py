@@ -26,7 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from vla.config import ModelConfig, TrainConfig, from_dict, model_fields, preset_model_config, to_dict
-from vla.data import DemoBatches, data_dims, fit_model_to_data, load_training_data
+from vla.data import DemoBatches, load_training_data
 from vla.model import DVLA, count_parameters
 from vla.normalization import StateNormalizer
 from vla.objectives import (
@@ -36,6 +36,7 @@ from vla.objectives import (
 from vla.atomic import write_atomic, write_json_atomic
 from vla.jsonio import jsonable
 from vla.policy import Policy, check_n_action_steps
+from vla.sizing import data_dims, fit_model_to_data
 from vla.tokenizers import ActionTokenizer, ByteTokenizer, HFTokenizer, WordTokenizer, instruction_vocabulary
 
 
@@ -64,7 +65,7 @@ def _barrier(world: int) -> None:
 # --------------------------------------------------------------------------------------------------------------
 def resolve_model_config(cfg: TrainConfig, dims: dict) -> ModelConfig:
     """The run's model config, resolved once, before the data loads (its cameras and image size choose the frames).
-    dims: the data's (vla.data.data_dims). Each step overrides the one before:
+    dims: the data's (vla.sizing.data_dims). Each step overrides the one before:
 
       1. the preset (cfg.model's "preset"); with cfg.init, the init checkpoint's model config instead (its
          backbone_path dropped: the weights come from the checkpoint);
