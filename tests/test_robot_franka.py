@@ -370,10 +370,14 @@ def test_policy_server_killed_mid_episode_the_watchdog_holds_and_a_restart_resum
             time.sleep(0.02)
         assert policy.calls >= 3, "the policy server never got going"
         psrv.stop()  # killed mid-episode
-        held = rig.client.wait_state(lambda s: s["mode"] == "holding", 5.0)
-        assert held is not None, "the robot server's watchdog never engaged"
         calls_at_kill = policy.calls
-        time.sleep(0.5)
+        # down until the loop has reported the outage: on a loaded runner the watchdog also holds between commands
+        # while the policy is alive, so a hold alone does not say the loop has noticed the loss
+        end = time.monotonic() + 10
+        while not any("no action chunk for" in r.getMessage() for r in caplog.records) and time.monotonic() < end:
+            time.sleep(0.02)
+        held = rig.client.wait_state(lambda s: s["mode"] == "holding", 5.0)  # the hold that follows the silence
+        assert held is not None, "the robot server's watchdog never engaged"
         psrv = PolicyServer(policy, bind=address).start()  # restarted within the episode
         resumed = rig.client.wait_state(lambda s: s["mode"] == "active", 8.0)
         runner.join(60)
