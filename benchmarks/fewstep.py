@@ -36,7 +36,8 @@ import numpy as np
 
 from common import (ROOT, VLA, VlaServe, add_stages, command, parse_stages, sample_observations, ship, train_record,
                     train_run, write_json)
-from multitask import DATA, SHIPPED, TASKS, TEACHER_DECODE, evaluate
+from multitask import DATA, SHIPPED, TASKS, TEACHER_PASSES, evaluate
+from peers import DEFAULT_TASKS as PEER_TASKS
 from peers import measure_latency
 
 STUDENT_RUN = "runs/multitask_tiny_1step"
@@ -45,10 +46,9 @@ OUT = "benchmarks/results/fewstep.json"
 PNG = "benchmarks/results/fewstep.png"
 PEERS = "benchmarks/results/peers.json"
 STAGES = ["distill", "eval", "latency", "default"]
-PEER_TASKS = ("Lift", "Stack", "PickPlaceCan", "PickColor")  # the tasks benchmarks/peers.py serves ACT-small on
 # (name, policy, passes per chunk, the eval folder under multitask_eval/): the teacher's own 8 is its saved decode
 CONTENDERS = [
-    ("teacher_k8", SHIPPED, 8, "teacher"),
+    ("teacher_k8", SHIPPED, TEACHER_PASSES, "teacher"),
     ("teacher_k2", SHIPPED, 2, "teacher_k2"),
     ("student_k1", STUDENT, 1, "fewstep_k1"),
     ("teacher_k1", SHIPPED, 1, "teacher_k1"),
@@ -56,9 +56,9 @@ CONTENDERS = [
 
 
 def distill(log: list[str], steps: int) -> dict:
-    k = TEACHER_DECODE[TEACHER_DECODE.index("--steps-k") + 1]  # the teacher decodes its targets at its trained passes
+    # the teacher decodes its targets at its trained passes, whatever its saved (served) decode
     train_run([VLA, "distill", "--few-step", "--teacher", SHIPPED, "--out", STUDENT_RUN, "--steps", str(steps),
-               "--set", f"distill.teacher_steps={k}", "--no-progress"], STUDENT_RUN, log)
+               "--set", f"distill.teacher_steps={TEACHER_PASSES}", "--no-progress"], STUDENT_RUN, log)
     ship(log, f"{STUDENT_RUN}/policy", STUDENT, f"python benchmarks/fewstep.py --stages distill --steps {steps}")
     return train_record(STUDENT_RUN)
 
@@ -191,7 +191,7 @@ def main() -> None:
         res["success_vs_teacher_k8"] = {
             n: {"average": round(e["average"] - t8["average"], 4),
                 "peer_tasks": round(float(np.mean([e["success"][t] - t8["success"][t]
-                                                   for t in ("Lift", "Stack", "PickPlaceCan", "PickColor")])), 4)}
+                                                   for t in PEER_TASKS])), 4)}
             for n, e in ev.items()}
     if "latency" in stages:
         cmds["latency"] = []

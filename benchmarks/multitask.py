@@ -43,7 +43,8 @@ DATA = [
 STAGES = ["collect", "train", "ship", "eval", "distill", "student_eval"]
 # The release is evaluated here at the passes its recipe trains and validates with, whatever its saved (served) decode:
 # benchmarks/fewstep.py measures it at fewer passes and sets that default.
-TEACHER_DECODE = ["--steps-k", "8"]
+TEACHER_PASSES = 8
+TEACHER_DECODE = ["--steps-k", str(TEACHER_PASSES)]
 
 
 def collect(log: list[str]) -> None:

@@ -320,10 +320,10 @@ def plot(result: dict, png: str) -> None:
     loaded = not any(r.get("success") is not None for r in rows)
     for j, p in enumerate(policies):
         get = {r["task"]: r for r in rows if r["policy"] == p}
+        xs = x + (j - (len(policies) - 1) / 2) * w
         if loaded:
-            busy = {t: next((x for x in get[t].get("latency", []) if (x["threads"], x["load"]) == (2, 1)), None)
+            busy = {t: next((e for e in get[t].get("latency", []) if (e["threads"], e["load"]) == (2, 1)), None)
                     for t in get}
-            xs = x + (j - (len(policies) - 1) / 2) * w
             v = [busy[t]["chunk_ms_p99"] if busy.get(t) else 0 for t in tasks]
             axes[0].bar(xs, v, w, label=p)
             for xi, vi in zip(xs, v):
@@ -332,7 +332,6 @@ def plot(result: dict, png: str) -> None:
         succ = [100 * get[t]["success"] if h else 0 for t, h in zip(tasks, have)]
         p50 = [get[t].get("chunk_ms_p50") or 0 if t in get else 0 for t in tasks]
         p99 = [get[t].get("chunk_ms_p99") or 0 if t in get else 0 for t in tasks]
-        xs = x + (j - (len(policies) - 1) / 2) * w
         if not loaded:
             axes[0].bar(xs, succ, w, label=p)
             for xi, s, t, h in zip(xs, succ, tasks, have):

@@ -3,9 +3,9 @@ the student's inputs, and a real toy run in which a one-pass student learns to d
 
 import json
 
-import numpy as np
 import pytest
 import torch
+from demo_helpers import write_synthetic_demos
 
 from vla.config import DataConfig, PrefixConfig, TrainConfig
 from vla.decoding import decode
@@ -20,20 +20,8 @@ SMALL = {"preset": "tiny", "num_layers": 1, "image_size": 32, "vision_channels":
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from vla.formats.hdf5_writer import DemoWriter
-
-    path = str(tmp_path_factory.mktemp("data") / "demos.hdf5")
-    rng = np.random.default_rng(1)
-    with DemoWriter(path, {"env_name": "Lift"}, valid_every=100) as w:
-        for i in range(6):
-            T = 10
-            t = np.linspace(0, 1, T)[:, None]
-            w.add_demo(task="Lift", instruction="lift the cube", seed=i,
-                       images={c: rng.integers(0, 256, (T, 32, 32, 3), dtype=np.uint8) for c in ("agentview", "wrist")},
-                       state=rng.normal(size=(T, 9)).astype(np.float32),
-                       actions=np.clip(np.sin(t * (1 + np.arange(7)) + i), -1, 1).astype(np.float32),
-                       object_pos=rng.normal(size=(T, 3, 3)).astype(np.float32), sim_states=np.zeros((T, 4)))
-    return path
+    return write_synthetic_demos(str(tmp_path_factory.mktemp("data") / "demos.hdf5"), n=6, T=10, seed=1,
+                                 valid_every=100)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import os
 import shutil
 
 import numpy as np
+from demo_helpers import write_synthetic_demos
 import pytest
 import torch
 
 from vla.config import load_model_config, load_train_config
-from vla.formats.hdf5_writer import DemoWriter
 from vla.model import DVLA
 from vla.policy import CheckpointError, Policy
 from vla.text_encoder import INSTALL_HINT, MINILM_SHA256, TextEncoderError, encoder_tokenizer, resolve_encoder_dir
@@ -24,18 +24,9 @@ SMALL = {"text_encoder": "minilm", "max_text_len": 16, "num_layers": 1, "hidden_
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("data") / "demos.hdf5")
-    rng = np.random.default_rng(0)
-    with DemoWriter(path, {"env_name": "PickColor"}, valid_every=4) as w:
-        for i in range(4):
-            T = 10
-            t = np.linspace(0, 1, T)[:, None]
-            w.add_demo(task="PickColor", instruction=f"pick up the {('red', 'blue')[i % 2]} cube", seed=i,
-                       images={c: rng.integers(0, 256, (T, 32, 32, 3), dtype=np.uint8) for c in ("agentview", "wrist")},
-                       state=rng.normal(size=(T, 9)).astype(np.float32),
-                       actions=np.clip(np.sin(t * (1 + np.arange(7)) + i), -1, 1).astype(np.float32),
-                       object_pos=rng.normal(size=(T, 3, 3)).astype(np.float32), sim_states=np.zeros((T, 4)))
-    return path
+    return write_synthetic_demos(str(tmp_path_factory.mktemp("data") / "demos.hdf5"), n=4, T=10,
+                                 label=lambda i: ("PickColor", f"pick up the {('red', 'blue')[i % 2]} cube"),
+                                 env_name="PickColor")
 
 
 def _copy_encoder(dst) -> str:

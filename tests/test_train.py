@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+from demo_helpers import write_synthetic_demos
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from vla.formats.hdf5_writer import DemoWriter
 from vla.config import DataConfig, DistillConfig, TrainConfig
 from vla.policy import Policy
 from vla.train import train
@@ -22,24 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """Small synthetic demo file (random images, smooth actions) in the real robomimic layout."""
-    path = str(tmp_path_factory.mktemp("data") / "demos.hdf5")
-    rng = np.random.default_rng(0)
-    with DemoWriter(path, {"env_name": "Lift"}, valid_every=4) as w:
-        for i in range(8):
-            T = 12
-            t = np.linspace(0, 1, T)[:, None]
-            w.add_demo(
-                task="Lift" if i % 2 else "PickColor",
-                instruction="lift the cube" if i % 2 else "pick up the red cube",
-                seed=i,
-                images={c: rng.integers(0, 256, (T, 32, 32, 3), dtype=np.uint8) for c in ("agentview", "wrist")},
-                state=rng.normal(size=(T, 9)).astype(np.float32),
-                actions=np.clip(np.sin(t * (1 + np.arange(7)) + i), -1, 1).astype(np.float32),
-                object_pos=rng.normal(size=(T, 3, 3)).astype(np.float32),
-                sim_states=np.zeros((T, 4)),
-            )
-    return path
+    """Small synthetic demo file (random images, smooth actions) in the real robomimic layout: Lift and PickColor."""
+    return write_synthetic_demos(str(tmp_path_factory.mktemp("data") / "demos.hdf5"), n=8, T=12,
+                                 label=lambda i: ("Lift", "lift the cube") if i % 2 else
+                                 ("PickColor", "pick up the red cube"))
 
 
 SMALL = {"preset": "tiny", "num_layers": 1, "image_size": 32, "vision_channels": (8, 16, 32)}

@@ -13,6 +13,7 @@ import os
 import shutil
 
 import numpy as np
+from demo_helpers import write_synthetic_demos
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -20,7 +21,6 @@ from safetensors.torch import load_file
 from robot_bridge.client import PolicyClient
 from robot_bridge.serving.server import PolicyServer
 from vla.config import load_model_config, load_train_config
-from vla.formats.hdf5_writer import DemoWriter
 from vla.model import DVLA, config_from_hf
 from vla.policy import Policy
 from vla.train import Trainer
@@ -33,18 +33,8 @@ WORDS = ("pick", "up", "the", "red", "cube", "lift")
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Four short demos (random 32 px images, smooth actions) in the robomimic layout the trainer reads."""
-    path = str(tmp_path_factory.mktemp("data") / "demos.hdf5")
-    rng = np.random.default_rng(0)
-    with DemoWriter(path, {"env_name": "Lift"}, valid_every=4) as w:
-        for i in range(4):
-            T = 10
-            t = np.linspace(0, 1, T)[:, None]
-            w.add_demo(task="Lift", instruction="lift the cube" if i % 2 else "pick up the red cube", seed=i,
-                       images={c: rng.integers(0, 256, (T, 32, 32, 3), dtype=np.uint8) for c in ("agentview", "wrist")},
-                       state=rng.normal(size=(T, 9)).astype(np.float32),
-                       actions=np.clip(np.sin(t * (1 + np.arange(7)) + i), -1, 1).astype(np.float32),
-                       object_pos=rng.normal(size=(T, 3, 3)).astype(np.float32), sim_states=np.zeros((T, 4)))
-    return path
+    return write_synthetic_demos(str(tmp_path_factory.mktemp("data") / "demos.hdf5"), n=4, T=10,
+                                 label=lambda i: ("Lift", "lift the cube" if i % 2 else "pick up the red cube"))
 
 
 def _train_cfg(dataset, hf, out, **model):
