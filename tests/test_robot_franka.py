@@ -261,32 +261,50 @@ def _angle(qa, qb) -> float:
     return float(2 * np.arccos(min(1.0, abs(float(np.dot(qa, qb))))))
 
 
-def test_rotation_then_zeros_stops_within_the_orientation_lead(franky_sim):
-    """1.5 s of rz = +0.1 commands, then 3 s of zeros, at the default dynamics factor (0.3): the arm stops turning
-    within the orientation lead bound (+ one step) of where it was when rotation commands stopped (issue: it went on
-    another 0.72-0.95 rad with only the position lead bounded)."""
-    rig = Rig(dynamics=0.3, watchdog_ms=PATIENT_WATCHDOG_MS)
+class RecordingFranka(FrankaRobot):
+    """The franka adapter recording, for every command, the orientation it measured when the command came and the
+    orientation it then sent the arm to (quat xyzw (4,) each)."""
+
+    def send_action(self, action):
+        measured = self._pose()[1].copy()
+        applied = super().send_action(action)
+        self.sent = getattr(self, "sent", [])
+        self.sent.append((measured, self._target[1].copy()))
+        return applied
+
+
+def test_rotation_then_zeros_keeps_every_target_within_the_orientation_lead(franky_sim):
+    """1.5 s of rz = +0.1 commands, then 3 s of zeros, at the default dynamics factor (0.3): the arm lags, and every
+    target sent is within the orientation lead bound (+ one step) of the orientation measured when its command came,
+    so the arm, which ends at rest on its last target, cannot go on far once commands stop (issue: the target wound
+    up ahead of the arm and it went on another 0.72-0.95 rad with only the position lead bounded). The check is on
+    what was sent against what was measured at that moment, not on how far the arm went on after: on a loaded
+    machine franky-sim's arm overshoots a target within its braking distance, by however much the load makes it."""
+    rig = Rig(dynamics=0.3, watchdog_ms=PATIENT_WATCHDOG_MS, cls=RecordingFranka)
     try:
         q0 = np.asarray(rig.client.latest_state(200)["state"][3:7], np.float64)
         a = np.zeros(7, np.float32)
         a[5] = 0.1  # 0.05 rad per command, 1 rad/s at 20 Hz (the default safety cuts it to 0.03)
         stream(rig.client, a, steps=30)
-        # where it was when the last rotation command was applied: a server stalled by a recovered planner error
-        # (CI) applies its backlog after stream() returns, so wait for the count before reading the pose
-        end = time.monotonic() + 5.0
-        while rig.server.counts["applied"] + rig.server.counts["dropped_superseded"] < 30 and time.monotonic() < end:
-            time.sleep(0.005)
-        rig.client.latest_state()  # drop a publication queued before that: the next one is newer
-        q1 = np.asarray(rig.client.latest_state(200)["state"][3:7], np.float64)
         stream(rig.client, np.zeros(7, np.float32), steps=60)
+        end = time.monotonic() + 10.0  # a server stalled by a recovered planner error applies its backlog late
+        while rig.server.counts["applied"] + rig.server.counts["dropped_superseded"] < 90 and time.monotonic() < end:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        rig.client.latest_state()  # drop a publication queued before: the next one is newer
         q2 = np.asarray(rig.client.latest_state(200)["state"][3:7], np.float64)
+        sent, last_target = list(rig.robot.sent), rig.robot._target[1].copy()
         capped, safety = rig.robot.lead_capped, rig.robot.safety.summary()
     finally:
         rig.close()
     lead = rig.robot.config.max_lead_rad + rig.robot.safety.config.max_step_rotation_rad
-    assert _angle(q0, q1) > 0.3  # it turned
+    assert len(sent) >= 85  # (a few may be superseded under load)
+    assert _angle(q0, q2) > 0.1  # it turned (a loaded machine runs the simulated arm slower: less than 0.9 rad)
     assert capped > 0 and safety["max_rotation"] >= 25  # the arm lagged: the lead was capped
-    assert _angle(q1, q2) <= lead + 0.005, (_angle(q1, q2), lead)
+    leads = [_angle(m, t) for m, t in sent]
+    assert max(leads) <= lead + 1e-3, (max(leads), lead)
+    assert max(leads[:30]) > lead - 0.01  # the bound was reached while rotating (not a vacuous check)
+    assert _angle(q2, last_target) < 0.01  # at rest on its last target
 
 
 def test_pose_monitor_latches_a_fault_stops_the_arm_and_release_lets_it_walk_back_only(franky_sim):
