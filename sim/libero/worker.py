@@ -10,7 +10,8 @@ ends the worker with exit 3 and a line saying what to do; the trial in flight is
 
 The episode follows openpi's `examples/libero/main.py` (or LeRobot's conventions, `--conventions lerobot`):
 env seeded once per task, trial i = `reset()` then `set_init_state(init_states[i])`, `wait_steps` no-op steps, then
-up to max_steps policy steps, a new chunk every `replan_every` steps, success = the env's `done`.
+up to max_steps policy steps, a new chunk every `replan_every` steps, success = the env's `done`. The episode runs in
+robot_bridge's control loop (sync mode), with the env as its robot (LiberoRobot): the runner of every evaluation.
 """
 
 from __future__ import annotations
@@ -134,40 +135,61 @@ def weights_of(meta: dict) -> str | None:
     return meta.get("weights_id") or (meta.get("policy") or {}).get("weights_id")
 
 
-def run_episode(env, client, init_state, cams, instruction, conv, max_steps, replan_every, episode_id,
-                frames: list | None = None) -> dict:
-    client.reset()
-    env.reset()
-    raw = env.set_init_state(init_state)
-    plan: list = []
-    success, t, policy_steps = False, 0, 0
-    step_ms, infer_ms = [], []
-    while t < max_steps + conv.wait_steps:
-        if t < conv.wait_steps:
-            action = C.NOOP_ACTION
-        else:
-            if not plan:
-                obs = policy_obs(raw, cams, instruction, conv)
-                t0 = time.perf_counter()
-                out = client.infer(obs, episode_id=episode_id, step=policy_steps)
-                infer_ms.append((time.perf_counter() - t0) * 1e3)
-                chunk = out["actions"]
-                if chunk.shape[1] != C.ACTION_DIM or not np.all(np.isfinite(chunk)):
-                    raise PolicyMismatch(f"reply actions: expected finite (H, {C.ACTION_DIM}), got {chunk.shape}")
-                plan = [a for a in chunk[:replan_every]]
-            action = plan.pop(0).tolist()
-            policy_steps += 1
+class LiberoRobot:
+    """A LIBERO env as the control loop's robot (robot_bridge.control_loop, the runner every evaluation uses):
+    reset(seed=trial) restores init state `trial` and runs the conventions' no-op wait steps; observations go out in
+    our wire format (policy_obs); done, and a success, when the env says so. `frames`, if a list, receives every
+    policy step's cameras side by side, upright."""
+
+    def __init__(self, env, init_states, cams: dict, instruction: str, conv: C.Conventions,
+                 frames: list | None = None):
+        self.env, self.init_states, self.cams, self.instruction, self.conv = env, init_states, cams, instruction, conv
+        self.frames = frames
+        self.raw: dict | None = None
+        self.done = self.success = False
+        self.step_ms: list[float] = []
+
+    def reset(self, seed: int | None = None) -> dict:
+        self.env.reset()
+        self.raw = self.env.set_init_state(self.init_states[seed])
+        self.done = self.success = False
+        self.step_ms = []
+        for _ in range(self.conv.wait_steps):
+            self._step(C.NOOP_ACTION)
+        return self.get_observation()
+
+    def get_observation(self) -> dict:
+        return policy_obs(self.raw, self.cams, self.instruction, self.conv)
+
+    def apply(self, action: np.ndarray) -> None:
+        action = np.asarray(action)
+        if action.shape != (C.ACTION_DIM,) or not np.all(np.isfinite(action)):
+            raise PolicyMismatch(f"reply actions: expected finite (H, {C.ACTION_DIM}), got a step of {action.shape}")
+        self._step(action.tolist())
+        if self.frames is not None:
+            self.frames.append(np.concatenate([self.raw[k][::-1, ::-1] for k in C.CAMERA_KEYS], axis=1))
+
+    def _step(self, action: list) -> None:
         t0 = time.perf_counter()
-        raw, _reward, done, _info = env.step(action)
-        step_ms.append((time.perf_counter() - t0) * 1e3)
-        if frames is not None and t >= conv.wait_steps:
-            frames.append(np.concatenate([raw[k][::-1, ::-1] for k in C.CAMERA_KEYS], axis=1))
-        t += 1
-        if done:
-            success = True
-            break
-    return {"success": success, "policy_steps": policy_steps, "env_step_ms": float(np.mean(step_ms)),
-            "infer_ms": float(np.median(infer_ms)) if infer_ms else None}
+        self.raw, _reward, done, _info = self.env.step(action)
+        self.step_ms.append((time.perf_counter() - t0) * 1e3)
+        self.done = self.success = self.success or bool(done)
+
+
+def run_episode(env, client, init_states, trial: int, cams, instruction, conv, max_steps, replan_every,
+                frames: list | None = None, loop=None) -> dict:
+    """Trial `trial` (init state init_states[trial]) of the loaded task, in the control loop's sync mode: a chunk
+    every replan_every steps, up to max_steps policy steps after the wait steps. `loop`: a ControlLoop to reuse (its
+    episode ids then count up across episodes)."""
+    from robot_bridge.control_loop import ControlLoop, LoopConfig
+
+    robot = LiberoRobot(env, init_states, cams, instruction, conv, frames)
+    if loop is None:
+        loop = ControlLoop(client, robot, LoopConfig(mode="sync", replan_every=replan_every), action_dim=C.ACTION_DIM)
+    loop.robot = robot
+    log = loop.run_episode(seed=trial, max_steps=max_steps)
+    return {"success": log.success, "policy_steps": log.length, "env_step_ms": float(np.mean(robot.step_ms)),
+            "infer_ms": float(np.median(log.chunk_ms)) if log.chunk_ms else None}
 
 
 def write_video(frames: list, path: str, fps: int = 20) -> None:
@@ -215,6 +237,9 @@ def main(argv=None) -> int:
     tag = a.tag or f"shard{shard[0]}-of-{shard[1]}"
 
     client = PolicyClient(a.server, timeout_ms=a.timeout_ms, retries=1)
+    from robot_bridge.control_loop import ControlLoop, LoopConfig
+
+    loop = ControlLoop(client, None, LoopConfig(mode="sync", replan_every=replan), action_dim=C.ACTION_DIM)
     try:
         meta = client.hello(timeout_ms=5000.0)
         check_policy(meta)
@@ -272,8 +297,8 @@ def main(argv=None) -> int:
             frames = [] if want_video else None
             t0 = time.perf_counter()
             try:
-                res = run_episode(env, client, init_states[trial], cams, task.language, conv, max_steps, replan,
-                                  episode_id=f"{task_id}-{trial}", frames=frames)
+                res = run_episode(env, client, init_states, trial, cams, task.language, conv, max_steps, replan,
+                                  frames=frames, loop=loop)
             except TimeoutError:
                 print(f"error: the policy server at {a.server} stopped answering during {suite} task {task_id} trial "
                       f"{trial} (not recorded); restart `vla serve` and rerun the same command to resume",

@@ -64,7 +64,7 @@ def recording_set_init(state):
 
 env.step, env.set_init_state = counting_step, recording_set_init
 policy = RecordingPolicy(log)
-res = W.run_episode(env, policy, init_states[trial], CAMS, task.language, conv, max_steps, conv.replan_every, "t")
+res = W.run_episode(env, policy, init_states, trial, CAMS, task.language, conv, max_steps, conv.replan_every)
 env.reset()
 set_init(init_states[trial])
 print(json.dumps({
