@@ -3,6 +3,8 @@ seeds, for the word tokenizer and the pretrained instruction encoder (model.text
 
     python benchmarks/language.py --stages train,eval --episodes 50 --workers 2      # ~1 h 20 min training + eval
     python benchmarks/language.py --stages eval --episodes 2 --max-steps 20          # smoke run of the evaluation
+    python benchmarks/language.py --stages eval --only minilm \
+        --minilm-policy runs/language/minilm/checkpoints/step_004800                  # a checkpoint, words kept
 
 Policies: `words` is the shipped five-task release (vla/pretrained/multitask_tiny, word vocabulary); `minilm` is the
 same recipe (configs/train/multitask_tiny_release.yaml, same data, steps and seeds) with the MiniLM encoder's
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import sys
 import time
 
 from common import ROOT, VLA, add_stages, command, parse_stages, policy_done, train_record, train_run, write_json
@@ -150,7 +153,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-steps", type=int, default=None, help="cut episodes short (smoke runs only)")
     ap.add_argument("--words-policy", default=WORDS_POLICY)
-    ap.add_argument("--minilm-policy", default=None, help="an already trained MiniLM policy (skips the train stage)")
+    ap.add_argument("--minilm-policy", default=None,
+                    help="an already trained MiniLM policy or a checkpoint of its run (skips the train stage)")
+    ap.add_argument("--only", default=None, help="evaluate only these policies (words, minilm); the others keep their "
+                    "results from the existing --out file, with the command that wrote them")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/language.json"))
     args = ap.parse_args()
     stages = parse_stages(args.stages, STAGES)
@@ -162,14 +168,35 @@ def main() -> None:
                    "--set", "model_overrides.text_encoder=minilm",
                    "--set", f"model_overrides.max_text_len={MINILM_MAX_TEXT}"], MINILM_RUN, log)
         record["minilm_train"] = train_record(MINILM_RUN)
+    m = re.search(r"(.*)/checkpoints/step_(\d+)/?$", minilm)
+    if m:  # a checkpoint of an unfinished run: say how far it had trained
+        with open(os.path.join(ROOT, m.group(1), "train_config.json")) as f:
+            record["minilm_checkpoint"] = {"path": minilm, "step": int(m.group(2)), "of_steps": json.load(f)["steps"]}
     if "eval" in stages:
         policies = {"words": args.words_policy}
         if os.path.isfile(os.path.join(ROOT, minilm, "config.json")) or policy_done(MINILM_RUN):
             policies["minilm"] = minilm
         else:
             print(f"no MiniLM policy at {minilm}: evaluating the word-tokenizer policy only", flush=True)
+        kept = {}
+        if args.only:
+            only = set(args.only.split(","))
+            prev = {}
+            if os.path.isfile(args.out):
+                with open(args.out) as f:
+                    prev = json.load(f)
+            kept = {n: p for n, p in policies.items() if n not in only and n in prev.get("results", {})
+                    and prev.get("policies", {}).get(n) == p}
+            policies = {n: p for n, p in policies.items() if n in only or n not in kept}
         record["results"] = evaluate(policies, args.episodes, args.workers, args.max_steps)
-        record["policies"] = policies
+        for n in kept:
+            rows = prev["results"][n]
+            if any(v["episodes"] != args.episodes for v in rows.values() if isinstance(v, dict)):
+                sys.exit(f"--only: the kept {n} results ran another number of episodes; evaluate it again")
+            record["results"][n] = rows
+        record["policies"] = {**policies, **kept}
+        if kept:
+            record["kept_from_previous"] = {n: prev.get("command") for n in kept}
         record["replan_every"] = "each policy's n_action_steps"
     record["commands"] = log
     record["command"] = command(__file__)
