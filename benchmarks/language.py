@@ -3,6 +3,7 @@ seeds, for the word tokenizer and the pretrained instruction encoder (model.text
 
     python benchmarks/language.py --stages train,eval --episodes 50 --workers 2      # ~1 h 20 min training + eval
     python benchmarks/language.py --stages eval --episodes 2 --max-steps 20          # smoke run of the evaluation
+    python benchmarks/language.py --stages train,eval --steps 3600 --only minilm     # half the release's steps
     python benchmarks/language.py --stages eval --only minilm \
         --minilm-policy runs/language/minilm/checkpoints/step_004800                  # a checkpoint, words kept
 
@@ -155,26 +156,30 @@ def main() -> None:
     ap.add_argument("--words-policy", default=WORDS_POLICY)
     ap.add_argument("--minilm-policy", default=None,
                     help="an already trained MiniLM policy or a checkpoint of its run (skips the train stage)")
+    ap.add_argument("--steps", type=int, default=None, help="train the MiniLM policy this many steps instead of the "
+                    "release's (its own run folder, runs/language/minilm_s<steps>)")
     ap.add_argument("--only", default=None, help="evaluate only these policies (words, minilm); the others keep their "
                     "results from the existing --out file, with the command that wrote them")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/language.json"))
     args = ap.parse_args()
     stages = parse_stages(args.stages, STAGES)
     log: list[str] = []
-    minilm = args.minilm_policy or f"{MINILM_RUN}/policy"
+    run_dir = MINILM_RUN if args.steps is None else f"{MINILM_RUN}_s{args.steps}"
+    minilm = args.minilm_policy or f"{run_dir}/policy"
     record: dict = {"held_out": HELD_OUT, "templates": {k: v.pattern for k, v in TEMPLATE.items()}}
     if "train" in stages and not args.minilm_policy:
-        train_run([VLA, "train", "--config", "multitask_tiny_release", "--out", MINILM_RUN, "--no-progress",
+        steps = [] if args.steps is None else ["--set", f"steps={args.steps}"]
+        train_run([VLA, "train", "--config", "multitask_tiny_release", "--out", run_dir, "--no-progress",
                    "--set", "model_overrides.text_encoder=minilm",
-                   "--set", f"model_overrides.max_text_len={MINILM_MAX_TEXT}"], MINILM_RUN, log)
-        record["minilm_train"] = train_record(MINILM_RUN)
+                   "--set", f"model_overrides.max_text_len={MINILM_MAX_TEXT}", *steps], run_dir, log)
+        record["minilm_train"] = train_record(run_dir)
     m = re.search(r"(.*)/checkpoints/step_(\d+)/?$", minilm)
     if m:  # a checkpoint of an unfinished run: say how far it had trained
         with open(os.path.join(ROOT, m.group(1), "train_config.json")) as f:
             record["minilm_checkpoint"] = {"path": minilm, "step": int(m.group(2)), "of_steps": json.load(f)["steps"]}
     if "eval" in stages:
         policies = {"words": args.words_policy}
-        if os.path.isfile(os.path.join(ROOT, minilm, "config.json")) or policy_done(MINILM_RUN):
+        if os.path.isfile(os.path.join(ROOT, minilm, "config.json")) or policy_done(run_dir):
             policies["minilm"] = minilm
         else:
             print(f"no MiniLM policy at {minilm}: evaluating the word-tokenizer policy only", flush=True)
