@@ -181,6 +181,8 @@ def main() -> None:
         policies = {"words": args.words_policy}
         if os.path.isfile(os.path.join(ROOT, minilm, "config.json")) or policy_done(run_dir):
             policies["minilm"] = minilm
+            if minilm == f"{run_dir}/policy" and "minilm_train" not in record:
+                record["minilm_train"] = train_record(run_dir)
         else:
             print(f"no MiniLM policy at {minilm}: evaluating the word-tokenizer policy only", flush=True)
         kept = {}
