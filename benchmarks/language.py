@@ -172,6 +172,7 @@ def main() -> None:
         train_run([VLA, "train", "--config", "multitask_tiny_release", "--out", run_dir, "--no-progress",
                    "--set", "model_overrides.text_encoder=minilm",
                    "--set", f"model_overrides.max_text_len={MINILM_MAX_TEXT}", *steps], run_dir, log)
+    if not args.minilm_policy and policy_done(run_dir):
         record["minilm_train"] = train_record(run_dir)
     m = re.search(r"(.*)/checkpoints/step_(\d+)/?$", minilm)
     if m:  # a checkpoint of an unfinished run: say how far it had trained
@@ -181,8 +182,6 @@ def main() -> None:
         policies = {"words": args.words_policy}
         if os.path.isfile(os.path.join(ROOT, minilm, "config.json")) or policy_done(run_dir):
             policies["minilm"] = minilm
-            if minilm == f"{run_dir}/policy" and "minilm_train" not in record:
-                record["minilm_train"] = train_record(run_dir)
         else:
             print(f"no MiniLM policy at {minilm}: evaluating the word-tokenizer policy only", flush=True)
         kept = {}
@@ -194,13 +193,13 @@ def main() -> None:
                     prev = json.load(f)
             kept = {n: p for n, p in policies.items() if n not in only and n in prev.get("results", {})
                     and prev.get("policies", {}).get(n) == p}
+            for n in kept:
+                if any(v["episodes"] != args.episodes for v in prev["results"][n].values() if isinstance(v, dict)):
+                    sys.exit(f"--only: the kept {n} results ran another number of episodes; evaluate it again")
             policies = {n: p for n, p in policies.items() if n in only or n not in kept}
         record["results"] = evaluate(policies, args.episodes, args.workers, args.max_steps)
         for n in kept:
-            rows = prev["results"][n]
-            if any(v["episodes"] != args.episodes for v in rows.values() if isinstance(v, dict)):
-                sys.exit(f"--only: the kept {n} results ran another number of episodes; evaluate it again")
-            record["results"][n] = rows
+            record["results"][n] = prev["results"][n]
         record["policies"] = {**policies, **kept}
         if kept:
             record["kept_from_previous"] = {n: prev.get("command") for n in kept}

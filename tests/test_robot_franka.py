@@ -265,10 +265,13 @@ class RecordingFranka(FrankaRobot):
     """The franka adapter recording, for every command, the orientation it measured when the command came and the
     orientation it then sent the arm to (quat xyzw (4,) each)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent: list[tuple[np.ndarray, np.ndarray]] = []
+
     def send_action(self, action):
         measured = self._pose()[1].copy()
         applied = super().send_action(action)
-        self.sent = getattr(self, "sent", [])
         self.sent.append((measured, self._target[1].copy()))
         return applied
 

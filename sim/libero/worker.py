@@ -176,17 +176,20 @@ class LiberoRobot:
         self.done = self.success = self.success or bool(done)
 
 
-def run_episode(env, client, init_states, trial: int, cams, instruction, conv, max_steps, replan_every,
-                frames: list | None = None, loop=None) -> dict:
-    """Trial `trial` (init state init_states[trial]) of the loaded task, in the control loop's sync mode: a chunk
-    every replan_every steps, up to max_steps policy steps after the wait steps. `loop`: a ControlLoop to reuse (its
-    episode ids then count up across episodes)."""
+def episode_loop(client, replan_every: int):
+    """The control loop LIBERO episodes run in: sync mode, a chunk every replan_every steps. One per worker, so its
+    episode ids count up across episodes; run_episode gives it each episode's robot."""
     from robot_bridge.control_loop import ControlLoop, LoopConfig
 
-    robot = LiberoRobot(env, init_states, cams, instruction, conv, frames)
-    if loop is None:
-        loop = ControlLoop(client, robot, LoopConfig(mode="sync", replan_every=replan_every), action_dim=C.ACTION_DIM)
-    loop.robot = robot
+    return ControlLoop(client, None, LoopConfig(mode="sync", replan_every=replan_every), action_dim=C.ACTION_DIM)
+
+
+def run_episode(env, client, init_states, trial: int, cams, instruction, conv, max_steps, replan_every,
+                frames: list | None = None, loop=None) -> dict:
+    """Trial `trial` (init state init_states[trial]) of the loaded task in `loop` (episode_loop(client, replan_every)
+    when None): up to max_steps policy steps after the wait steps."""
+    loop = loop or episode_loop(client, replan_every)
+    robot = loop.robot = LiberoRobot(env, init_states, cams, instruction, conv, frames)
     log = loop.run_episode(seed=trial, max_steps=max_steps)
     return {"success": log.success, "policy_steps": log.length, "env_step_ms": float(np.mean(robot.step_ms)),
             "infer_ms": float(np.median(log.chunk_ms)) if log.chunk_ms else None}
@@ -237,9 +240,7 @@ def main(argv=None) -> int:
     tag = a.tag or f"shard{shard[0]}-of-{shard[1]}"
 
     client = PolicyClient(a.server, timeout_ms=a.timeout_ms, retries=1)
-    from robot_bridge.control_loop import ControlLoop, LoopConfig
-
-    loop = ControlLoop(client, None, LoopConfig(mode="sync", replan_every=replan), action_dim=C.ACTION_DIM)
+    loop = episode_loop(client, replan)
     try:
         meta = client.hello(timeout_ms=5000.0)
         check_policy(meta)
