@@ -279,8 +279,8 @@ class RecordingFranka(FrankaRobot):
 def test_rotation_then_zeros_keeps_every_target_within_the_orientation_lead(franky_sim):
     """1.5 s of rz = +0.1 commands, then 3 s of zeros, at the default dynamics factor (0.3): the arm lags, and every
     target sent is within the orientation lead bound (+ one step) of the orientation measured when its command came,
-    so the arm, which ends at rest on its last target, cannot go on far once commands stop (issue: the target wound
-    up ahead of the arm and it went on another 0.72-0.95 rad with only the position lead bounded). The check is on
+    so the arm, which ends at rest on its last target, cannot go on far once commands stop (issue: with only the
+    position lead bounded, the target wound up ahead of the arm and it went on turning long after). The check is on
     what was sent against what was measured at that moment, not on how far the arm went on after: on a loaded
     machine franky-sim's arm overshoots a target within its braking distance, by however much the load makes it."""
     rig = Rig(dynamics=0.3, watchdog_ms=PATIENT_WATCHDOG_MS, cls=RecordingFranka)
